@@ -1,0 +1,128 @@
+//! Names for the devices a build can run on, so front ends can offer a `--device` choice.
+//!
+//! The core never picks a device by itself: callers parse the user's choice with
+//! [`DeviceSpec::from_str`](std::str::FromStr) and build it with [`DeviceSpec::device`].
+
+use burn::tensor::Device;
+use std::fmt;
+use std::str::FromStr;
+
+/// A device the user can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceSpec {
+    /// burn-flex: pure-Rust CPU backend.
+    Flex,
+    /// burn-ndarray: CPU backend (deprecated upstream, kept behind the `ndarray` feature).
+    NdArray,
+}
+
+impl DeviceSpec {
+    /// Every name this build understands, compiled in or not, in the order `--help` shows them.
+    pub const ALL: [DeviceSpec; 2] = [DeviceSpec::Flex, DeviceSpec::NdArray];
+
+    /// The name users type.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceSpec::Flex => "flex",
+            DeviceSpec::NdArray => "ndarray",
+        }
+    }
+
+    /// The cargo feature that compiles this device in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            DeviceSpec::Flex => "flex",
+            DeviceSpec::NdArray => "ndarray",
+        }
+    }
+
+    /// Whether this build has the backend compiled in.
+    pub fn is_available(self) -> bool {
+        match self {
+            DeviceSpec::Flex => cfg!(feature = "flex"),
+            DeviceSpec::NdArray => cfg!(feature = "ndarray"),
+        }
+    }
+
+    /// The names of the devices compiled into this build.
+    pub fn available() -> Vec<DeviceSpec> {
+        Self::ALL.into_iter().filter(|d| d.is_available()).collect()
+    }
+
+    /// Builds the Burn device.
+    ///
+    /// # Errors
+    /// [`DeviceError::NotCompiled`] when the backend's cargo feature is off in this build.
+    pub fn device(self) -> Result<Device, DeviceError> {
+        match self {
+            #[cfg(feature = "flex")]
+            DeviceSpec::Flex => Ok(Device::flex()),
+            #[cfg(feature = "ndarray")]
+            #[allow(deprecated)]
+            // burn-ndarray is deprecated upstream; the user asked to keep it.
+            DeviceSpec::NdArray => Ok(Device::ndarray()),
+            #[allow(unreachable_patterns)]
+            other => Err(DeviceError::NotCompiled {
+                name: other.name(),
+                feature: other.feature(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = DeviceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| DeviceError::Unknown(s.to_string()))
+    }
+}
+
+/// Why a device name could not be turned into a device.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeviceError {
+    /// Not a device name at all.
+    #[error("unknown device '{0}' (known: flex, ndarray)")]
+    Unknown(String),
+    /// A known device whose backend is not compiled into this build.
+    #[error(
+        "device '{name}' is not compiled into this build (enable the cargo feature '{feature}')"
+    )]
+    NotCompiled {
+        /// The device name.
+        name: &'static str,
+        /// The feature that would enable it.
+        feature: &'static str,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_case_insensitively() {
+        assert_eq!("FLEX".parse::<DeviceSpec>(), Ok(DeviceSpec::Flex));
+        assert_eq!(" ndarray ".parse::<DeviceSpec>(), Ok(DeviceSpec::NdArray));
+        assert!(matches!(
+            "cuda9".parse::<DeviceSpec>(),
+            Err(DeviceError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn availability_matches_features() {
+        for spec in DeviceSpec::ALL {
+            assert_eq!(spec.device().is_ok(), spec.is_available(), "{spec}");
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! RWKV language models on the [Burn](https://burn.dev) framework.
+//!
+//! One [`Rwkv`] module serves every Burn backend compiled into the build; the backend is chosen
+//! at run time by the [`Device`](burn::tensor::Device) the model lives on. The recurrent
+//! [`State`] is a plain value: clone it, save it, carry it between calls.
+//!
+//! ```no_run
+//! use burn::tensor::{Device, Int, Tensor};
+//! use rwkv_burn::{load_model, State};
+//!
+//! # fn main() -> Result<(), rwkv_burn::LoadError> {
+//! let device = Device::flex();
+//! let (config, model) = load_model("model.pth", &device)?;
+//! let tokens = Tensor::<2, Int>::from_data([[1, 2, 3]], &device);
+//! let mut state = State::zeros(&config, 1, &device);
+//! let logits = model.forward(tokens, &mut state); // [1, 3, vocab]
+//! # Ok(()) }
+//! ```
+//!
+//! Supported now: RWKV-4 (official `.pth`, official-name safetensors, Hugging Face folders).
+//! RWKV-5/6/7 checkpoints are recognised and refused with [`LoadError::UnsupportedVersion`].
+
+pub mod config;
+pub mod device;
+pub mod load;
+pub mod model;
+pub mod safetensors_io;
+pub mod state;
+pub mod wkv;
+
+pub use config::{RwkvConfig, Version};
+pub use device::DeviceSpec;
+pub use load::{LoadError, load_model};
+pub use model::Rwkv;
+pub use state::{State, StateError};
+
+#[cfg(test)]
+pub(crate) mod test_util;

@@ -1,0 +1,324 @@
+//! A checkpoint opened for reading: tensor names (official RWKV naming), shapes, and lazy
+//! access to the values, whatever the file format.
+
+use super::dtype::SourceDType;
+use super::error::LoadError;
+use super::hf;
+use memmap2::Mmap;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The container a checkpoint came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `torch.save` output (zip or legacy pickle), read without executing any pickle code.
+    Pth,
+    /// safetensors.
+    Safetensors,
+    /// A Hugging Face model folder (`config.json` plus weights).
+    HuggingFace,
+}
+
+/// Where one tensor's bytes are.
+#[derive(Clone)]
+enum Source {
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+        end: usize,
+    },
+    Pth(pytorch_reader::Tensor),
+}
+
+#[derive(Clone)]
+pub(super) struct Entry {
+    shape: Vec<usize>,
+    dtype: Result<SourceDType, String>,
+    source: Source,
+}
+
+/// An opened checkpoint whose tensors are read on demand, one at a time, so loading never
+/// holds a second copy of the whole model.
+pub struct Checkpoint {
+    path: PathBuf,
+    format: Format,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("path", &self.path)
+            .field("format", &self.format)
+            .field("tensors", &self.entries.len())
+            .finish()
+    }
+}
+
+const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
+/// First byte of a pickle stream of protocol 2 or later (legacy `torch.save`).
+const PICKLE_PROTO: u8 = 0x80;
+
+impl Checkpoint {
+    /// Opens a `.pth` file, a safetensors file or a Hugging Face folder. The format is
+    /// recognised from the content, not the file name.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => LoadError::NotFound {
+                path: path.to_path_buf(),
+            },
+            _ => LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        if meta.is_dir() {
+            return hf::open_folder(path);
+        }
+        let checkpoint = Self::open_file(path)?;
+        if checkpoint.entries.keys().any(|k| hf::is_hf_name(k)) {
+            return Ok(checkpoint.renamed(hf::rename));
+        }
+        Ok(checkpoint)
+    }
+
+    /// Opens one weights file (no folder handling, no renaming).
+    pub(super) fn open_file(path: &Path) -> Result<Self, LoadError> {
+        let io_err = |source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut head = [0u8; 9];
+        let mut file = std::fs::File::open(path).map_err(io_err)?;
+        let n = read_up_to(&mut file, &mut head).map_err(io_err)?;
+        let head = &head[..n];
+        if head.is_empty() {
+            return Err(LoadError::NotACheckpoint {
+                path: path.to_path_buf(),
+                reason: "the file is empty".into(),
+            });
+        }
+        if head.starts_with(ZIP_MAGIC) || head[0] == PICKLE_PROTO {
+            return Self::open_pth(path);
+        }
+        if head.len() == 9 && head[8] == b'{' {
+            return Self::open_safetensors(path, file);
+        }
+        Err(LoadError::NotACheckpoint {
+            path: path.to_path_buf(),
+            reason: "neither a PyTorch file nor safetensors".into(),
+        })
+    }
+
+    fn open_safetensors(path: &Path, file: std::fs::File) -> Result<Self, LoadError> {
+        // SAFETY: the map is only read; a file changed underneath us while loading yields
+        // wrong values, never memory unsafety in this code (we copy out of the map).
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let truncated = |detail: String| LoadError::Truncated {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let header_len = u64::from_le_bytes(map[..8].try_into().expect("8 bytes")) as usize;
+        if header_len.saturating_add(8) > map.len() {
+            return Err(truncated(format!(
+                "the header declares {header_len} bytes, the file has {}",
+                map.len()
+            )));
+        }
+        let (n, metadata) = match safetensors::SafeTensors::read_metadata(&map) {
+            Ok(ok) => ok,
+            Err(safetensors::SafeTensorError::MetadataIncompleteBuffer) => {
+                return Err(truncated("tensor data ends before the header says".into()));
+            }
+            Err(e) => {
+                return Err(LoadError::NotACheckpoint {
+                    path: path.to_path_buf(),
+                    reason: format!("invalid safetensors header: {e}"),
+                });
+            }
+        };
+        let base = 8 + n;
+        let map = Arc::new(map);
+        let entries = metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let entry = Entry {
+                    shape: info.shape.clone(),
+                    dtype: SourceDType::from_safetensors(info.dtype)
+                        .ok_or_else(|| format!("{:?}", info.dtype)),
+                    source: Source::Mapped {
+                        map: map.clone(),
+                        start: base + info.data_offsets.0,
+                        end: base + info.data_offsets.1,
+                    },
+                };
+                (name, entry)
+            })
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            format: Format::Safetensors,
+            entries: strip_wrapper_prefix(entries),
+        })
+    }
+
+    fn open_pth(path: &Path) -> Result<Self, LoadError> {
+        let reader =
+            pytorch_reader::PytorchReader::new(path).map_err(|e| LoadError::Truncated {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        let entries = reader
+            .into_tensors()
+            .into_iter()
+            .map(|(name, tensor)| {
+                let entry = Entry {
+                    shape: tensor.shape().to_vec(),
+                    dtype: SourceDType::from_pytorch(tensor.dtype())
+                        .ok_or_else(|| format!("{:?}", tensor.dtype())),
+                    source: Source::Pth(tensor),
+                };
+                (name, entry)
+            })
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            format: Format::Pth,
+            entries: strip_wrapper_prefix(entries),
+        })
+    }
+
+    pub(super) fn with_format(mut self, format: Format, path: &Path) -> Self {
+        self.format = format;
+        self.path = path.to_path_buf();
+        self
+    }
+
+    /// Applies a renaming of the whole key set.
+    pub(super) fn renamed(
+        mut self,
+        rename: impl FnOnce(BTreeMap<String, Entry>) -> BTreeMap<String, Entry>,
+    ) -> Self {
+        self.entries = rename(std::mem::take(&mut self.entries));
+        self
+    }
+
+    /// Makes `alias` another name for `name` (tied weights); false if `name` is absent.
+    pub(super) fn alias(&mut self, name: &str, alias: &str) -> bool {
+        match self.entries.get(name).cloned() {
+            Some(entry) => {
+                self.entries.insert(alias.to_string(), entry);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The container format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Tensor names, in the official RWKV naming, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Shape of a tensor, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Reads a tensor as f32 values (row-major) and its shape, converting f16/bf16/f64.
+    pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), LoadError> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
+        let dtype = entry
+            .dtype
+            .clone()
+            .map_err(|dtype| LoadError::UnsupportedDType {
+                path: self.path.clone(),
+                name: name.to_string(),
+                dtype,
+            })?;
+        let count: usize = entry.shape.iter().product();
+        let values = match &entry.source {
+            Source::Mapped { map, start, end } => {
+                let bytes = &map[*start..*end];
+                self.check_len(name, bytes.len(), count * dtype.size())?;
+                dtype.to_f32(bytes)
+            }
+            Source::Pth(tensor) => {
+                let bytes = tensor.read().map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => {
+                        LoadError::Truncated {
+                            path: self.path.clone(),
+                            detail: e.to_string(),
+                        }
+                    }
+                    _ => LoadError::Io {
+                        path: self.path.clone(),
+                        source: e,
+                    },
+                })?;
+                self.check_len(name, bytes.len(), count * dtype.size())?;
+                dtype.to_f32(&bytes)
+            }
+        };
+        Ok((values, entry.shape.clone()))
+    }
+
+    fn check_len(&self, name: &str, got: usize, want: usize) -> Result<(), LoadError> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(LoadError::Truncated {
+                path: self.path.clone(),
+                detail: format!("tensor '{name}' has {got} bytes, its shape needs {want}"),
+            })
+        }
+    }
+}
+
+/// Training frameworks sometimes save the model under a wrapper (`module.` from
+/// DataParallel/DeepSpeed, `state_dict.` from a checkpoint dict); drop it when every key has it.
+fn strip_wrapper_prefix(entries: BTreeMap<String, Entry>) -> BTreeMap<String, Entry> {
+    for prefix in ["state_dict.", "module.", "_forward_module."] {
+        if !entries.is_empty() && entries.keys().all(|k| k.starts_with(prefix)) {
+            let stripped = entries
+                .into_iter()
+                .map(|(k, v)| (k[prefix.len()..].to_string(), v))
+                .collect();
+            return strip_wrapper_prefix(stripped);
+        }
+    }
+    entries
+}
+
+fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}

@@ -1,0 +1,95 @@
+//! What can go wrong when loading a checkpoint. Every error names the file.
+
+use crate::config::Version;
+use std::path::PathBuf;
+
+/// A checkpoint could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Nothing at the path.
+    #[error("{path}: no such file or directory")]
+    NotFound {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The operating system failed to read it.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a checkpoint in a format we read.
+    #[error("{path}: not an RWKV checkpoint ({reason})")]
+    NotACheckpoint {
+        /// The file.
+        path: PathBuf,
+        /// What was found instead.
+        reason: String,
+    },
+    /// The file looks like a checkpoint but ends early or is damaged.
+    #[error("{path}: the file is truncated or corrupt ({detail})")]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        detail: String,
+    },
+    /// A tensor the model needs is absent.
+    #[error("{path}: missing tensor '{name}'")]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// The official tensor name.
+        name: String,
+    },
+    /// A tensor has a shape that does not fit the rest of the model.
+    #[error("{path}: tensor '{name}' has shape {got:?}, expected {expected:?}")]
+    WrongShape {
+        /// The file.
+        path: PathBuf,
+        /// The official tensor name.
+        name: String,
+        /// Shape in the file.
+        got: Vec<usize>,
+        /// Shape the model needs.
+        expected: Vec<usize>,
+    },
+    /// A tensor is stored in an element type we cannot convert.
+    #[error("{path}: tensor '{name}' has unsupported element type {dtype}")]
+    UnsupportedDType {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// The stored type.
+        dtype: String,
+    },
+    /// A recognised RWKV generation that this build cannot run yet.
+    #[error(
+        "{path}: {version} checkpoints are not supported by this build yet (supported: RWKV-4)"
+    )]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The detected version.
+        version: Version,
+    },
+    /// The tensors do not form any RWKV model we know.
+    #[error("{path}: unrecognised model layout ({detail})")]
+    UnknownArchitecture {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// A Hugging Face `config.json` that cannot be used.
+    #[error("{path}: {detail}")]
+    BadConfig {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+}

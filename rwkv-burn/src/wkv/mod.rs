@@ -1,0 +1,56 @@
+//! The WKV operator: the linear-time "attention" at the heart of RWKV.
+//!
+//! It is a Burn backend extension so each backend can supply its own kernel while the model
+//! code calls one function. The trait's default body ([`reference`]) is written with plain
+//! backend tensor ops; it defines correctness and runs on every backend. Backends listed in the
+//! `#[backend_extension]` attribute get their implementation from `backends/`, one file each.
+
+mod backends;
+mod ops;
+pub mod reference;
+
+pub use ops::{Wkv4StatePrim, WkvOps};
+
+use burn::backend::Dispatch;
+use burn::tensor::Tensor;
+
+/// RWKV-4 WKV state as high-level tensors, each `[batch, channels]`.
+#[derive(Debug, Clone)]
+pub struct Wkv4State {
+    /// Numerator (`att_aa` in the official state).
+    pub aa: Tensor<2>,
+    /// Denominator (`att_bb`).
+    pub bb: Tensor<2>,
+    /// Running maximum exponent (`att_pp`).
+    pub pp: Tensor<2>,
+}
+
+/// RWKV-4 WKV: see [`WkvOps::wkv4`] for shapes. Runs the backend's own kernel where it has one.
+pub fn wkv4(
+    w: Tensor<1>,
+    u: Tensor<1>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    state: Wkv4State,
+) -> (Tensor<3>, Wkv4State) {
+    let state = Wkv4StatePrim {
+        aa: state.aa.into_dispatch(),
+        bb: state.bb.into_dispatch(),
+        pp: state.pp.into_dispatch(),
+    };
+    let (y, s) = <Dispatch as WkvOps>::wkv4(
+        w.into_dispatch(),
+        u.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        state,
+    );
+    (
+        Tensor::from_dispatch(y),
+        Wkv4State {
+            aa: Tensor::from_dispatch(s.aa),
+            bb: Tensor::from_dispatch(s.bb),
+            pp: Tensor::from_dispatch(s.pp),
+        },
+    )
+}

@@ -1,0 +1,43 @@
+//! The backend extension trait. Every backend compiled in must implement it (see `backends/`).
+
+// The `NdArray` selector names a backend deprecated upstream, kept because users asked for it;
+// this file is the one place that names it.
+#![allow(deprecated)]
+
+use super::reference;
+use burn::backend::{Backend, ExtensionType, backend_extension, tensor::FloatTensor};
+
+/// RWKV-4 WKV state at the backend level: numerator, denominator and running maximum,
+/// each `[batch, channels]`.
+#[derive(ExtensionType, Debug)]
+pub struct Wkv4StatePrim<B: Backend> {
+    /// Decayed sum of `exp(k) * v`, scaled by `exp(-pp)`.
+    pub aa: FloatTensor<B>,
+    /// Decayed sum of `exp(k)`, scaled by `exp(-pp)`.
+    pub bb: FloatTensor<B>,
+    /// The running maximum exponent that keeps `aa` and `bb` finite.
+    pub pp: FloatTensor<B>,
+}
+
+/// The WKV operators, one method per RWKV generation.
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray"),
+    Autodiff: cfg(feature = "autodiff"),
+)]
+pub trait WkvOps: Backend {
+    /// RWKV-4 WKV over a sequence.
+    ///
+    /// Shapes: `w`, `u` `[A]` (`w = -exp(time_decay)`, `u = time_first`); `k`, `v`
+    /// `[B, T, A]`; state tensors `[B, A]`. Returns `wkv` `[B, T, A]` and the state after the
+    /// last token.
+    fn wkv4(
+        w: FloatTensor<Self>,
+        u: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        #[extension_type] state: Wkv4StatePrim<Self>,
+    ) -> (FloatTensor<Self>, Wkv4StatePrim<Self>) {
+        reference::wkv4::<Self>(w, u, k, v, state)
+    }
+}

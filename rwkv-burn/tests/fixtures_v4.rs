@@ -1,0 +1,137 @@
+//! RWKV-4 parity with the official `rwkv` package and Hugging Face transformers.
+
+mod common;
+
+use burn::tensor::{Device, Tensor};
+use common::{Expected, assert_matches, devices, fixtures, token_tensor};
+use rwkv_burn::{Rwkv, RwkvConfig, State, load_model};
+
+fn logits_vec(t: Tensor<3>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// Runs `tokens` from a zero state in the given chunk lengths; returns all logits and the
+/// final state.
+fn run_chunks(
+    model: &Rwkv,
+    config: &RwkvConfig,
+    tokens: &[i64],
+    chunks: &[usize],
+    device: &Device,
+) -> (Vec<f32>, State) {
+    let mut state = State::zeros(config, 1, device);
+    let mut logits = Vec::new();
+    let mut start = 0;
+    for &len in chunks {
+        let chunk = token_tensor(&tokens[start..start + len], 1, device);
+        logits.extend(logits_vec(model.forward(chunk, &mut state)));
+        start += len;
+    }
+    assert_eq!(start, tokens.len());
+    (logits, state)
+}
+
+fn check_official(weights: &str) {
+    let dir = fixtures().join("rwkv4");
+    let expected = Expected::open(dir.join("expected.safetensors"));
+    let tokens = expected.tokens("tokens");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let chunks: Vec<usize> = meta["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap() as usize)
+        .collect();
+    for (spec, device) in devices() {
+        let (config, model) = load_model(dir.join(weights), &device).unwrap();
+        assert_eq!(
+            (
+                config.n_layer,
+                config.n_embd,
+                config.dim_ffn,
+                config.vocab_size
+            ),
+            (2, 64, 256, 256)
+        );
+        let what = |mode: &str| format!("{weights} on {spec}: {mode}");
+
+        let (full, state) = run_chunks(&model, &config, &tokens, &[tokens.len()], &device);
+        assert_matches(&full, &expected.f32("logits_full"), &what("logits_full"));
+        for tensor in state.sequence_official(0) {
+            let got = tensor.data.try_to_vec::<f32>().unwrap();
+            assert_matches(&got, &expected.f32(&tensor.name), &what(&tensor.name));
+        }
+
+        let (step, _) = run_chunks(&model, &config, &tokens, &vec![1; tokens.len()], &device);
+        assert_matches(&step, &expected.f32("logits_step"), &what("logits_step"));
+
+        let (chunked, _) = run_chunks(&model, &config, &tokens, &chunks, &device);
+        assert_matches(
+            &chunked,
+            &expected.f32("logits_chunked"),
+            &what("logits_chunked"),
+        );
+    }
+}
+
+#[test]
+fn official_pth_matches_the_package() {
+    check_official("weights.pth");
+}
+
+#[test]
+fn official_safetensors_matches_the_package() {
+    check_official("weights.safetensors");
+}
+
+#[test]
+fn hugging_face_folder_matches_transformers() {
+    let dir = fixtures().join("hf_rwkv4");
+    let expected = Expected::open(dir.join("expected.safetensors"));
+    let tokens = expected.tokens("input_ids");
+    for (spec, device) in devices() {
+        let (config, model) = load_model(&dir, &device).unwrap();
+        let what = |mode: &str| format!("hf_rwkv4 on {spec}: {mode}");
+
+        let (full, state) = run_chunks(&model, &config, &tokens, &[tokens.len()], &device);
+        assert_matches(&full, &expected.f32("logits"), &what("logits"));
+        let (step, _) = run_chunks(&model, &config, &tokens, &vec![1; tokens.len()], &device);
+        assert_matches(&step, &expected.f32("logits_step"), &what("logits_step"));
+
+        // transformers keeps state.{s} as [hidden, layer] with s = ffn_x, att_x, aa, bb, pp.
+        let official = state.sequence_official(0);
+        for (s, field) in ["ffn_x", "att_x", "att_aa", "att_bb", "att_pp"]
+            .iter()
+            .enumerate()
+        {
+            let hf = expected.f32(&format!("state.{s}"));
+            for layer in 0..config.n_layer {
+                let want: Vec<f32> = (0..config.n_embd)
+                    .map(|c| hf[c * config.n_layer + layer])
+                    .collect();
+                let name = format!("state.{layer}.{field}");
+                let got = official
+                    .iter()
+                    .find(|t| t.name == name)
+                    .unwrap()
+                    .data
+                    .clone()
+                    .try_to_vec::<f32>()
+                    .unwrap();
+                assert_matches(&got, &want, &what(&name));
+            }
+        }
+
+        // A [2, 16] batch in one call.
+        let batch_ids = expected.tokens("train_input_ids");
+        let mut state = State::zeros(&config, 2, &device);
+        let logits = model.forward(token_tensor(&batch_ids, 2, &device), &mut state);
+        assert_eq!(logits.dims(), [2, 16, 256]);
+        assert_matches(
+            &logits_vec(logits),
+            &expected.f32("train_logits"),
+            &what("train_logits"),
+        );
+    }
+}
