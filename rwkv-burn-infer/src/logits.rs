@@ -87,7 +87,10 @@ pub fn run_logits(
     let mut parts = Vec::with_capacity(chunks.len());
     let mut start = 0;
     for len in chunks {
-        let ids: Vec<i64> = tokens[start..start + len].iter().map(|&t| t as i64).collect();
+        let ids: Vec<i64> = tokens[start..start + len]
+            .iter()
+            .map(|&t| t as i64)
+            .collect();
         let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, len]), device);
         let logits = model.forward(input, &mut state);
         parts.push(logits.reshape([len, config.vocab_size]));

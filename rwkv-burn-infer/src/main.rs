@@ -45,7 +45,9 @@ struct LogitsArgs {
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
-    let spec: DeviceSpec = s.parse().map_err(|e: rwkv_burn::device::DeviceError| e.to_string())?;
+    let spec: DeviceSpec = s
+        .parse()
+        .map_err(|e: rwkv_burn::device::DeviceError| e.to_string())?;
     spec.device().map_err(|e| e.to_string())?;
     Ok(spec)
 }
@@ -82,4 +84,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

@@ -18,7 +18,7 @@ fn rwkv(args: &[&str]) -> std::process::Output {
         .expect("run rwkv")
 }
 
-fn get<'a>(tensors: &'a [NamedTensor], name: &str) -> Vec<f32> {
+fn get(tensors: &[NamedTensor], name: &str) -> Vec<f32> {
     tensors
         .iter()
         .find(|t| t.name == name)
@@ -30,17 +30,21 @@ fn get<'a>(tensors: &'a [NamedTensor], name: &str) -> Vec<f32> {
 }
 
 fn assert_matches(got: &[f32], exp: &[f32], what: &str) {
-    assert_eq!(got.len(), exp.len(), "{what}: length");
-    if let Some(i) = got
-        .iter()
-        .zip(exp)
-        .position(|(g, e)| !((g - e).abs() <= 1e-4 + 1e-4 * e.abs()))
-    {
-        panic!("{what}: element {i} is {} but should be {}", got[i], exp[i]);
+    if let Some(m) = rwkv_burn::parity::first_mismatch(got, exp, 1e-4, 1e-4) {
+        panic!(
+            "{what}: element {} is {} but should be {}",
+            m.index, m.got, m.expected
+        );
     }
 }
 
-fn run_to_file(model: &Path, tokens: &str, mode: &[&str], device: &str, out: &Path) -> Vec<NamedTensor> {
+fn run_to_file(
+    model: &Path,
+    tokens: &str,
+    mode: &[&str],
+    device: &str,
+    out: &Path,
+) -> Vec<NamedTensor> {
     let mut args = vec![
         "logits",
         "--model",
@@ -65,7 +69,10 @@ fn run_to_file(model: &Path, tokens: &str, mode: &[&str], device: &str, out: &Pa
 fn ids(expected: &[NamedTensor], name: &str) -> String {
     let t = expected.iter().find(|t| t.name == name).unwrap();
     let ids = t.data.clone().try_to_vec::<i64>().unwrap();
-    ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[test]
@@ -92,11 +99,22 @@ fn official_checkpoint_in_all_three_modes() {
             (vec!["--chunks", chunks.as_str()], "logits_chunked"),
         ] {
             let got = run_to_file(&dir.join("weights.pth"), &tokens, &mode, device, &out);
-            assert_matches(&get(&got, "logits"), &get(&expected, key), &format!("{device} {key}"));
-            let state_names: Vec<_> = expected.iter().filter(|t| t.name.starts_with("state.")).collect();
+            assert_matches(
+                &get(&got, "logits"),
+                &get(&expected, key),
+                &format!("{device} {key}"),
+            );
+            let state_names: Vec<_> = expected
+                .iter()
+                .filter(|t| t.name.starts_with("state."))
+                .collect();
             assert_eq!(state_names.len(), 10);
             for t in state_names {
-                assert_matches(&get(&got, &t.name), &get(&expected, &t.name), &format!("{device} {key} {}", t.name));
+                assert_matches(
+                    &get(&got, &t.name),
+                    &get(&expected, &t.name),
+                    &format!("{device} {key} {}", t.name),
+                );
             }
         }
     }
@@ -129,7 +147,10 @@ fn bad_requests_fail_with_a_message() {
         (&["--tokens", "1,2,3", "--chunks", "1,1"], "add up to 2"),
         (&["--tokens", "1,x"], "invalid"),
         (&["--tokens", "1", "--device", "quantum"], "unknown device"),
-        (&["--tokens", "1", "--step", "--chunks", "1"], "cannot be used with"),
+        (
+            &["--tokens", "1", "--step", "--chunks", "1"],
+            "cannot be used with",
+        ),
     ];
     for (extra, message) in cases {
         let mut args = vec!["logits", "--model", model, "--out", out];
@@ -140,7 +161,15 @@ fn bad_requests_fail_with_a_message() {
         assert!(stderr.contains(message), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
-    let output = rwkv(&["logits", "--model", "/nonexistent.pth", "--tokens", "1", "--out", out]);
+    let output = rwkv(&[
+        "logits",
+        "--model",
+        "/nonexistent.pth",
+        "--tokens",
+        "1",
+        "--out",
+        out,
+    ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent.pth"), "{stderr}");
 }

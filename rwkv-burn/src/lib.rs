@@ -24,6 +24,7 @@ pub mod config;
 pub mod device;
 pub mod load;
 pub mod model;
+pub mod parity;
 pub mod safetensors_io;
 pub mod state;
 pub mod wkv;

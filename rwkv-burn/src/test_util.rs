@@ -38,11 +38,7 @@ impl Lcg {
 
 /// `|got - want| <= tol + tol * |want|` element-wise.
 pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol + tol * w.abs(),
-            "{what}[{i}]: got {g}, want {w}"
-        );
+    if let Some(m) = crate::parity::first_mismatch(got, want, tol, tol) {
+        panic!("{what}[{}]: got {}, want {}", m.index, m.got, m.expected);
     }
 }

@@ -65,12 +65,10 @@ pub fn token_tensor(ids: &[i64], batch: usize, device: &Device) -> Tensor<2, Int
 
 /// The fixtures' tolerance: `|got - exp| <= 1e-4 + 1e-4 |exp|`.
 pub fn assert_matches(got: &[f32], exp: &[f32], what: &str) {
-    assert_eq!(got.len(), exp.len(), "{what}: length");
-    let bad = got
-        .iter()
-        .zip(exp)
-        .position(|(g, e)| !((g - e).abs() <= 1e-4 + 1e-4 * e.abs()));
-    if let Some(i) = bad {
-        panic!("{what}: element {i} is {} but should be {}", got[i], exp[i]);
+    if let Some(m) = rwkv_burn::parity::first_mismatch(got, exp, 1e-4, 1e-4) {
+        panic!(
+            "{what}: element {} is {} but should be {}",
+            m.index, m.got, m.expected
+        );
     }
 }
