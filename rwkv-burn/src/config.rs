@@ -20,9 +20,18 @@ pub enum Version {
 }
 
 impl Version {
-    /// Whether this build can run the version.
+    /// Whether this build can run the version. RWKV-5.0 and 5.1 (pre-release Eagle
+    /// checkpoints) are recognised but not run: no reference outputs exist to check them.
     pub fn is_supported(self) -> bool {
-        matches!(self, Version::V4)
+        matches!(
+            self,
+            Version::V4 | Version::V5 { minor: 2 } | Version::V6 | Version::V7
+        )
+    }
+
+    /// Whether the WKV state is a matrix per head (RWKV-5 and later).
+    pub fn has_matrix_state(self) -> bool {
+        !matches!(self, Version::V4)
     }
 }
 
@@ -52,4 +61,45 @@ pub struct RwkvConfig {
     pub dim_ffn: usize,
     /// Vocabulary size (V).
     pub vocab_size: usize,
+    /// Channels per head (N) for RWKV-5 and later; `None` for RWKV-4.
+    pub head_size: Option<usize>,
+    /// Ranks of the low-rank adapters of RWKV-6 and RWKV-7 (zero where a version has none).
+    #[serde(default)]
+    pub lora: LoraRanks,
+}
+
+/// Inner widths of the low-rank (LoRA-style) projections that RWKV-6 and RWKV-7 use to make
+/// decay, mixing, learning rate, value residual and gate data-dependent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoraRanks {
+    /// Decay: RWKV-6 `time_decay_w1`, RWKV-7 `w1`.
+    pub decay: usize,
+    /// RWKV-6 token-shift mix (`time_maa_w1` has 5 times this many columns).
+    pub mix: usize,
+    /// RWKV-7 in-context learning rate (`a1`).
+    pub a: usize,
+    /// RWKV-7 value residual (`v1`).
+    pub value: usize,
+    /// RWKV-7 output gate (`g1`).
+    pub gate: usize,
+}
+
+impl LoraRanks {
+    /// Field-wise maximum (layers may lack an unused adapter).
+    pub fn max(self, other: Self) -> Self {
+        Self {
+            decay: self.decay.max(other.decay),
+            mix: self.mix.max(other.mix),
+            a: self.a.max(other.a),
+            value: self.value.max(other.value),
+            gate: self.gate.max(other.gate),
+        }
+    }
+}
+
+impl RwkvConfig {
+    /// Number of heads (H = A / N), 0 for RWKV-4.
+    pub fn n_head(&self) -> usize {
+        self.head_size.map_or(0, |n| self.dim_att / n)
+    }
 }

@@ -17,14 +17,17 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Supported now: RWKV-4 (official `.pth`, official-name safetensors, Hugging Face folders).
-//! RWKV-5/6/7 checkpoints are recognised and refused with [`LoadError::UnsupportedVersion`].
+//! Supported: RWKV-4, RWKV-5.2 (Eagle), RWKV-6 (Finch) and RWKV-7 (Goose), from official `.pth`,
+//! official-name safetensors and (RWKV-4) Hugging Face folders. Pre-release RWKV-5.0/5.1
+//! checkpoints are recognised and refused with [`LoadError::UnsupportedVersion`].
 
 pub mod config;
 pub mod device;
+pub mod init;
 pub mod load;
 pub mod model;
 pub mod parity;
+pub mod presets;
 pub mod safetensors_io;
 pub mod state;
 pub mod wkv;

@@ -37,6 +37,9 @@ pub struct LayerState {
 pub enum WkvState {
     /// RWKV-4 numerator, denominator and running maximum, each `[B, A]`.
     V4(Wkv4State),
+    /// RWKV-5 and later: one `N x N` matrix per head, `[B, H, N, N]`, in the official layout
+    /// of the version (`[key, value]` for 5/6, `[value, key]` for 7).
+    Matrix(Tensor<4>),
 }
 
 /// Why a state could not be built from named tensors.
@@ -75,18 +78,23 @@ impl State {
     /// # Panics
     /// For a version this build does not support (loading refuses those first).
     pub fn zeros(config: &RwkvConfig, batch: usize, device: &Device) -> Self {
+        assert!(
+            config.version.is_supported(),
+            "{} state is not supported by this build",
+            config.version
+        );
         let (c, a) = (config.n_embd, config.dim_att);
         let layers = (0..config.n_layer)
             .map(|_| LayerState {
                 att_x: Tensor::zeros([batch, c], device),
                 ffn_x: Tensor::zeros([batch, c], device),
-                wkv: match config.version {
-                    Version::V4 => WkvState::V4(Wkv4State {
+                wkv: match config.head_size {
+                    None => WkvState::V4(Wkv4State {
                         aa: Tensor::zeros([batch, a], device),
                         bb: Tensor::zeros([batch, a], device),
                         pp: Tensor::full([batch, a], V4_EMPTY_MAX, device),
                     }),
-                    other => panic!("{other} state is not supported by this build"),
+                    Some(n) => WkvState::Matrix(Tensor::zeros([batch, a / n, n, n], device)),
                 },
             })
             .collect();
@@ -98,34 +106,47 @@ impl State {
         self.layers.first().map_or(0, |l| l.att_x.dims()[0])
     }
 
-    /// The state in the official names (`state.{i}.att_x`, ...), as tensors `[B, ...]`:
-    /// batch first, then the official per-sequence layout.
-    pub fn to_official(&self) -> Vec<(String, Tensor<2>)> {
+    /// The state in the official names (`state.{i}.att_x`, ...), batch first: each tensor is
+    /// `[B, ...official per-sequence shape]`.
+    pub fn to_official(&self) -> Vec<NamedTensor> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            out.push((format!("state.{i}.att_x"), layer.att_x.clone()));
+            let mut push = |name: &str, data: TensorData| {
+                out.push(NamedTensor::new(format!("state.{i}.{name}"), data));
+            };
+            push("att_x", layer.att_x.to_data());
             match &layer.wkv {
                 WkvState::V4(s) => {
-                    out.push((format!("state.{i}.att_aa"), s.aa.clone()));
-                    out.push((format!("state.{i}.att_bb"), s.bb.clone()));
-                    out.push((format!("state.{i}.att_pp"), s.pp.clone()));
+                    push("att_aa", s.aa.to_data());
+                    push("att_bb", s.bb.to_data());
+                    push("att_pp", s.pp.to_data());
                 }
+                WkvState::Matrix(kv) => push("att_kv", kv.to_data()),
             }
-            out.push((format!("state.{i}.ffn_x"), layer.ffn_x.clone()));
+            push("ffn_x", layer.ffn_x.to_data());
         }
         out
     }
 
     /// The official state of sequence `index`, exactly as the official package holds it
     /// (no batch dimension).
+    ///
+    /// # Panics
+    /// If `index` is not below the batch size.
     pub fn sequence_official(&self, index: usize) -> Vec<NamedTensor> {
         self.to_official()
             .into_iter()
-            .map(|(name, t)| {
-                let [batch, width] = t.dims();
-                assert!(index < batch, "sequence {index} of a batch of {batch}");
-                let row = t.slice([index..index + 1, 0..width]).reshape([width]);
-                NamedTensor::new(name, row.into_data())
+            .map(|t| {
+                let shape = t.data.shape().to_vec();
+                assert!(
+                    index < shape[0],
+                    "sequence {index} of a batch of {}",
+                    shape[0]
+                );
+                let per_sequence: usize = shape[1..].iter().product();
+                let values = t.data.try_to_vec::<f32>().expect("f32 state");
+                let row = values[index * per_sequence..(index + 1) * per_sequence].to_vec();
+                NamedTensor::new(t.name, TensorData::new(row, shape[1..].to_vec()))
             })
             .collect()
     }
@@ -141,22 +162,23 @@ impl State {
             return Err(StateError::Unsupported(config.version));
         }
         let mut batch = None;
-        let mut get = |name: String, width: usize| -> Result<Tensor<2>, StateError> {
+        // Finds a tensor, checks its shape against `per_sequence`, returns it batch-first.
+        let mut get = |name: String, per_sequence: &[usize]| -> Result<TensorData, StateError> {
             let t = tensors
                 .iter()
                 .find(|t| t.name == name)
                 .ok_or_else(|| StateError::Missing(name.clone()))?;
             let shape = t.data.shape().to_vec();
-            let rows = match shape.as_slice() {
-                [w] if *w == width => 1,
-                [b, w] if *w == width => *b,
-                _ => {
-                    return Err(StateError::Shape {
-                        name,
-                        got: shape,
-                        expected: vec![width],
-                    });
-                }
+            let rows = if shape == per_sequence {
+                1
+            } else if shape.len() == per_sequence.len() + 1 && shape[1..] == *per_sequence {
+                shape[0]
+            } else {
+                return Err(StateError::Shape {
+                    name,
+                    got: shape,
+                    expected: per_sequence.to_vec(),
+                });
             };
             match batch {
                 Some(b) if b != rows => return Err(StateError::Batch(b, rows)),
@@ -168,23 +190,30 @@ impl State {
                 .convert::<f32>()
                 .try_to_vec::<f32>()
                 .map_err(|_| StateError::Shape {
-                    name: t.name.clone(),
+                    name: name.clone(),
                     got: shape.clone(),
-                    expected: vec![width],
+                    expected: per_sequence.to_vec(),
                 })?;
-            let data = TensorData::new(values, [rows, width]);
-            Ok(Tensor::from_data(data, device))
+            let mut full = vec![rows];
+            full.extend_from_slice(per_sequence);
+            Ok(TensorData::new(values, full))
         };
         let (c, a) = (config.n_embd, config.dim_att);
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
-            let att_x = get(format!("state.{i}.att_x"), c)?;
-            let wkv = WkvState::V4(Wkv4State {
-                aa: get(format!("state.{i}.att_aa"), a)?,
-                bb: get(format!("state.{i}.att_bb"), a)?,
-                pp: get(format!("state.{i}.att_pp"), a)?,
-            });
-            let ffn_x = get(format!("state.{i}.ffn_x"), c)?;
+            let att_x = Tensor::from_data(get(format!("state.{i}.att_x"), &[c])?, device);
+            let wkv = match config.head_size {
+                None => WkvState::V4(Wkv4State {
+                    aa: Tensor::from_data(get(format!("state.{i}.att_aa"), &[a])?, device),
+                    bb: Tensor::from_data(get(format!("state.{i}.att_bb"), &[a])?, device),
+                    pp: Tensor::from_data(get(format!("state.{i}.att_pp"), &[a])?, device),
+                }),
+                Some(n) => WkvState::Matrix(Tensor::from_data(
+                    get(format!("state.{i}.att_kv"), &[a / n, n, n])?,
+                    device,
+                )),
+            };
+            let ffn_x = Tensor::from_data(get(format!("state.{i}.ffn_x"), &[c])?, device);
             layers.push(LayerState { att_x, ffn_x, wkv });
         }
         Ok(Self { layers })
@@ -194,13 +223,10 @@ impl State {
     /// saved in exactly the official layout; larger batches keep a leading batch dimension.
     /// The file is written atomically (temporary file, then rename).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), StateError> {
-        let tensors: Vec<NamedTensor> = if self.batch_size() == 1 {
+        let tensors = if self.batch_size() == 1 {
             self.sequence_official(0)
         } else {
             self.to_official()
-                .into_iter()
-                .map(|(name, t)| NamedTensor::new(name, t.into_data()))
-                .collect()
         };
         safetensors_io::write(path.as_ref(), &tensors)?;
         Ok(())
@@ -230,6 +256,8 @@ mod tests {
             dim_att: 3,
             dim_ffn: 8,
             vocab_size: 10,
+            head_size: None,
+            lora: Default::default(),
         }
     }
 
@@ -254,26 +282,27 @@ mod tests {
     #[test]
     fn save_and_load_round_trip_for_batches() {
         let dir = tempfile::tempdir().unwrap();
+        let matrix = RwkvConfig {
+            version: Version::V7,
+            head_size: Some(2),
+            dim_att: 4,
+            ..config()
+        };
         for device in test_devices() {
-            for batch in [1, 3] {
-                let mut state = State::zeros(&config(), batch, &device);
+            for (config, batch) in [
+                (config(), 1),
+                (config(), 3),
+                (matrix.clone(), 1),
+                (matrix.clone(), 2),
+            ] {
+                let mut state = State::zeros(&config, batch, &device);
                 state.layers[1].att_x =
                     Tensor::<2>::ones([batch, 4], &device).mul_scalar(batch as f32);
                 let path = dir.path().join(format!("s{batch}.safetensors"));
                 state.save(&path).unwrap();
-                let back = State::load(&path, &config(), &device).unwrap();
+                let back = State::load(&path, &config, &device).unwrap();
                 assert_eq!(back.batch_size(), batch);
-                let a: Vec<_> = state
-                    .to_official()
-                    .into_iter()
-                    .map(|(n, t)| (n, t.into_data()))
-                    .collect();
-                let b: Vec<_> = back
-                    .to_official()
-                    .into_iter()
-                    .map(|(n, t)| (n, t.into_data()))
-                    .collect();
-                assert_eq!(a, b);
+                assert_eq!(state.to_official(), back.to_official());
             }
         }
     }

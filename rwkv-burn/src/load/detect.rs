@@ -2,7 +2,7 @@
 
 use super::checkpoint::Checkpoint;
 use super::error::LoadError;
-use crate::config::{RwkvConfig, Version};
+use crate::config::{LoraRanks, RwkvConfig, Version};
 
 /// Number of blocks: one past the highest `blocks.{i}.` index.
 pub fn count_layers(checkpoint: &Checkpoint) -> usize {
@@ -84,6 +84,46 @@ pub fn detect_config(checkpoint: &Checkpoint) -> Result<RwkvConfig, LoadError> {
     let [vocab_size, n_embd] = matrix("emb.weight")?;
     let [dim_att, _] = matrix("blocks.0.att.key.weight")?;
     let [dim_ffn, _] = matrix("blocks.0.ffn.key.weight")?;
+    // The per-head bonus is [H, N] in every matrix-state version.
+    let head_size = match version {
+        Version::V4 => None,
+        Version::V7 => Some(matrix("blocks.0.att.r_k")?[1]),
+        _ => Some(matrix("blocks.0.att.time_faaaa")?[1]),
+    };
+    if let Some(n) = head_size
+        && (n == 0 || dim_att % n != 0)
+    {
+        return Err(LoadError::UnknownArchitecture {
+            path: checkpoint.path().to_path_buf(),
+            detail: format!("head size {n} does not divide the attention width {dim_att}"),
+        });
+    }
+    let cols = |name: &str| matrix(name).map(|[_, cols]| cols);
+    let lora = match version {
+        Version::V6 => LoraRanks {
+            mix: cols("blocks.0.att.time_maa_w1")? / 5,
+            decay: cols("blocks.0.att.time_decay_w1")?,
+            ..LoraRanks::default()
+        },
+        Version::V7 => {
+            // Layer 0 does not use its value residual; a checkpoint may lack it there.
+            let value = (0..count_layers(checkpoint))
+                .find_map(|i| {
+                    checkpoint
+                        .shape(&format!("blocks.{i}.att.v1"))
+                        .map(|s| s[s.len() - 1])
+                })
+                .unwrap_or(0);
+            LoraRanks {
+                decay: cols("blocks.0.att.w1")?,
+                a: cols("blocks.0.att.a1")?,
+                value,
+                gate: cols("blocks.0.att.g1")?,
+                ..LoraRanks::default()
+            }
+        }
+        _ => LoraRanks::default(),
+    };
     Ok(RwkvConfig {
         version,
         n_layer: count_layers(checkpoint),
@@ -91,5 +131,7 @@ pub fn detect_config(checkpoint: &Checkpoint) -> Result<RwkvConfig, LoadError> {
         dim_att,
         dim_ffn,
         vocab_size,
+        head_size,
+        lora,
     })
 }

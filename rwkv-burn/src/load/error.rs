@@ -68,7 +68,7 @@ pub enum LoadError {
     },
     /// A recognised RWKV generation that this build cannot run yet.
     #[error(
-        "{path}: {version} checkpoints are not supported by this build yet (supported: RWKV-4)"
+        "{path}: {version} checkpoints are not supported by this build (supported: RWKV-4, RWKV-5.2, RWKV-6, RWKV-7)"
     )]
     UnsupportedVersion {
         /// The file.

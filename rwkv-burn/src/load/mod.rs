@@ -10,6 +10,7 @@ pub mod dtype;
 mod error;
 pub mod hf;
 
+pub use build::{Role, WeightSource, build};
 pub use checkpoint::{Checkpoint, Format};
 pub use detect::{count_layers, detect_config, detect_version};
 pub use error::LoadError;
@@ -34,6 +35,6 @@ pub fn load_checkpoint(
     device: &Device,
 ) -> Result<(RwkvConfig, Rwkv), LoadError> {
     let config = detect_config(checkpoint)?;
-    let model = build::build(checkpoint, &config, device)?;
+    let model = build(checkpoint, &config, device)?;
     Ok((config, model))
 }

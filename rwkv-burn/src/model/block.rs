@@ -1,7 +1,10 @@
 //! A residual block: `x + att(ln1(x))`, then `x + ffn(ln2(x))`. The mixers are per version.
 
 use super::v4::{ChannelMix4, TimeMix4};
-use crate::config::Version;
+use super::v5::TimeMix5;
+use super::v6::{ChannelMix6, TimeMix6};
+use super::v7::{ChannelMix7, TimeMix7};
+use crate::config::{LoraRanks, Version};
 use crate::state::{LayerState, WkvState};
 use burn::module::Module;
 use burn::nn::LayerNorm;
@@ -12,6 +15,12 @@ use burn::tensor::Tensor;
 pub enum TimeMix {
     /// RWKV-4.
     V4(TimeMix4),
+    /// RWKV-5.2.
+    V5(TimeMix5),
+    /// RWKV-6.
+    V6(TimeMix6),
+    /// RWKV-7.
+    V7(TimeMix7),
 }
 
 impl TimeMix {
@@ -19,6 +28,38 @@ impl TimeMix {
     pub fn dim_att(&self) -> usize {
         match self {
             TimeMix::V4(m) => m.dim_att(),
+            TimeMix::V5(m) => m.dim_att(),
+            TimeMix::V6(m) => m.dim_att(),
+            TimeMix::V7(m) => m.dim_att(),
+        }
+    }
+
+    /// Channels per head, for the matrix-state versions.
+    pub fn head_size(&self) -> Option<usize> {
+        match self {
+            TimeMix::V4(_) => None,
+            TimeMix::V5(m) => Some(m.time_faaaa.dims()[1]),
+            TimeMix::V6(m) => Some(m.time_faaaa.dims()[1]),
+            TimeMix::V7(m) => Some(m.r_k.dims()[1]),
+        }
+    }
+
+    /// Ranks of this layer's low-rank adapters.
+    pub fn lora_ranks(&self) -> LoraRanks {
+        match self {
+            TimeMix::V6(m) => LoraRanks {
+                decay: m.time_decay_w1.weight.dims()[1],
+                mix: m.time_maa_w2.dims()[1],
+                ..LoraRanks::default()
+            },
+            TimeMix::V7(m) => LoraRanks {
+                decay: m.w_lora.rank(),
+                a: m.a_lora.rank(),
+                value: m.v_lora.as_ref().map_or(0, |l| l.rank()),
+                gate: m.g_lora.rank(),
+                ..LoraRanks::default()
+            },
+            TimeMix::V4(_) | TimeMix::V5(_) => LoraRanks::default(),
         }
     }
 
@@ -26,6 +67,9 @@ impl TimeMix {
     pub fn version(&self) -> Version {
         match self {
             TimeMix::V4(_) => Version::V4,
+            TimeMix::V5(_) => Version::V5 { minor: 2 },
+            TimeMix::V6(_) => Version::V6,
+            TimeMix::V7(_) => Version::V7,
         }
     }
 }
@@ -33,8 +77,12 @@ impl TimeMix {
 /// The feed-forward half of a block, one variant per RWKV generation.
 #[derive(Module, Debug)]
 pub enum ChannelMix {
-    /// RWKV-4 (also the layout of 5.x).
+    /// RWKV-4 and RWKV-5.
     V4(ChannelMix4),
+    /// RWKV-6.
+    V6(ChannelMix6),
+    /// RWKV-7.
+    V7(ChannelMix7),
 }
 
 impl ChannelMix {
@@ -42,6 +90,8 @@ impl ChannelMix {
     pub fn dim_ffn(&self) -> usize {
         match self {
             ChannelMix::V4(m) => m.dim_ffn(),
+            ChannelMix::V6(m) => m.dim_ffn(),
+            ChannelMix::V7(m) => m.dim_ffn(),
         }
     }
 }
@@ -60,15 +110,31 @@ pub struct Block {
 }
 
 impl Block {
-    /// Runs the block on `[B, T, C]`, advancing this layer's state.
-    pub fn forward(&self, x: Tensor<3>, state: &mut LayerState) -> Tensor<3> {
+    /// Runs the block on `[B, T, C]`, advancing this layer's state. `v_first` carries RWKV-7's
+    /// layer-0 value to later layers (other versions ignore it).
+    ///
+    /// # Panics
+    /// If the state belongs to another version.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        state: &mut LayerState,
+        v_first: &mut Option<Tensor<3>>,
+    ) -> Tensor<3> {
         let att_in = self.ln1.forward(x.clone());
+        let shift = &mut state.att_x;
         let x = x + match (&self.att, &mut state.wkv) {
-            (TimeMix::V4(att), WkvState::V4(wkv)) => att.forward(att_in, &mut state.att_x, wkv),
+            (TimeMix::V4(att), WkvState::V4(wkv)) => att.forward(att_in, shift, wkv),
+            (TimeMix::V5(att), WkvState::Matrix(kv)) => att.forward(att_in, shift, kv),
+            (TimeMix::V6(att), WkvState::Matrix(kv)) => att.forward(att_in, shift, kv),
+            (TimeMix::V7(att), WkvState::Matrix(kv)) => att.forward(att_in, shift, kv, v_first),
+            (att, _) => panic!("state does not belong to a {} block", att.version()),
         };
         let ffn_in = self.ln2.forward(x.clone());
         x + match &self.ffn {
             ChannelMix::V4(ffn) => ffn.forward(ffn_in, &mut state.ffn_x),
+            ChannelMix::V6(ffn) => ffn.forward(ffn_in, &mut state.ffn_x),
+            ChannelMix::V7(ffn) => ffn.forward(ffn_in, &mut state.ffn_x),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Builders for Burn's standard layers from checkpoint tensors.
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::Tensor;
 
 /// LayerNorm eps used by every RWKV version for its LayerNorms.
@@ -24,4 +24,39 @@ pub fn linear(weight_in_out: Tensor<2>) -> Linear {
         weight: Param::from_tensor(weight_in_out),
         bias: None,
     }
+}
+
+/// eps of the per-head GroupNorm `ln_x` of RWKV-5 and later (hard-coded in the official code).
+pub const LN_X_EPS: f64 = 64e-5;
+
+/// The per-head GroupNorm `ln_x`, normalising each head's channels of each token.
+pub fn ln_x(weight: Tensor<1>, bias: Tensor<1>, heads: usize) -> GroupNorm {
+    let [channels] = weight.dims();
+    GroupNorm {
+        gamma: Some(Param::from_tensor(weight)),
+        beta: Some(Param::from_tensor(bias)),
+        num_groups: heads,
+        num_channels: channels,
+        epsilon: LN_X_EPS,
+        affine: true,
+    }
+}
+
+/// Applies `ln_x` to `[B, T, A]`, token by token.
+pub fn apply_ln_x(norm: &GroupNorm, x: Tensor<3>) -> Tensor<3> {
+    let [batch, len, channels] = x.dims();
+    norm.forward(x.reshape([batch * len, channels]))
+        .reshape([batch, len, channels])
+}
+
+/// `[B, T, H*N]` -> `[B, T, H, N]`.
+pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [batch, len, channels] = x.dims();
+    x.reshape([batch, len, heads, channels / heads])
+}
+
+/// `[B, T, H, N]` -> `[B, T, H*N]`.
+pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [batch, len, heads, n] = x.dims();
+    x.reshape([batch, len, heads * n])
 }

@@ -4,9 +4,12 @@ mod block;
 mod layers;
 mod token_shift;
 pub mod v4;
+pub mod v5;
+pub mod v6;
+pub mod v7;
 
 pub use block::{Block, ChannelMix, TimeMix};
-pub use layers::{layer_norm, linear};
+pub use layers::{layer_norm, linear, ln_x};
 
 use crate::config::RwkvConfig;
 use crate::state::State;
@@ -84,8 +87,9 @@ impl Rwkv {
             self.blocks.len()
         );
         let mut x = self.ln0.forward(self.emb.forward(tokens));
+        let mut v_first = None;
         for (block, layer_state) in self.blocks.iter().zip(state.layers.iter_mut()) {
-            x = block.forward(x, layer_state);
+            x = block.forward(x, layer_state, &mut v_first);
         }
         x
     }
@@ -114,9 +118,13 @@ impl Rwkv {
     /// Dimensions of this model.
     pub fn config(&self) -> RwkvConfig {
         let [vocab_size, n_embd] = self.emb.weight.dims();
-        let (dim_att, dim_ffn) = match self.blocks.first() {
-            Some(block) => (block.att.dim_att(), block.ffn.dim_ffn()),
-            None => (n_embd, 0),
+        let (dim_att, dim_ffn, head_size) = match self.blocks.first() {
+            Some(block) => (
+                block.att.dim_att(),
+                block.ffn.dim_ffn(),
+                block.att.head_size(),
+            ),
+            None => (n_embd, 0, None),
         };
         RwkvConfig {
             version: self
@@ -128,6 +136,12 @@ impl Rwkv {
             dim_att,
             dim_ffn,
             vocab_size,
+            head_size,
+            lora: self
+                .blocks
+                .iter()
+                .map(|b| b.att.lora_ranks())
+                .fold(Default::default(), crate::config::LoraRanks::max),
         }
     }
 }

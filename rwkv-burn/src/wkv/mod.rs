@@ -54,3 +54,45 @@ pub fn wkv4(
         },
     )
 }
+
+/// RWKV-5/6 WKV: see [`WkvOps::wkv5`] for shapes and the recurrence.
+pub fn wkv5(
+    r: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    w: Tensor<4>,
+    u: Tensor<2>,
+    state: Tensor<4>,
+) -> (Tensor<4>, Tensor<4>) {
+    let (y, s) = <Dispatch as WkvOps>::wkv5(
+        r.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        w.into_dispatch(),
+        u.into_dispatch(),
+        state.into_dispatch(),
+    );
+    (Tensor::from_dispatch(y), Tensor::from_dispatch(s))
+}
+
+/// RWKV-7 WKV: see [`WkvOps::wkv7`] for shapes and the recurrence.
+pub fn wkv7(
+    r: Tensor<4>,
+    w: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    a: Tensor<4>,
+    b: Tensor<4>,
+    state: Tensor<4>,
+) -> (Tensor<4>, Tensor<4>) {
+    let (y, s) = <Dispatch as WkvOps>::wkv7(
+        r.into_dispatch(),
+        w.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        a.into_dispatch(),
+        b.into_dispatch(),
+        state.into_dispatch(),
+    );
+    (Tensor::from_dispatch(y), Tensor::from_dispatch(s))
+}

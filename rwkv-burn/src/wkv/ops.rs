@@ -40,4 +40,39 @@ pub trait WkvOps: Backend {
     ) -> (FloatTensor<Self>, Wkv4StatePrim<Self>) {
         reference::wkv4::<Self>(w, u, k, v, state)
     }
+
+    /// RWKV-5/6 WKV over a sequence: per head, a matrix state `S[key, value]`.
+    ///
+    /// Shapes: `r`, `k`, `v`, `w` `[B, T, H, N]` (`w` is the decay factor in (0, 1), per
+    /// token for RWKV-6, repeated over time for RWKV-5); `u` `[H, N]`; `state` `[B, H, N, N]`.
+    /// Per token: `y = r (diag(u) k v^T + S)`, then `S = k v^T + diag(w) S`.
+    fn wkv5(
+        r: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        u: FloatTensor<Self>,
+        state: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::wkv5::<Self>(r, k, v, w, u, state)
+    }
+
+    /// RWKV-7 WKV (generalised delta rule) over a sequence: per head, a matrix state
+    /// `S[value, key]`.
+    ///
+    /// Shapes: `r`, `w`, `k`, `v`, `a`, `b` `[B, T, H, N]`; `state` `[B, H, N, N]`. Per token:
+    /// `S = S diag(w) + (S a) b^T + v k^T`, then `y = S r`. The model passes `a = -kk` and
+    /// `b = kk * a_gate`.
+    #[allow(clippy::too_many_arguments)]
+    fn wkv7(
+        r: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        state: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::wkv7::<Self>(r, w, k, v, a, b, state)
+    }
 }

@@ -71,6 +71,100 @@ pub fn wkv4<B: Backend>(
     (y, Wkv4StatePrim { aa, bb, pp })
 }
 
+/// RWKV-5/6 WKV, one token at a time with tensor ops (see [`super::WkvOps::wkv5`]).
+pub fn wkv5<B: Backend>(
+    r: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    w: FloatTensor<B>,
+    u: FloatTensor<B>,
+    state: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let [batch, len, heads, n] = r.shape().dims::<4>();
+    let [r, k, v, w] = [r, k, v, w].map(heads_first::<B>);
+    let row = Shape::new([batch, heads, 1, n]);
+    let column = Shape::new([batch, heads, n, 1]);
+    let u = B::float_reshape(u, Shape::new([1, heads, n, 1]));
+    let mut s = state;
+    let mut outputs = Vec::with_capacity(len);
+    for t in 0..len {
+        let rt = token::<B>(r.clone(), t, &row);
+        let kt = token::<B>(k.clone(), t, &column);
+        let vt = token::<B>(v.clone(), t, &row);
+        let wt = token::<B>(w.clone(), t, &column);
+        let kv = B::float_mul(kt, vt);
+        let visible = B::float_add(B::float_mul(u.clone(), kv.clone()), s.clone());
+        outputs.push(B::float_matmul(rt, visible));
+        s = B::float_add(kv, B::float_mul(wt, s));
+    }
+    (time_first::<B>(outputs), s)
+}
+
+/// RWKV-7 WKV, one token at a time with tensor ops (see [`super::WkvOps::wkv7`]).
+#[allow(clippy::too_many_arguments)]
+pub fn wkv7<B: Backend>(
+    r: FloatTensor<B>,
+    w: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    a: FloatTensor<B>,
+    b: FloatTensor<B>,
+    state: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let [batch, len, heads, n] = r.shape().dims::<4>();
+    let [r, w, k, v, a, b] = [r, w, k, v, a, b].map(heads_first::<B>);
+    let row = Shape::new([batch, heads, 1, n]);
+    let column = Shape::new([batch, heads, n, 1]);
+    let mut s = state;
+    let mut outputs = Vec::with_capacity(len);
+    for t in 0..len {
+        let wt = token::<B>(w.clone(), t, &row);
+        let kt = token::<B>(k.clone(), t, &row);
+        let vt = token::<B>(v.clone(), t, &column);
+        let at = token::<B>(a.clone(), t, &column);
+        let bt = token::<B>(b.clone(), t, &row);
+        let rt = token::<B>(r.clone(), t, &column);
+        // Both the decay and the delta-rule correction act on the previous state.
+        let sa = B::float_matmul(s.clone(), at);
+        let correction = B::float_matmul(sa, bt);
+        s = B::float_add(
+            B::float_add(B::float_mul(s, wt), correction),
+            B::float_mul(vt, kt),
+        );
+        let y = B::float_matmul(s.clone(), rt);
+        outputs.push(B::float_reshape(y, row.clone()));
+    }
+    (time_first::<B>(outputs), s)
+}
+
+/// `[B, T, H, N]` -> `[B, H, T, N]`, so each token's slice is contiguous per head.
+fn heads_first<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_swap_dims(x, 1, 2)
+}
+
+/// Token `t` of a `[B, H, T, N]` tensor, shaped as a row `[B, H, 1, N]` or a column
+/// `[B, H, N, 1]`.
+fn token<B: Backend>(x: FloatTensor<B>, t: usize, shape: &Shape) -> FloatTensor<B> {
+    let t = t as isize;
+    let slices = [
+        Slice::full(),
+        Slice::full(),
+        Slice::new(t, Some(t + 1), 1),
+        Slice::full(),
+    ];
+    B::float_reshape(B::float_slice(x, &slices), shape.clone())
+}
+
+/// Per-token outputs `[B, H, 1, N]` -> `[B, T, H, N]`.
+fn time_first<B: Backend>(mut outputs: Vec<FloatTensor<B>>) -> FloatTensor<B> {
+    let y = if outputs.len() == 1 {
+        outputs.pop().expect("one output")
+    } else {
+        B::float_cat(outputs, 2)
+    };
+    B::float_swap_dims(y, 1, 2)
+}
+
 /// Row `t` of a `[B, T, C]` tensor as `[B, C]`.
 fn time_step<B: Backend>(x: FloatTensor<B>, t: usize, rows: &Shape) -> FloatTensor<B> {
     let t = t as isize;

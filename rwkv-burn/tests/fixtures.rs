@@ -1,4 +1,4 @@
-//! RWKV-4 parity with the official `rwkv` package and Hugging Face transformers.
+//! Parity with the official `rwkv` package (RWKV-4, 5.2, 6, 7) and Hugging Face transformers.
 
 mod common;
 
@@ -31,8 +31,8 @@ fn run_chunks(
     (logits, state)
 }
 
-fn check_official(weights: &str) {
-    let dir = fixtures().join("rwkv4");
+fn check_official(version_dir: &str, weights: &str) {
+    let dir = fixtures().join(version_dir);
     let expected = Expected::open(dir.join("expected.safetensors"));
     let tokens = expected.tokens("tokens");
     let meta: serde_json::Value =
@@ -45,6 +45,7 @@ fn check_official(weights: &str) {
         .collect();
     for (spec, device) in devices() {
         let (config, model) = load_model(dir.join(weights), &device).unwrap();
+        let dims = |key: &str| meta[key].as_u64().unwrap() as usize;
         assert_eq!(
             (
                 config.n_layer,
@@ -52,13 +53,21 @@ fn check_official(weights: &str) {
                 config.dim_ffn,
                 config.vocab_size
             ),
-            (2, 64, 256, 256)
+            (
+                dims("n_layer"),
+                dims("n_embd"),
+                dims("dim_ffn"),
+                dims("vocab_size")
+            )
         );
-        let what = |mode: &str| format!("{weights} on {spec}: {mode}");
+        let what = |mode: &str| format!("{version_dir}/{weights} on {spec}: {mode}");
 
         let (full, state) = run_chunks(&model, &config, &tokens, &[tokens.len()], &device);
         assert_matches(&full, &expected.f32("logits_full"), &what("logits_full"));
-        for tensor in state.sequence_official(0) {
+        let state = state.sequence_official(0);
+        let expected_state = expected.names().filter(|n| n.starts_with("state.")).count();
+        assert_eq!(state.len(), expected_state, "{}", what("state tensors"));
+        for tensor in state {
             let got = tensor.data.try_to_vec::<f32>().unwrap();
             assert_matches(&got, &expected.f32(&tensor.name), &what(&tensor.name));
         }
@@ -76,13 +85,43 @@ fn check_official(weights: &str) {
 }
 
 #[test]
-fn official_pth_matches_the_package() {
-    check_official("weights.pth");
+fn rwkv4_pth_matches_the_package() {
+    check_official("rwkv4", "weights.pth");
 }
 
 #[test]
-fn official_safetensors_matches_the_package() {
-    check_official("weights.safetensors");
+fn rwkv4_safetensors_matches_the_package() {
+    check_official("rwkv4", "weights.safetensors");
+}
+
+#[test]
+fn rwkv5_pth_matches_the_package() {
+    check_official("rwkv5", "weights.pth");
+}
+
+#[test]
+fn rwkv5_safetensors_matches_the_package() {
+    check_official("rwkv5", "weights.safetensors");
+}
+
+#[test]
+fn rwkv6_pth_matches_the_package() {
+    check_official("rwkv6", "weights.pth");
+}
+
+#[test]
+fn rwkv6_safetensors_matches_the_package() {
+    check_official("rwkv6", "weights.safetensors");
+}
+
+#[test]
+fn rwkv7_pth_matches_the_package() {
+    check_official("rwkv7", "weights.pth");
+}
+
+#[test]
+fn rwkv7_safetensors_matches_the_package() {
+    check_official("rwkv7", "weights.safetensors");
 }
 
 #[test]
