@@ -1,4 +1,4 @@
-//! The loss of the Hugging Face fixture batch equals transformers' value.
+//! The loss of the fixture training batches equals the reference implementations' value.
 
 use burn::tensor::{Int, Tensor, TensorData};
 use rwkv_burn::DeviceSpec;
@@ -6,13 +6,28 @@ use rwkv_burn::safetensors_io::read;
 use rwkv_burn_train::loss::next_token_loss;
 use std::path::PathBuf;
 
-#[test]
-fn hf_batch_loss_matches_transformers() {
-    let dir = std::env::var_os("RWKV_FIXTURES")
+fn fixtures() -> PathBuf {
+    std::env::var_os("RWKV_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
-        .join("hf_rwkv4");
-    let expected = read(&dir.join("expected.safetensors")).unwrap();
+}
+
+#[test]
+fn hf_batch_loss_matches_transformers() {
+    let dir = fixtures().join("hf_rwkv4");
+    check_loss(&dir, &dir.join("expected.safetensors"));
+}
+
+#[test]
+fn rwkv7_batch_loss_matches_the_reference() {
+    check_loss(
+        &fixtures().join("rwkv7/weights.safetensors"),
+        &fixtures().join("rwkv7_train/expected.safetensors"),
+    );
+}
+
+fn check_loss(model_path: &std::path::Path, expected_path: &std::path::Path) {
+    let expected = read(expected_path).unwrap();
     let get = |name: &str| {
         expected
             .iter()
@@ -24,7 +39,7 @@ fn hf_batch_loss_matches_transformers() {
     let want = get("loss").try_to_vec::<f32>().unwrap()[0];
     for spec in DeviceSpec::available() {
         let device = spec.device().unwrap();
-        let (_, model) = rwkv_burn::load_model(&dir, &device).unwrap();
+        let (_, model) = rwkv_burn::load_model(model_path, &device).unwrap();
         let ids = |name: &str| {
             let data = get(name);
             let shape = data.shape().to_vec();

@@ -174,3 +174,21 @@ fn hugging_face_folder_matches_transformers() {
         );
     }
 }
+
+#[test]
+fn rwkv7_training_batch_matches_the_reference() {
+    let expected = Expected::open(fixtures().join("rwkv7_train/expected.safetensors"));
+    let weights = fixtures().join("rwkv7/weights.safetensors");
+    let ids = expected.tokens("train_input_ids");
+    for (spec, device) in devices() {
+        let (config, model) = load_model(&weights, &device).unwrap();
+        let mut state = State::zeros(&config, 2, &device);
+        let logits = model.forward(token_tensor(&ids, 2, &device), &mut state);
+        assert_eq!(logits.dims(), [2, 16, 256]);
+        assert_matches(
+            &logits_vec(logits),
+            &expected.f32("train_logits"),
+            &format!("rwkv7_train on {spec}: train_logits"),
+        );
+    }
+}
