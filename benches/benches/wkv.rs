@@ -1,11 +1,16 @@
-//! WKV operator throughput on each compiled CPU device, at the 0.1B-class width (768 channels).
+//! WKV operators at the 0.1B-class shape (768 channels; 12 heads of 64), on each compiled CPU
+//! device. For RWKV-5/6 the token-by-token and chunked reference forms run side by side.
 
+use burn::backend::Flex;
 use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rwkv_burn::DeviceSpec;
-use rwkv_burn::wkv::{Wkv4State, wkv4};
+use rwkv_burn::wkv::{Wkv4State, reference, wkv4, wkv7};
 
 const CHANNELS: usize = 768;
+const HEADS: usize = 12;
+const HEAD: usize = 64;
+const LENGTHS: [usize; 2] = [64, 512];
 
 fn random(n: usize, seed: u32) -> Vec<f32> {
     let mut x = seed.wrapping_mul(2654435761).max(1);
@@ -23,12 +28,16 @@ fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) 
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
+fn heads(len: usize, seed: u32, device: &Device) -> Tensor<4> {
+    tensor(random(len * CHANNELS, seed), [1, len, HEADS, HEAD], device)
+}
+
 fn bench_wkv4(c: &mut Criterion) {
-    let mut group = c.benchmark_group("wkv4_reference");
+    let mut group = c.benchmark_group("wkv4");
     group.sample_size(10);
     for spec in DeviceSpec::available() {
         let device = spec.device().unwrap();
-        for len in [64, 512] {
+        for len in LENGTHS {
             let w = tensor(random(CHANNELS, 1), [CHANNELS], &device).exp().neg();
             let u = tensor(random(CHANNELS, 2), [CHANNELS], &device);
             let k = tensor(random(len * CHANNELS, 3), [1, len, CHANNELS], &device);
@@ -51,5 +60,89 @@ fn bench_wkv4(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_wkv4);
+/// RWKV-5/6: the token-by-token reference against the chunked one, on flex.
+fn bench_wkv5_forms(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wkv5_flex");
+    group.sample_size(10);
+    let device = Device::flex();
+    let prim = |t: Tensor<4>| t.try_into_primitive::<Flex>().unwrap();
+    for len in LENGTHS {
+        let (r, k, v) = (
+            heads(len, 1, &device),
+            heads(len, 2, &device),
+            heads(len, 3, &device),
+        );
+        let w = heads(len, 4, &device).abs().clamp(0.01, 0.999);
+        let u = tensor(random(CHANNELS, 5), [HEADS, HEAD], &device)
+            .try_into_primitive::<Flex>()
+            .unwrap();
+        let s0 = || Tensor::<4>::zeros([1, HEADS, HEAD, HEAD], &device);
+        group.throughput(Throughput::Elements(len as u64));
+        group.bench_with_input(BenchmarkId::new("sequential", len), &len, |b, _| {
+            b.iter(|| {
+                let (y, _) = reference::wkv5_sequential::<Flex>(
+                    prim(r.clone()),
+                    prim(k.clone()),
+                    prim(v.clone()),
+                    prim(w.clone()),
+                    u.clone(),
+                    prim(s0()),
+                );
+                Tensor::<4>::from_primitive::<Flex>(y).into_data()
+            })
+        });
+        for chunk in [16, 32, 64] {
+            group.bench_with_input(
+                BenchmarkId::new(format!("chunked{chunk}"), len),
+                &len,
+                |b, _| {
+                    b.iter(|| {
+                        let (y, _) = reference::wkv5_chunked::<Flex>(
+                            prim(r.clone()),
+                            prim(k.clone()),
+                            prim(v.clone()),
+                            prim(w.clone()),
+                            u.clone(),
+                            prim(s0()),
+                            chunk,
+                        );
+                        Tensor::<4>::from_primitive::<Flex>(y).into_data()
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+fn bench_wkv7(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wkv7");
+    group.sample_size(10);
+    for spec in DeviceSpec::available() {
+        let device = spec.device().unwrap();
+        for len in LENGTHS {
+            let t = |seed| heads(len, seed, &device);
+            let w = t(4).abs().clamp(0.01, 0.999);
+            group.throughput(Throughput::Elements(len as u64));
+            group.bench_with_input(BenchmarkId::new(spec.name(), len), &len, |b, _| {
+                b.iter(|| {
+                    let s0 = Tensor::<4>::zeros([1, HEADS, HEAD, HEAD], &device);
+                    let (y, _) = wkv7(
+                        t(1),
+                        w.clone(),
+                        t(2),
+                        t(3),
+                        t(5).mul_scalar(0.1),
+                        t(6).mul_scalar(0.1),
+                        s0,
+                    );
+                    y.into_data()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_wkv4, bench_wkv5_forms, bench_wkv7);
 criterion_main!(benches);
