@@ -30,6 +30,7 @@ pub mod parity;
 pub mod presets;
 pub mod safetensors_io;
 pub mod state;
+pub mod tokenizer;
 pub mod wkv;
 
 pub use config::{RwkvConfig, Version};
