@@ -1,4 +1,6 @@
-//! Inference on top of [`rwkv_burn`]: running prompts through a model and the `rwkv`
-//! command-line tool built on it.
+//! Inference on top of [`rwkv_burn`]: logits for parity checks, sampling, generation with
+//! streamed text, and the `rwkv` command-line tool built on them.
 
+pub mod generate;
 pub mod logits;
+pub mod sampler;

@@ -101,6 +101,88 @@ impl State {
         Self { layers }
     }
 
+    /// Joins single-sequence (or smaller batch) states into one batch, in order.
+    ///
+    /// # Panics
+    /// If `states` is empty or the states belong to different model shapes.
+    pub fn stack(states: Vec<State>) -> State {
+        let n_layer = states[0].layers.len();
+        let mut per_layer: Vec<Vec<LayerState>> = (0..n_layer).map(|_| Vec::new()).collect();
+        for state in states {
+            for (slot, layer) in per_layer.iter_mut().zip(state.layers) {
+                slot.push(layer);
+            }
+        }
+        let layers = per_layer
+            .into_iter()
+            .map(|parts| {
+                let att_x = Tensor::cat(parts.iter().map(|p| p.att_x.clone()).collect(), 0);
+                let ffn_x = Tensor::cat(parts.iter().map(|p| p.ffn_x.clone()).collect(), 0);
+                let wkv = match &parts[0].wkv {
+                    WkvState::V4(_) => {
+                        let pick = |f: fn(&Wkv4State) -> &Tensor<2>| {
+                            Tensor::cat(
+                                parts
+                                    .iter()
+                                    .map(|p| match &p.wkv {
+                                        WkvState::V4(s) => f(s).clone(),
+                                        WkvState::Matrix(_) => panic!("mixed state versions"),
+                                    })
+                                    .collect(),
+                                0,
+                            )
+                        };
+                        WkvState::V4(Wkv4State {
+                            aa: pick(|s| &s.aa),
+                            bb: pick(|s| &s.bb),
+                            pp: pick(|s| &s.pp),
+                        })
+                    }
+                    WkvState::Matrix(_) => WkvState::Matrix(Tensor::cat(
+                        parts
+                            .iter()
+                            .map(|p| match &p.wkv {
+                                WkvState::Matrix(kv) => kv.clone(),
+                                WkvState::V4(_) => panic!("mixed state versions"),
+                            })
+                            .collect(),
+                        0,
+                    )),
+                };
+                LayerState { att_x, ffn_x, wkv }
+            })
+            .collect();
+        State { layers }
+    }
+
+    /// The state of sequence `index` alone (a batch of one).
+    pub fn select(&self, index: usize) -> State {
+        let rows2 = |t: &Tensor<2>| {
+            let [_, w] = t.dims();
+            t.clone().slice([index..index + 1, 0..w])
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| LayerState {
+                att_x: rows2(&l.att_x),
+                ffn_x: rows2(&l.ffn_x),
+                wkv: match &l.wkv {
+                    WkvState::V4(s) => WkvState::V4(Wkv4State {
+                        aa: rows2(&s.aa),
+                        bb: rows2(&s.bb),
+                        pp: rows2(&s.pp),
+                    }),
+                    WkvState::Matrix(kv) => {
+                        let [_, h, n, m] = kv.dims();
+                        WkvState::Matrix(kv.clone().slice([index..index + 1, 0..h, 0..n, 0..m]))
+                    }
+                },
+            })
+            .collect();
+        State { layers }
+    }
+
     /// Number of sequences.
     pub fn batch_size(&self) -> usize {
         self.layers.first().map_or(0, |l| l.att_x.dims()[0])

@@ -1,10 +1,12 @@
 //! Tokenizers for RWKV models: the World vocabulary (v5-v7 World models) and the GPT-NeoX
 //! `20B_tokenizer.json` of the Pile models (RWKV-4), behind one trait.
 
+mod bytes;
 mod neox;
 mod stream;
 mod world;
 
+pub use bytes::ByteTokenizer;
 pub use neox::NeoxTokenizer;
 pub use stream::StreamDecoder;
 pub use world::WorldTokenizer;
@@ -66,9 +68,13 @@ pub enum TokenizerError {
 }
 
 /// Opens a vocabulary: a `tokenizer.json` (Hugging Face format, e.g. `20B_tokenizer.json`) or
-/// an RWKV World vocabulary (`rwkv_vocab_v20230424.txt`), recognised by content.
+/// an RWKV World vocabulary (`rwkv_vocab_v20230424.txt`), recognised by content. The name
+/// `bytes` gives the byte-level [`ByteTokenizer`].
 pub fn load_tokenizer(path: impl AsRef<Path>) -> Result<Box<dyn Tokenizer>, TokenizerError> {
     let path = path.as_ref();
+    if path == Path::new("bytes") {
+        return Ok(Box::new(ByteTokenizer));
+    }
     let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
         path: path.to_path_buf(),
         source,

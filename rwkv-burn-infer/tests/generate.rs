@@ -1,0 +1,200 @@
+//! Generation on the fixture models: batching isolation, chat state carry-over, state files,
+//! stop strings and seeds.
+
+use burn::tensor::Device;
+use rwkv_burn::tokenizer::ByteTokenizer;
+use rwkv_burn::{DeviceSpec, Rwkv, State, load_model};
+use rwkv_burn_infer::generate::{GenerateOptions, Pipeline, StopReason};
+use rwkv_burn_infer::sampler::SamplerConfig;
+use std::path::PathBuf;
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("RWKV_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+}
+
+/// Every compiled device with the fixture models of two generations (vocabulary 256, so the
+/// byte-level tokenizer fits).
+fn setups() -> Vec<(String, Device, Rwkv)> {
+    let mut out = Vec::new();
+    for spec in DeviceSpec::available() {
+        let device = spec.device().unwrap();
+        for version in ["rwkv4", "rwkv7"] {
+            let (_, model) = load_model(
+                fixtures().join(version).join("weights.safetensors"),
+                &device,
+            )
+            .unwrap();
+            out.push((format!("{version} on {spec}"), device.clone(), model));
+        }
+    }
+    out
+}
+
+fn greedy(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens,
+        sampler: SamplerConfig::greedy(),
+        stop_tokens: vec![],
+        ..GenerateOptions::default()
+    }
+}
+
+#[test]
+fn batched_sequences_do_not_leak_into_each_other() {
+    let prompts: Vec<Vec<u32>> = vec![
+        b"Hello".map(u32::from).to_vec(),
+        b"The quick brown fox".iter().map(|&b| b as u32).collect(),
+        vec![7],
+    ];
+    for (name, device, model) in setups() {
+        let pipeline = Pipeline::new(&model, &ByteTokenizer, device.clone());
+        let options = greedy(12);
+        let batch = pipeline.generate_batch(&prompts, &options).unwrap();
+        for (prompt, together) in prompts.iter().zip(&batch) {
+            let mut state = State::zeros(&model.config(), 1, &device);
+            let alone = pipeline
+                .generate(prompt, &mut state, &options, &mut |_| true)
+                .unwrap();
+            assert_eq!(alone.tokens, together.tokens, "{name}: prompt {prompt:?}");
+            assert_eq!(alone.tokens.len(), 12, "{name}");
+        }
+    }
+}
+
+#[test]
+fn chat_state_carries_over_and_survives_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, device, model) in setups() {
+        let pipeline = Pipeline::new(&model, &ByteTokenizer, device.clone());
+        let config = model.config();
+        let turn1: Vec<u32> = b"User: hi\n\nAssistant:"
+            .iter()
+            .map(|&b| b as u32)
+            .collect();
+        let turn2: Vec<u32> = b"\n\nUser: more\n\nAssistant:"
+            .iter()
+            .map(|&b| b as u32)
+            .collect();
+        let options = greedy(6);
+
+        let mut state = State::zeros(&config, 1, &device);
+        let first = pipeline
+            .generate(&turn1, &mut state, &options, &mut |_| true)
+            .unwrap();
+        let path = dir.path().join("chat.safetensors");
+        state.save(&path).unwrap();
+        let second = pipeline
+            .generate(&turn2, &mut state, &options, &mut |_| true)
+            .unwrap();
+
+        // The same conversation from scratch, as one prompt.
+        let history: Vec<u32> = turn1
+            .iter()
+            .chain(&first.tokens)
+            .chain(&turn2)
+            .copied()
+            .collect();
+        let mut fresh = State::zeros(&config, 1, &device);
+        let replay = pipeline
+            .generate(&history, &mut fresh, &options, &mut |_| true)
+            .unwrap();
+        assert_eq!(second.tokens, replay.tokens, "{name}: carried state");
+
+        // And resumed from the saved file.
+        let mut loaded = State::load(&path, &config, &device).unwrap();
+        let resumed = pipeline
+            .generate(&turn2, &mut loaded, &options, &mut |_| true)
+            .unwrap();
+        assert_eq!(second.tokens, resumed.tokens, "{name}: state file");
+    }
+}
+
+#[test]
+fn stop_strings_end_generation_before_them() {
+    for (name, device, model) in setups() {
+        let pipeline = Pipeline::new(&model, &ByteTokenizer, device.clone());
+        let prompt: Vec<u32> = b"Once upon a time".iter().map(|&b| b as u32).collect();
+        let config = model.config();
+        let full = pipeline
+            .generate(
+                &prompt,
+                &mut State::zeros(&config, 1, &device),
+                &greedy(24),
+                &mut |_| true,
+            )
+            .unwrap();
+        // Pick a stop string from the middle of the greedy text, at character boundaries.
+        let bounds: Vec<usize> = full.text.char_indices().map(|(i, _)| i).collect();
+        assert!(bounds.len() > 8, "{name}: {:?}", full.text);
+        let (start, end) = (bounds[4], bounds[7]);
+        let stop = full.text[start..end].to_string();
+        let first = full.text.find(&stop).unwrap();
+        let options = GenerateOptions {
+            stop_strings: vec![stop.clone()],
+            ..greedy(24)
+        };
+        let mut streamed = String::new();
+        let cut = pipeline
+            .generate(
+                &prompt,
+                &mut State::zeros(&config, 1, &device),
+                &options,
+                &mut |t| {
+                    streamed.push_str(t);
+                    true
+                },
+            )
+            .unwrap();
+        assert_eq!(cut.stop, StopReason::StopString(stop), "{name}");
+        assert_eq!(cut.text, full.text[..first], "{name}");
+        assert_eq!(streamed, cut.text, "{name}: streamed text");
+    }
+}
+
+#[test]
+fn seeds_make_sampling_repeatable() {
+    for (name, device, model) in setups() {
+        let pipeline = Pipeline::new(&model, &ByteTokenizer, device.clone());
+        let prompt = [1u32, 2, 3];
+        let run = |seed| {
+            let options = GenerateOptions {
+                max_tokens: 16,
+                sampler: SamplerConfig {
+                    seed,
+                    temperature: 1.5,
+                    top_p: 1.0,
+                    ..SamplerConfig::default()
+                },
+                stop_tokens: vec![],
+                ..GenerateOptions::default()
+            };
+            let mut state = State::zeros(&model.config(), 1, &device);
+            pipeline
+                .generate(&prompt, &mut state, &options, &mut |_| true)
+                .unwrap()
+                .tokens
+        };
+        assert_eq!(run(7), run(7), "{name}");
+        assert_ne!(run(7), run(8), "{name}");
+    }
+}
+
+#[test]
+fn empty_and_out_of_range_prompts_are_errors() {
+    let (_, device, model) = setups().remove(0);
+    let pipeline = Pipeline::new(&model, &ByteTokenizer, device.clone());
+    let mut state = State::zeros(&model.config(), 1, &device);
+    let options = greedy(4);
+    assert!(
+        pipeline
+            .generate(&[], &mut state, &options, &mut |_| true)
+            .is_err()
+    );
+    assert!(
+        pipeline
+            .generate(&[300], &mut state, &options, &mut |_| true)
+            .is_err()
+    );
+}
