@@ -1,6 +1,10 @@
 //! Inference on top of [`rwkv_burn`]: logits for parity checks, sampling, generation with
 //! streamed text, and the `rwkv` command-line tool built on them.
 
+pub mod bench;
+pub mod chat;
+pub mod eval;
 pub mod generate;
 pub mod logits;
 pub mod sampler;
+pub mod vocab;

@@ -1,13 +1,24 @@
 //! The `rwkv` command-line tool.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use clap::{Args, Parser, Subcommand};
-use rwkv_burn::{DeviceSpec, load_model, safetensors_io};
+use indicatif::{ProgressBar, ProgressStyle};
+use rwkv_burn::presets::{PRESET_NAMES, preset};
+use rwkv_burn::tokenizer::Tokenizer;
+use rwkv_burn::{DeviceSpec, Rwkv, RwkvConfig, State, load_model, safetensors_io};
+use rwkv_burn_infer::chat::ChatSession;
+use rwkv_burn_infer::generate::{GenerateOptions, Pipeline};
 use rwkv_burn_infer::logits::{RunMode, run_logits};
+use rwkv_burn_infer::sampler::SamplerConfig;
+use rwkv_burn_infer::{bench, eval, vocab};
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
-/// Run RWKV language models (official .pth, safetensors, Hugging Face folders) with Burn.
+/// Run RWKV language models (v4 to v7; official .pth, safetensors, Hugging Face folders) with
+/// Burn, on the CPU or any compiled backend.
 #[derive(Parser)]
 #[command(name = "rwkv", version, about, long_about = None)]
 struct Cli {
@@ -17,16 +28,219 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Continue a prompt, streaming the generated text to stdout.
+    Generate(GenerateArgs),
+    /// Talk with a model in the World chat format; the state carries over between turns.
+    Chat(ChatArgs),
+    /// Perplexity and bits per byte of a text file, streamed through the state.
+    Eval(EvalArgs),
+    /// Measure prefill and decode speed (a checkpoint, or a random model of a released shape).
+    Bench(BenchArgs),
+    /// Print a checkpoint's version, sizes and parameter count.
+    Info(InfoArgs),
+    /// Print the token ids of a file's bytes as a JSON array.
+    Tokenize(TokenizeArgs),
+    /// Write the bytes of token ids to stdout.
+    Detokenize(DetokenizeArgs),
     /// Compute the logits of a token sequence from a fresh state and save them with the final
     /// state (official names) as safetensors.
     Logits(LogitsArgs),
 }
 
-#[derive(Args)]
-struct LogitsArgs {
+#[derive(Args, Clone)]
+struct ModelArgs {
     /// Checkpoint: an official .pth, a safetensors file, or a Hugging Face model folder.
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
+    /// Device to run on.
+    #[arg(long, default_value = "flex", value_parser = parse_device, help = device_help())]
+    device: DeviceSpec,
+}
+
+#[derive(Args, Clone)]
+struct VocabArgs {
+    /// Tokenizer: `world` (embedded RWKV World vocabulary), `bytes` (byte-level), or a file
+    /// (`rwkv_vocab_v20230424.txt`, `20B_tokenizer.json`). Default: chosen from the model's
+    /// vocabulary size (65536 -> world, 256 -> bytes).
+    #[arg(long, value_name = "VOCAB")]
+    vocab: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 200)]
+    max_tokens: usize,
+    /// Softmax temperature (0 = greedy).
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = 0.85)]
+    top_p: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Drop tokens below this fraction of the top probability (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Penalty on tokens already generated.
+    #[arg(long, default_value_t = 0.4)]
+    presence_penalty: f32,
+    /// Penalty per (decayed) repetition.
+    #[arg(long, default_value_t = 0.4)]
+    frequency_penalty: f32,
+    /// Decay of the repetition counts per token.
+    #[arg(long, default_value_t = 0.996)]
+    penalty_decay: f32,
+    /// Token ids never to generate (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    ban: Vec<u32>,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Random seed: the same seed gives the same text on the same device.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Prompt tokens per sequence-mode call (bounds memory for long prompts).
+    #[arg(long, default_value_t = 256)]
+    prefill_chunk: usize,
+}
+
+impl SamplingArgs {
+    fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampler: SamplerConfig {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k: self.top_k,
+                min_p: self.min_p,
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
+                penalty_decay: self.penalty_decay,
+                banned: self.ban.clone(),
+                seed: self.seed,
+            },
+            stop_strings: self.stop.clone(),
+            prefill_chunk: self.prefill_chunk,
+            ..GenerateOptions::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    vocab: VocabArgs,
+    /// The prompt text.
+    #[arg(long, conflicts_with = "prompt_file")]
+    prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(long, value_name = "FILE")]
+    prompt_file: Option<PathBuf>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Start from this state file instead of a fresh state.
+    #[arg(long, value_name = "FILE")]
+    state_in: Option<PathBuf>,
+    /// Save the final state here (official names, safetensors).
+    #[arg(long, value_name = "FILE")]
+    state_out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    vocab: VocabArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Resume a conversation saved with --state-out.
+    #[arg(long, value_name = "FILE")]
+    state_in: Option<PathBuf>,
+    /// Save the conversation's state here after every turn.
+    #[arg(long, value_name = "FILE")]
+    state_out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    vocab: VocabArgs,
+    /// The text file to score.
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+    /// Tokens per sequence-mode call.
+    #[arg(long, default_value_t = 512)]
+    chunk: usize,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Checkpoint to measure.
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "preset",
+        required_unless_present = "preset"
+    )]
+    model: Option<PathBuf>,
+    /// Random model of a released shape instead of a checkpoint.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(PRESET_NAMES))]
+    preset: Option<String>,
+    /// Device to run on.
+    #[arg(long, default_value = "flex", value_parser = parse_device, help = device_help())]
+    device: DeviceSpec,
+    /// Prompt length of the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    prefill: usize,
+    /// Tokens decoded per sequence.
+    #[arg(long, default_value_t = 128)]
+    decode: usize,
+    /// Batch size of the batched decode measurement.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// Checkpoint: an official .pth, a safetensors file, or a Hugging Face model folder.
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    /// Tokenizer: `world`, `bytes`, or a vocabulary file.
+    #[arg(long, value_name = "VOCAB")]
+    vocab: String,
+    /// File whose raw bytes are tokenized (need not be UTF-8 for the World tokenizer).
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+}
+
+#[derive(Args)]
+struct DetokenizeArgs {
+    /// Tokenizer: `world`, `bytes`, or a vocabulary file.
+    #[arg(long, value_name = "VOCAB")]
+    vocab: String,
+    /// Token ids, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    ids: Vec<u32>,
+}
+
+#[derive(Args)]
+struct LogitsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
     /// Token ids, comma-separated (e.g. 1,2,3).
     #[arg(long, value_name = "IDS", value_delimiter = ',', required = true, num_args = 1..)]
     tokens: Vec<u32>,
@@ -36,9 +250,6 @@ struct LogitsArgs {
     /// Feed the tokens in chunks of these lengths, carrying the state (e.g. 9,1,14).
     #[arg(long, value_name = "LENS", value_delimiter = ',', num_args = 1..)]
     chunks: Option<Vec<usize>>,
-    /// Device to run on.
-    #[arg(long, default_value = "flex", value_parser = parse_device, help = device_help())]
-    device: DeviceSpec,
     /// Output file: `logits` F32 [T, V] and `state.{i}.{name}` in the official layout.
     #[arg(long, value_name = "OUT.safetensors")]
     out: PathBuf,
@@ -57,9 +268,253 @@ fn device_help() -> String {
     format!("Device to run on; this build has: {}", names.join(", "))
 }
 
-fn logits(args: LogitsArgs) -> Result<()> {
+fn spinner(message: String) -> ProgressBar {
+    let bar = ProgressBar::new_spinner().with_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+fn load(args: &ModelArgs) -> Result<(RwkvConfig, Rwkv, burn::tensor::Device)> {
     let device = args.device.device()?;
+    let bar = spinner(format!("loading {}", args.model.display()));
     let (config, model) = load_model(&args.model, &device)?;
+    bar.finish_and_clear();
+    Ok((config, model, device))
+}
+
+fn tokenizer(vocab: &VocabArgs, config: &RwkvConfig) -> Result<Box<dyn Tokenizer>> {
+    Ok(vocab::choose(vocab.vocab.as_deref(), config.vocab_size)?)
+}
+
+/// Reads a prompt, with a progress bar while a long one is read into the state.
+fn prefill_with_bar(
+    pipeline: &Pipeline,
+    ids: &[u32],
+    state: &mut State,
+    chunk: usize,
+) -> Result<Vec<f32>> {
+    let bar = if ids.len() > chunk {
+        let bar = ProgressBar::new(ids.len() as u64).with_style(
+            ProgressStyle::with_template("reading prompt {bar:30} {pos}/{len} tokens {per_sec}")
+                .expect("valid template"),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let logits = pipeline.prefill(ids, state, chunk, &mut |done| {
+        if let Some(bar) = &bar {
+            bar.set_position(done as u64);
+        }
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(logits)
+}
+
+fn print_flush(text: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (e.g. `| head`) ends generation instead of failing it.
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .is_ok()
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => p.clone().into_bytes(),
+        (None, Some(path)) => {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, None) => bail!("give a prompt with --prompt or --prompt-file"),
+    };
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let (config, model, device) = load(&args.model)?;
+    let tokenizer = tokenizer(&args.vocab, &config)?;
+    let ids = tokenizer.encode(&prompt)?;
+    let pipeline = Pipeline::new(&model, tokenizer.as_ref(), device.clone());
+    let mut state = match &args.state_in {
+        Some(path) => State::load(path, &config, &device)?,
+        None => State::zeros(&config, 1, &device),
+    };
+    let options = args.sampling.options();
+    let logits = prefill_with_bar(&pipeline, &ids, &mut state, options.prefill_chunk)?;
+    let start = Instant::now();
+    let result = pipeline.decode(logits, &mut state, &options, &mut print_flush)?;
+    println!();
+    let seconds = start.elapsed().as_secs_f64();
+    eprintln!(
+        "[{} tokens in {:.2} s, {:.1} tokens/s; stopped: {:?}]",
+        result.tokens.len(),
+        seconds,
+        result.tokens.len() as f64 / seconds.max(1e-9),
+        result.stop
+    );
+    if let Some(path) = &args.state_out {
+        state.save(path)?;
+    }
+    Ok(())
+}
+
+fn chat(args: ChatArgs) -> Result<()> {
+    let (config, model, device) = load(&args.model)?;
+    let tokenizer = tokenizer(&args.vocab, &config)?;
+    let pipeline = Pipeline::new(&model, tokenizer.as_ref(), device.clone());
+    let state = match &args.state_in {
+        Some(path) => State::load(path, &config, &device)?,
+        None => State::zeros(&config, 1, &device),
+    };
+    let mut session = ChatSession::new(&pipeline, state, args.sampling.options());
+    eprintln!(
+        "Chatting with {} ({} layers). Empty line or Ctrl-D to quit.",
+        config.version, config.n_layer
+    );
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("User: ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        print_flush("Assistant:");
+        session.turn(&line, &mut print_flush)?;
+        println!();
+        if let Some(path) = &args.state_out {
+            session.state.save(path)?;
+        }
+    }
+    Ok(())
+}
+
+fn eval_cmd(args: EvalArgs) -> Result<()> {
+    let text =
+        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let (config, model, device) = load(&args.model)?;
+    let tokenizer = tokenizer(&args.vocab, &config)?;
+    let ids = tokenizer.encode(&text)?;
+    if ids.len() < 2 {
+        bail!(
+            "{}: needs at least two tokens to score",
+            args.input.display()
+        );
+    }
+    let bar = ProgressBar::new(ids.len() as u64).with_style(
+        ProgressStyle::with_template("scoring {bar:30} {pos}/{len} tokens {per_sec}")
+            .expect("valid template"),
+    );
+    let result = eval::evaluate(&model, &ids, text.len(), args.chunk, &device, &mut |done| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    println!("tokens:         {}", result.tokens);
+    println!("bytes:          {}", result.bytes);
+    println!("loss (nats):    {:.4}", result.mean_nll);
+    println!("perplexity:     {:.4}", result.perplexity);
+    println!("bits per byte:  {:.4}", result.bits_per_byte);
+    Ok(())
+}
+
+fn bench_cmd(args: BenchArgs) -> Result<()> {
+    let device = args.device.device()?;
+    let (label, model) = match (&args.model, &args.preset) {
+        (Some(path), _) => (path.display().to_string(), load_model(path, &device)?.1),
+        (None, Some(name)) => {
+            let config = preset(name).context("unknown preset")?;
+            let bar = spinner(format!("building a random {name} model"));
+            let model = rwkv_burn::init::random_model(&config, 0, &device)?;
+            bar.finish_and_clear();
+            (name.clone(), model)
+        }
+        (None, None) => bail!("give --model or --preset"),
+    };
+    let result = bench::run(
+        &model,
+        &device,
+        args.prefill,
+        args.decode,
+        args.batch.max(1),
+    );
+    if args.json {
+        let mut value = serde_json::to_value(&result)?;
+        value["model"] = label.into();
+        value["device"] = args.device.name().into();
+        println!("{value}");
+    } else {
+        println!("model {label} on {}", args.device);
+        println!(
+            "prefill ({} tokens):      {:>9.1} tokens/s",
+            result.prefill_tokens, result.prefill_tokens_per_s
+        );
+        println!(
+            "decode batch 1:           {:>9.1} tokens/s",
+            result.decode_tokens_per_s
+        );
+        println!(
+            "decode batch {}:           {:>9.1} tokens/s",
+            result.batch, result.decode_batch_tokens_per_s
+        );
+        println!(
+            "peak RSS:                 {:>9.1} MiB",
+            result.peak_rss_bytes as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
+fn info(args: InfoArgs) -> Result<()> {
+    let checkpoint = rwkv_burn::load::Checkpoint::open(&args.model)?;
+    let version = rwkv_burn::load::detect_version(&checkpoint)?;
+    println!("file:        {}", checkpoint.path().display());
+    println!("format:      {:?}", checkpoint.format());
+    println!(
+        "version:     {version}{}",
+        if version.is_supported() {
+            ""
+        } else {
+            " (not supported by this build)"
+        }
+    );
+    if !version.is_supported() {
+        return Ok(());
+    }
+    let config = rwkv_burn::load::detect_config(&checkpoint)?;
+    let dtypes = checkpoint.dtypes();
+    let (_, model) = rwkv_burn::load::load_checkpoint(&checkpoint, &burn::tensor::Device::flex())?;
+    println!("layers:      {}", config.n_layer);
+    println!("embedding:   {}", config.n_embd);
+    println!("attention:   {}", config.dim_att);
+    println!("ffn:         {}", config.dim_ffn);
+    println!("vocabulary:  {}", config.vocab_size);
+    if let Some(n) = config.head_size {
+        println!("heads:       {} x {n}", config.n_head());
+    }
+    println!("parameters:  {}", model.num_params());
+    println!("stored as:   {dtypes} (computed in f32)");
+    Ok(())
+}
+
+fn tokenize(args: TokenizeArgs) -> Result<()> {
+    let bytes =
+        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let tokenizer = vocab::choose(Some(&args.vocab), 0)?;
+    let ids = tokenizer.encode(&bytes)?;
+    println!("{}", serde_json::to_string(&ids)?);
+    Ok(())
+}
+
+fn detokenize(args: DetokenizeArgs) -> Result<()> {
+    let tokenizer = vocab::choose(Some(&args.vocab), 0)?;
+    let bytes = tokenizer.decode_bytes(&args.ids)?;
+    std::io::stdout().write_all(&bytes)?;
+    Ok(())
+}
+
+fn logits(args: LogitsArgs) -> Result<()> {
+    let device = args.model.device.device()?;
+    let (config, model) = load_model(&args.model.model, &device)?;
     let mode = match (args.step, args.chunks) {
         (true, _) => RunMode::Step,
         (false, Some(chunks)) => RunMode::Chunks(chunks),
@@ -74,6 +529,13 @@ fn logits(args: LogitsArgs) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Generate(args) => generate(args),
+        Command::Chat(args) => chat(args),
+        Command::Eval(args) => eval_cmd(args),
+        Command::Bench(args) => bench_cmd(args),
+        Command::Info(args) => info(args),
+        Command::Tokenize(args) => tokenize(args),
+        Command::Detokenize(args) => detokenize(args),
         Command::Logits(args) => logits(args),
     };
     match result {

@@ -33,6 +33,8 @@ pub struct LayerState {
 }
 
 /// The WKV memory of one block, per version.
+// Tensor handles, not tensor data: the size difference is a few handles.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum WkvState {
     /// RWKV-4 numerator, denominator and running maximum, each `[B, A]`.

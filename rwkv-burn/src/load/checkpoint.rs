@@ -236,6 +236,21 @@ impl Checkpoint {
         self.entries.keys().map(String::as_str)
     }
 
+    /// The stored element types, e.g. `"bf16"` or `"f32, f16"`.
+    pub fn dtypes(&self) -> String {
+        let mut names: Vec<String> = self
+            .entries
+            .values()
+            .map(|e| match &e.dtype {
+                Ok(d) => format!("{d:?}").to_lowercase(),
+                Err(other) => other.to_lowercase(),
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names.join(", ")
+    }
+
     /// Shape of a tensor, if present.
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
         self.entries.get(name).map(|e| e.shape.as_slice())

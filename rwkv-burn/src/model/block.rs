@@ -11,6 +11,8 @@ use burn::nn::LayerNorm;
 use burn::tensor::Tensor;
 
 /// The attention-like half of a block, one variant per RWKV generation.
+// Built once per layer and never moved in a hot path: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum TimeMix {
     /// RWKV-4.

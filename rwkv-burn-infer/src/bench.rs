@@ -1,0 +1,95 @@
+//! Throughput measurements behind `rwkv bench`: prefill, decode at batch 1 and batch N, peak
+//! memory.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rwkv_burn::{Rwkv, State};
+use serde::Serialize;
+use std::time::Instant;
+
+/// What `rwkv bench` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// Prompt length of the prefill run.
+    pub prefill_tokens: usize,
+    /// Sequence-mode tokens per second.
+    pub prefill_tokens_per_s: f64,
+    /// Tokens decoded per sequence.
+    pub decode_tokens: usize,
+    /// Step-mode tokens per second at batch 1 (logits read back every step).
+    pub decode_tokens_per_s: f64,
+    /// Batch size of the batched decode run.
+    pub batch: usize,
+    /// Step-mode tokens per second summed over the batch.
+    pub decode_batch_tokens_per_s: f64,
+    /// Peak resident memory of the process so far, in bytes (0 where unknown).
+    pub peak_rss_bytes: u64,
+}
+
+/// Runs the measurements on `model` with deterministic pseudo-random tokens.
+pub fn run(
+    model: &Rwkv,
+    device: &Device,
+    prefill: usize,
+    decode: usize,
+    batch: usize,
+) -> BenchResult {
+    let config = model.config();
+    let vocab = config.vocab_size as i64;
+    let tokens = |n: usize, salt: i64| -> Vec<i64> {
+        (0..n as i64).map(|i| (i * 7919 + salt) % vocab).collect()
+    };
+    let input = |ids: Vec<i64>, b: usize| {
+        let len = ids.len() / b;
+        Tensor::<2, Int>::from_data(TensorData::new(ids, [b, len]), device)
+    };
+
+    // Warm-up: first calls allocate and (on some backends) compile.
+    let mut state = State::zeros(&config, 1, device);
+    let _ = model
+        .forward_last(input(tokens(8, 1), 1), &mut state)
+        .into_data();
+
+    let mut state = State::zeros(&config, 1, device);
+    let start = Instant::now();
+    let _ = model
+        .forward_last(input(tokens(prefill, 3), 1), &mut state)
+        .into_data();
+    let prefill_s = start.elapsed().as_secs_f64();
+
+    let decode_rate = |b: usize| {
+        let mut state = State::zeros(&config, b, device);
+        let _ = model
+            .forward_last(input(tokens(b, 5), b), &mut state)
+            .into_data();
+        let start = Instant::now();
+        for step in 0..decode {
+            let logits = model.forward_last(input(tokens(b, 11 + step as i64), b), &mut state);
+            let _ = logits.into_data();
+        }
+        (decode * b) as f64 / start.elapsed().as_secs_f64()
+    };
+    let decode_tokens_per_s = decode_rate(1);
+    let decode_batch_tokens_per_s = decode_rate(batch);
+    BenchResult {
+        prefill_tokens: prefill,
+        prefill_tokens_per_s: prefill as f64 / prefill_s,
+        decode_tokens: decode,
+        decode_tokens_per_s,
+        batch,
+        decode_batch_tokens_per_s,
+        peak_rss_bytes: peak_rss(),
+    }
+}
+
+/// `VmHWM` of `/proc/self/status` (Linux), else 0.
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}

@@ -1,0 +1,180 @@
+//! The `rwkv` subcommands end to end through the binary.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("RWKV_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+}
+
+fn rwkv(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rwkv"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run rwkv");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "rwkv {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn model(version: &str) -> String {
+    fixtures()
+        .join(version)
+        .join("weights.pth")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn generate_is_repeatable_and_saves_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.safetensors");
+    let m = model("rwkv7");
+    let args = |out: &str| {
+        vec![
+            "generate".to_string(),
+            "--model".into(),
+            m.clone(),
+            "--prompt".into(),
+            "Hello".into(),
+            "--max-tokens".into(),
+            "12".into(),
+            "--seed".into(),
+            "3".into(),
+            "--state-out".into(),
+            out.into(),
+        ]
+    };
+    let a: Vec<String> = args(state.to_str().unwrap());
+    let first = rwkv(&a.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    let second = rwkv(&a.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    assert_eq!(first.stdout, second.stdout);
+    assert!(first.stdout.len() > 1);
+    assert!(state.is_file());
+    // Continuing from the saved state works too.
+    let resumed = rwkv(
+        &[
+            "generate",
+            "--model",
+            &m,
+            "--prompt",
+            " more",
+            "--max-tokens",
+            "4",
+            "--state-in",
+            state.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!resumed.stdout.is_empty());
+}
+
+#[test]
+fn chat_keeps_talking_across_turns() {
+    let out = rwkv(
+        &[
+            "chat",
+            "--model",
+            &model("rwkv4"),
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+        ],
+        Some(b"hello\nhow are you\n"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("Assistant:").count(), 2, "{text}");
+}
+
+#[test]
+fn tokenize_and_detokenize_round_trip_world_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    let text = "User: 你好 world 😀\n\nAssistant:";
+    std::fs::write(&input, text).unwrap();
+    let ids = rwkv(
+        &[
+            "tokenize",
+            "--vocab",
+            "world",
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        None,
+    );
+    let ids: Vec<u32> = serde_json::from_slice(&ids.stdout).unwrap();
+    assert!(ids.len() < text.len());
+    let joined = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let back = rwkv(&["detokenize", "--vocab", "world", "--ids", &joined], None);
+    assert_eq!(back.stdout, text.as_bytes());
+}
+
+#[test]
+fn info_eval_and_bench_report() {
+    let info = rwkv(&["info", "--model", &model("rwkv6")], None);
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains("RWKV-6") && info.contains("parameters"),
+        "{info}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog. ".repeat(20),
+    )
+    .unwrap();
+    let eval = rwkv(
+        &[
+            "eval",
+            "--model",
+            &model("rwkv5"),
+            "--input",
+            text.to_str().unwrap(),
+            "--chunk",
+            "64",
+        ],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&eval.stdout).contains("bits per byte"));
+
+    let bench = rwkv(
+        &[
+            "bench",
+            "--model",
+            &model("rwkv4"),
+            "--prefill",
+            "16",
+            "--decode",
+            "4",
+            "--batch",
+            "2",
+            "--json",
+        ],
+        None,
+    );
+    let value: serde_json::Value = serde_json::from_slice(&bench.stdout).unwrap();
+    for key in [
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+        "peak_rss_bytes",
+    ] {
+        assert!(value[key].as_f64().unwrap() > 0.0, "{key}: {value}");
+    }
+}
