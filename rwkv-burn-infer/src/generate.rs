@@ -201,6 +201,29 @@ impl<'a> Pipeline<'a> {
         Ok(logits)
     }
 
+    /// Like [`Pipeline::prefill`] from a fresh state, but starts from the longest prefix of
+    /// `tokens` that `cache` holds, and caches the state after `tokens` for later prompts.
+    pub fn prefill_cached(
+        &self,
+        tokens: &[u32],
+        cache: &mut crate::prefix_cache::PrefixCache,
+        chunk: usize,
+    ) -> Result<(State, Vec<f32>), GenerateError> {
+        let (mut state, mut logits, done) = match cache.lookup(tokens) {
+            Some(hit) => (hit.state, hit.logits, hit.len),
+            None => (
+                State::zeros(&self.model.config(), 1, &self.device),
+                Vec::new(),
+                0,
+            ),
+        };
+        if done < tokens.len() {
+            logits = self.prefill(&tokens[done..], &mut state, chunk, &mut |_| {})?;
+            cache.insert(tokens.to_vec(), state.clone(), logits.clone());
+        }
+        Ok((state, logits))
+    }
+
     /// Generates after `prompt`, continuing from `state` (which ends up after the last token
     /// fed to the model). `on_text` receives text as it becomes final and returns `false` to
     /// stop early.

@@ -6,5 +6,6 @@ pub mod chat;
 pub mod eval;
 pub mod generate;
 pub mod logits;
+pub mod prefix_cache;
 pub mod sampler;
 pub mod vocab;

@@ -198,3 +198,45 @@ fn empty_and_out_of_range_prompts_are_errors() {
             .is_err()
     );
 }
+
+#[test]
+fn prefix_cache_resumes_from_the_longest_known_prefix() {
+    use rwkv_burn_infer::prefix_cache::PrefixCache;
+    for (name, device, model) in setups() {
+        let pipeline = Pipeline::new(&model, &ByteTokenizer, device.clone());
+        let system: Vec<u32> = b"System: be brief.\n\n".iter().map(|&b| b as u32).collect();
+        let question: Vec<u32> = system
+            .iter()
+            .copied()
+            .chain(b"User: why?".iter().map(|&b| b as u32))
+            .collect();
+        let mut cache = PrefixCache::new(4);
+        let _ = pipeline.prefill_cached(&system, &mut cache, 8).unwrap();
+        assert_eq!(cache.len(), 1);
+        let hit = cache
+            .lookup(&question)
+            .expect("the system prompt is a prefix");
+        assert_eq!(hit.len, system.len());
+        let (cached_state, cached_logits) =
+            pipeline.prefill_cached(&question, &mut cache, 8).unwrap();
+        assert_eq!(cache.len(), 2);
+
+        let mut fresh = State::zeros(&model.config(), 1, &device);
+        let logits = pipeline
+            .prefill(&question, &mut fresh, 8, &mut |_| {})
+            .unwrap();
+        let close = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .all(|(x, y)| (x - y).abs() <= 1e-4 + 1e-4 * y.abs())
+        };
+        assert!(close(&cached_logits, &logits), "{name}: logits");
+        let flat = |s: &State| -> Vec<f32> {
+            s.to_official()
+                .into_iter()
+                .flat_map(|t| t.data.try_to_vec::<f32>().unwrap())
+                .collect()
+        };
+        assert!(close(&flat(&cached_state), &flat(&fresh)), "{name}: state");
+    }
+}
