@@ -1,4 +1,5 @@
-//! Training for [`rwkv_burn`] models. For now: the language-modelling loss the trainer will
-//! minimise, checked against the official fixtures.
+//! Training for [`rwkv_burn`] models. For now: the language-modelling loss and its gradients,
+//! named like the official checkpoints and checked against the official fixtures.
 
+pub mod grad;
 pub mod loss;

@@ -10,9 +10,10 @@ use crate::model::v5::TimeMix5;
 use crate::model::v6::{ChannelMix6, TimeMix6};
 use crate::model::v7::{ChannelMix7, Lora, TimeMix7};
 use crate::model::{Block, ChannelMix, Rwkv, TimeMix, layer_norm, linear, ln_x};
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::nn::{Embedding, GroupNorm, LayerNorm, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
+use std::cell::RefCell;
 use std::path::Path;
 
 /// What a tensor does in the model; a source that invents weights picks values by it.
@@ -68,14 +69,51 @@ impl WeightSource for Checkpoint {
     }
 }
 
-/// Reads tensors by official name, checking each shape against the config.
+/// How a parameter's Burn layout relates to its official (stored) layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Same values in the same order; only the shape may differ (`[C]` vs `[1, 1, C]`).
+    Same,
+    /// A torch `nn.Linear` weight: Burn keeps `[in, out]`, the checkpoint `[out, in]`.
+    Transposed,
+}
+
+/// A model parameter with its official name and stored shape.
+#[derive(Debug, Clone)]
+pub struct NamedParam {
+    /// The official key, e.g. `blocks.0.att.key.weight`.
+    pub name: String,
+    /// The parameter's id in the model.
+    pub id: ParamId,
+    /// The shape in the checkpoint (the official layout).
+    pub stored_shape: Vec<usize>,
+    /// Rank of the parameter tensor in the model.
+    pub rank: usize,
+    /// How to go from the model's layout to the official one.
+    pub layout: Layout,
+}
+
+/// Every parameter of a built model under its official name, in checkpoint-reading order:
+/// what gradients and exports are named by.
+#[derive(Debug, Clone, Default)]
+pub struct ParamNames(pub Vec<NamedParam>);
+
+/// Reads tensors by official name, checking each shape against the config, and records the
+/// name of every parameter it creates.
 struct Weights<'a> {
     source: &'a dyn WeightSource,
     device: &'a Device,
+    names: RefCell<Vec<NamedParam>>,
 }
 
 impl Weights<'_> {
-    fn read(&self, name: &str, expected: &[usize], role: Role) -> Result<Vec<f32>, LoadError> {
+    /// Values and stored shape of a tensor whose model shape is `expected`.
+    fn read(
+        &self,
+        name: &str,
+        expected: &[usize],
+        role: Role,
+    ) -> Result<(Vec<f32>, Vec<usize>), LoadError> {
         let (values, shape) = self.source.read(name, expected, role)?;
         // Vectors are stored as [C], [1, C] or [1, 1, C] depending on the producer.
         let squeezed: Vec<usize> = match expected.len() {
@@ -91,19 +129,37 @@ impl Weights<'_> {
                 expected: expected.to_vec(),
             });
         }
-        Ok(values)
+        Ok((values, shape))
     }
 
-    fn vector(&self, name: &str, len: usize, role: Role) -> Result<Tensor<1>, LoadError> {
-        let values = self.read(name, &[len], role)?;
-        Ok(Tensor::from_data(
-            TensorData::new(values, [len]),
+    fn record(&self, name: &str, id: ParamId, stored: Vec<usize>, rank: usize, layout: Layout) {
+        self.names.borrow_mut().push(NamedParam {
+            name: name.to_string(),
+            id,
+            stored_shape: stored,
+            rank,
+            layout,
+        });
+    }
+
+    /// A parameter of any rank in the official layout.
+    fn tensor<const D: usize>(
+        &self,
+        role: Role,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Param<Tensor<D>>, LoadError> {
+        let (values, stored) = self.read(name, &shape, role)?;
+        let param = Param::from_tensor(Tensor::from_data(
+            TensorData::new(values, shape),
             self.device,
-        ))
+        ));
+        self.record(name, param.id, stored, D, Layout::Same);
+        Ok(param)
     }
 
     fn param(&self, role: Role, name: &str, len: usize) -> Result<Param<Tensor<1>>, LoadError> {
-        self.vector(name, len, role).map(Param::from_tensor)
+        self.tensor(role, name, [len])
     }
 
     fn param2(
@@ -113,12 +169,15 @@ impl Weights<'_> {
         rows: usize,
         cols: usize,
     ) -> Result<Param<Tensor<2>>, LoadError> {
-        self.matrix(name, rows, cols, role).map(Param::from_tensor)
+        self.tensor(role, name, [rows, cols])
     }
 
     /// A matrix stored `[in, out]` and used as `x @ W` (LoRA factors): already Burn's layout.
     fn lora_linear(&self, name: &str, input: usize, out: usize) -> Result<Linear, LoadError> {
-        self.matrix(name, input, out, Role::Lora).map(linear)
+        Ok(Linear {
+            weight: self.tensor(Role::Lora, name, [input, out])?,
+            bias: None,
+        })
     }
 
     /// A LoRA pair `{prefix}1 [C, D]`, `{prefix}2 [D, C]`.
@@ -130,47 +189,41 @@ impl Weights<'_> {
     }
 
     fn ln_x(&self, prefix: &str, dim: usize, heads: usize) -> Result<GroupNorm, LoadError> {
-        Ok(ln_x(
-            self.vector(&format!("{prefix}.weight"), dim, Role::NormScale)?,
-            self.vector(&format!("{prefix}.bias"), dim, Role::NormShift)?,
+        let mut norm = ln_x(
+            Tensor::zeros([dim], self.device),
+            Tensor::zeros([dim], self.device),
             heads,
-        ))
-    }
-
-    fn matrix(
-        &self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-        role: Role,
-    ) -> Result<Tensor<2>, LoadError> {
-        let values = self.read(name, &[rows, cols], role)?;
-        Ok(Tensor::from_data(
-            TensorData::new(values, [rows, cols]),
-            self.device,
-        ))
+        );
+        norm.gamma = Some(self.tensor(Role::NormScale, &format!("{prefix}.weight"), [dim])?);
+        norm.beta = Some(self.tensor(Role::NormShift, &format!("{prefix}.bias"), [dim])?);
+        Ok(norm)
     }
 
     /// A torch `nn.Linear` weight `[out, in]`, transposed on the host into Burn's `[in, out]`.
     fn linear(&self, name: &str, out: usize, input: usize) -> Result<Linear, LoadError> {
-        let values = self.read(name, &[out, input], Role::Matrix)?;
+        let (values, stored) = self.read(name, &[out, input], Role::Matrix)?;
         let mut transposed = vec![0f32; values.len()];
         for (o, row) in values.chunks_exact(input).enumerate() {
             for (i, v) in row.iter().enumerate() {
                 transposed[i * out + o] = *v;
             }
         }
-        Ok(linear(Tensor::from_data(
+        let layer = linear(Tensor::from_data(
             TensorData::new(transposed, [input, out]),
             self.device,
-        )))
+        ));
+        self.record(name, layer.weight.id, stored, 2, Layout::Transposed);
+        Ok(layer)
     }
 
     fn layer_norm(&self, prefix: &str, dim: usize) -> Result<LayerNorm, LoadError> {
-        Ok(layer_norm(
-            self.vector(&format!("{prefix}.weight"), dim, Role::NormScale)?,
-            self.vector(&format!("{prefix}.bias"), dim, Role::NormShift)?,
-        ))
+        let mut norm = layer_norm(
+            Tensor::ones([dim], self.device),
+            Tensor::zeros([dim], self.device),
+        );
+        norm.gamma = self.tensor(Role::NormScale, &format!("{prefix}.weight"), [dim])?;
+        norm.beta = Some(self.tensor(Role::NormShift, &format!("{prefix}.bias"), [dim])?);
+        Ok(norm)
     }
 }
 
@@ -180,10 +233,23 @@ pub fn build(
     config: &RwkvConfig,
     device: &Device,
 ) -> Result<Rwkv, LoadError> {
-    let w = Weights { source, device };
+    build_named(source, config, device).map(|(model, _)| model)
+}
+
+/// Like [`build`], also returning the official name of every parameter.
+pub fn build_named(
+    source: &dyn WeightSource,
+    config: &RwkvConfig,
+    device: &Device,
+) -> Result<(Rwkv, ParamNames), LoadError> {
+    let w = Weights {
+        source,
+        device,
+        names: RefCell::new(Vec::new()),
+    };
     let (c, v) = (config.n_embd, config.vocab_size);
     let emb = Embedding {
-        weight: Param::from_tensor(w.matrix("emb.weight", v, c, Role::Embedding)?),
+        weight: w.tensor(Role::Embedding, "emb.weight", [v, c])?,
     };
     let ln0 = w.layer_norm("blocks.0.ln0", c)?;
     let blocks = (0..config.n_layer)
@@ -191,7 +257,8 @@ pub fn build(
         .collect::<Result<Vec<_>, _>>()?;
     let ln_out = w.layer_norm("ln_out", c)?;
     let head = w.linear("head.weight", v, c)?;
-    Ok(Rwkv::new(emb, ln0, blocks, ln_out, head))
+    let model = Rwkv::new(emb, ln0, blocks, ln_out, head);
+    Ok((model, ParamNames(w.names.into_inner())))
 }
 
 fn block(w: &Weights, config: &RwkvConfig, i: usize) -> Result<Block, LoadError> {
@@ -295,11 +362,6 @@ fn time_mix6(w: &Weights, config: &RwkvConfig, p: &str) -> Result<TimeMix6, Load
     let (c, a) = (config.n_embd, config.dim_att);
     let (h, n) = heads(config);
     let (mix_rank, decay_rank) = (config.lora.mix, config.lora.decay);
-    let w2 = w.read(
-        &format!("{p}.att.time_maa_w2"),
-        &[5, mix_rank, c],
-        Role::Lora,
-    )?;
     Ok(TimeMix6 {
         time_maa_x: w.param(Role::Mix, &format!("{p}.att.time_maa_x"), c)?,
         time_maa_w: w.param(Role::Mix, &format!("{p}.att.time_maa_w"), c)?,
@@ -308,10 +370,11 @@ fn time_mix6(w: &Weights, config: &RwkvConfig, p: &str) -> Result<TimeMix6, Load
         time_maa_r: w.param(Role::Mix, &format!("{p}.att.time_maa_r"), c)?,
         time_maa_g: w.param(Role::Mix, &format!("{p}.att.time_maa_g"), c)?,
         time_maa_w1: w.param2(Role::Lora, &format!("{p}.att.time_maa_w1"), c, mix_rank * 5)?,
-        time_maa_w2: Param::from_tensor(Tensor::from_data(
-            TensorData::new(w2, [5, mix_rank, c]),
-            w.device,
-        )),
+        time_maa_w2: w.tensor(
+            Role::Lora,
+            &format!("{p}.att.time_maa_w2"),
+            [5, mix_rank, c],
+        )?,
         time_decay: w.param(Role::Decay, &format!("{p}.att.time_decay"), a)?,
         time_decay_w1: w.lora_linear(&format!("{p}.att.time_decay_w1"), c, decay_rank)?,
         time_decay_w2: w.lora_linear(&format!("{p}.att.time_decay_w2"), decay_rank, a)?,

@@ -10,7 +10,7 @@ pub mod dtype;
 mod error;
 pub mod hf;
 
-pub use build::{Role, WeightSource, build};
+pub use build::{Layout, NamedParam, ParamNames, Role, WeightSource, build, build_named};
 pub use checkpoint::{Checkpoint, Format};
 pub use detect::{count_layers, detect_config, detect_version};
 pub use error::LoadError;
@@ -27,6 +27,18 @@ pub fn load_model(
 ) -> Result<(RwkvConfig, Rwkv), LoadError> {
     let checkpoint = Checkpoint::open(path)?;
     load_checkpoint(&checkpoint, device)
+}
+
+/// Like [`load_model`], also returning the official name of every parameter (for gradients
+/// and export).
+pub fn load_model_named(
+    path: impl AsRef<Path>,
+    device: &Device,
+) -> Result<(RwkvConfig, Rwkv, ParamNames), LoadError> {
+    let checkpoint = Checkpoint::open(path)?;
+    let config = detect_config(&checkpoint)?;
+    let (model, names) = build_named(&checkpoint, &config, device)?;
+    Ok((config, model, names))
 }
 
 /// Builds the model of an already opened checkpoint.

@@ -1,0 +1,86 @@
+//! Loss and gradients of a batch, named and shaped like the official checkpoint: the
+//! computation behind `rwkv-train grad`, which other tools use to check training parity.
+
+use crate::loss::next_token_loss;
+use burn::optim::GradientsParams;
+use burn::tensor::{Int, Tensor, TensorData};
+use rwkv_burn::Rwkv;
+use rwkv_burn::load::{Layout, NamedParam, ParamNames};
+use rwkv_burn::safetensors_io::NamedTensor;
+
+/// The mean next-token loss of a batch and `d loss / d parameter` for every parameter.
+#[derive(Debug, Clone)]
+pub struct LossAndGrads {
+    /// Mean cross-entropy over all `B * T` positions.
+    pub loss: f32,
+    /// `grad.<official key>`, each in the checkpoint's own shape.
+    pub grads: Vec<NamedTensor>,
+}
+
+impl LossAndGrads {
+    /// `loss` (shape `[1]`) followed by the gradients, ready to save.
+    pub fn into_named(self) -> Vec<NamedTensor> {
+        let mut out = vec![NamedTensor::new(
+            "loss",
+            TensorData::new(vec![self.loss], [1]),
+        )];
+        out.extend(self.grads);
+        out
+    }
+}
+
+/// Runs the batch from a zero state and back-propagates. The model must live on an autodiff
+/// device (`device.autodiff()`); `names` comes from loading it with
+/// [`load_model_named`](rwkv_burn::load::load_model_named).
+pub fn loss_and_grads(
+    model: &Rwkv,
+    names: &ParamNames,
+    inputs: Tensor<2, Int>,
+    targets: Tensor<2, Int>,
+) -> LossAndGrads {
+    let loss = next_token_loss(model, inputs, targets);
+    let value = loss.clone().into_scalar::<f32>();
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    let grads = names
+        .0
+        .iter()
+        .map(|param| NamedTensor::new(format!("grad.{}", param.name), official_grad(&grads, param)))
+        .collect();
+    LossAndGrads { loss: value, grads }
+}
+
+/// One parameter's gradient in the official layout; zeros for a parameter the loss does not
+/// depend on (RWKV-7's layer-0 value residual).
+fn official_grad(grads: &GradientsParams, param: &NamedParam) -> TensorData {
+    let data = match param.rank {
+        1 => grads.get::<1>(param.id).map(|g| g.into_data()),
+        2 => grads.get::<2>(param.id).map(|g| g.into_data()),
+        3 => grads.get::<3>(param.id).map(|g| g.into_data()),
+        rank => panic!("parameter {} has unexpected rank {rank}", param.name),
+    };
+    let count: usize = param.stored_shape.iter().product();
+    let values = match data {
+        Some(data) => {
+            let shape = data.shape().to_vec();
+            let values = data
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32 gradient");
+            match param.layout {
+                Layout::Same => values,
+                Layout::Transposed => {
+                    let (rows, cols) = (shape[0], shape[1]); // model layout [in, out]
+                    let mut out = vec![0f32; values.len()];
+                    for i in 0..rows {
+                        for o in 0..cols {
+                            out[o * rows + i] = values[i * cols + o];
+                        }
+                    }
+                    out
+                }
+            }
+        }
+        None => vec![0f32; count],
+    };
+    TensorData::new(values, param.stored_shape.clone())
+}
