@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod embedded;
 pub mod eval;
 pub mod generate;
 pub mod logits;

@@ -50,8 +50,9 @@ enum Command {
 #[derive(Args, Clone)]
 struct ModelArgs {
     /// Checkpoint: an official .pth, a safetensors file, or a Hugging Face model folder.
+    /// Default: the small byte-level RWKV-7 built into this binary.
     #[arg(long, value_name = "PATH")]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Device to run on.
     #[arg(long, default_value = "flex", value_parser = parse_device, help = device_help())]
     device: DeviceSpec,
@@ -276,9 +277,15 @@ fn spinner(message: String) -> ProgressBar {
 
 fn load(args: &ModelArgs) -> Result<(RwkvConfig, Rwkv, burn::tensor::Device)> {
     let device = args.device.device()?;
-    let bar = spinner(format!("loading {}", args.model.display()));
-    let (config, model) = load_model(&args.model, &device)?;
-    bar.finish_and_clear();
+    let (config, model) = match &args.model {
+        Some(path) => {
+            let bar = spinner(format!("loading {}", path.display()));
+            let loaded = load_model(path, &device)?;
+            bar.finish_and_clear();
+            loaded
+        }
+        None => rwkv_burn_infer::embedded::load_default(&device)?,
+    };
     Ok((config, model, device))
 }
 
@@ -513,8 +520,7 @@ fn detokenize(args: DetokenizeArgs) -> Result<()> {
 }
 
 fn logits(args: LogitsArgs) -> Result<()> {
-    let device = args.model.device.device()?;
-    let (config, model) = load_model(&args.model.model, &device)?;
+    let (config, model, device) = load(&args.model)?;
     let mode = match (args.step, args.chunks) {
         (true, _) => RunMode::Step,
         (false, Some(chunks)) => RunMode::Chunks(chunks),

@@ -178,3 +178,26 @@ fn info_eval_and_bench_report() {
         assert!(value[key].as_f64().unwrap() > 0.0, "{key}: {value}");
     }
 }
+
+#[test]
+fn the_embedded_model_generates_without_any_file() {
+    let args = [
+        "generate",
+        "--prompt",
+        "In the beginning",
+        "--max-tokens",
+        "40",
+        "--seed",
+        "5",
+    ];
+    let first = rwkv(&args, None);
+    let second = rwkv(&args, None);
+    assert_eq!(first.stdout, second.stdout);
+    let text = String::from_utf8_lossy(&first.stdout);
+    // Trained on English verses: mostly letters and spaces, not byte noise.
+    let letters = text
+        .chars()
+        .filter(|c| c.is_ascii_alphabetic() || *c == ' ')
+        .count();
+    assert!(letters * 10 >= text.chars().count() * 7, "{text:?}");
+}

@@ -5,7 +5,8 @@ use crate::loss::next_token_loss;
 use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, TensorData};
 use rwkv_burn::Rwkv;
-use rwkv_burn::load::{Layout, NamedParam, ParamNames};
+use rwkv_burn::export::to_official;
+use rwkv_burn::load::{NamedParam, ParamNames};
 use rwkv_burn::safetensors_io::NamedTensor;
 
 /// The mean next-token loss of a batch and `d loss / d parameter` for every parameter.
@@ -58,29 +59,11 @@ fn official_grad(grads: &GradientsParams, param: &NamedParam) -> TensorData {
         3 => grads.get::<3>(param.id).map(|g| g.into_data()),
         rank => panic!("parameter {} has unexpected rank {rank}", param.name),
     };
-    let count: usize = param.stored_shape.iter().product();
-    let values = match data {
-        Some(data) => {
-            let shape = data.shape().to_vec();
-            let values = data
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .expect("f32 gradient");
-            match param.layout {
-                Layout::Same => values,
-                Layout::Transposed => {
-                    let (rows, cols) = (shape[0], shape[1]); // model layout [in, out]
-                    let mut out = vec![0f32; values.len()];
-                    for i in 0..rows {
-                        for o in 0..cols {
-                            out[o * rows + i] = values[i * cols + o];
-                        }
-                    }
-                    out
-                }
-            }
+    match data {
+        Some(data) => to_official(data, param),
+        None => {
+            let count: usize = param.stored_shape.iter().product();
+            TensorData::new(vec![0f32; count], param.stored_shape.clone())
         }
-        None => vec![0f32; count],
-    };
-    TensorData::new(values, param.stored_shape.clone())
+    }
 }

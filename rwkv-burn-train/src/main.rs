@@ -23,6 +23,73 @@ enum Command {
     /// Save the loss of a batch and the gradient of every parameter (`grad.<official key>`,
     /// each in the checkpoint's own shape) as safetensors.
     Grad(GradArgs),
+    /// Train a model from scratch (RWKV-LM initialisation) or continue a checkpoint on a text
+    /// file; writes official-format safetensors and a metrics CSV.
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Text file to train on (its last --valid-fraction is held out for validation).
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// Tokenizer: `bytes` (byte-level, vocabulary 256), `world`, or a vocabulary file.
+    #[arg(long, default_value = "bytes")]
+    vocab: String,
+    /// Continue from this checkpoint instead of a fresh model.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["preset", "version", "layers", "embd"])]
+    init_from: Option<PathBuf>,
+    /// Shape of a released model (e.g. 7-0.1b) instead of --version/--layers/--embd.
+    #[arg(long, conflicts_with_all = ["layers", "embd"])]
+    preset: Option<String>,
+    /// RWKV generation of a fresh model: 4, 5, 6 or 7.
+    #[arg(long, default_value_t = 7)]
+    version: u8,
+    /// Blocks of a fresh model.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Width of a fresh model (a multiple of the head size 64 for versions 5-7).
+    #[arg(long, default_value_t = 128)]
+    embd: usize,
+    /// Tokens per training sequence.
+    #[arg(long, default_value_t = 128)]
+    ctx: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Final learning rate of the cosine decay.
+    #[arg(long, default_value_t = 1e-4)]
+    lr_final: f64,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 50)]
+    warmup: usize,
+    /// Weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Gradient-norm clipping (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f32,
+    /// Fraction of the text held out for validation.
+    #[arg(long, default_value_t = 0.05)]
+    valid_fraction: f32,
+    /// Validate every this many steps.
+    #[arg(long, default_value_t = 100)]
+    eval_every: usize,
+    /// Random seed (initialisation and batch sampling).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Device to run on (flex, ndarray, ... as compiled in); autodiff is added.
+    #[arg(long, default_value = "flex")]
+    device: DeviceSpec,
+    /// Output folder: model.safetensors (official format) and metrics.csv.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -109,11 +176,137 @@ fn grad(args: GradArgs) -> Result<()> {
     Ok(())
 }
 
+fn fresh_config(args: &TrainArgs, vocab: usize) -> Result<rwkv_burn::RwkvConfig> {
+    let mut config = match &args.preset {
+        Some(name) => {
+            rwkv_burn::presets::preset(name).with_context(|| format!("unknown preset {name}"))?
+        }
+        None => {
+            let version = match args.version {
+                4 => rwkv_burn::Version::V4,
+                5 => rwkv_burn::Version::V5 { minor: 2 },
+                6 => rwkv_burn::Version::V6,
+                7 => rwkv_burn::Version::V7,
+                other => bail!("unknown RWKV version {other} (4, 5, 6 or 7)"),
+            };
+            let config = rwkv_burn::presets::config_for(version, args.layers, args.embd);
+            if let Some(n) = config.head_size
+                && args.embd % n != 0
+            {
+                bail!(
+                    "--embd {} must be a multiple of the head size {n}",
+                    args.embd
+                );
+            }
+            config
+        }
+    };
+    config.vocab_size = vocab;
+    Ok(config)
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    use rwkv_burn_train::data::TokenCorpus;
+    use rwkv_burn_train::trainer::{TrainConfig, train};
+    use std::io::Write;
+
+    let device = args.device.device()?.autodiff();
+    let text =
+        std::fs::read(&args.data).with_context(|| format!("reading {}", args.data.display()))?;
+    let tokenizer: Box<dyn rwkv_burn::tokenizer::Tokenizer> = match args.vocab.as_str() {
+        "bytes" => Box::new(rwkv_burn::tokenizer::ByteTokenizer),
+        "world" => bail!("--vocab world needs the vocabulary file path (rwkv_vocab_v20230424.txt)"),
+        path => rwkv_burn::tokenizer::load_tokenizer(path)?,
+    };
+    let (config, model, names) = match &args.init_from {
+        Some(path) => rwkv_burn::load::load_model_named(path, &device)?,
+        None => {
+            let vocab = if args.vocab == "bytes" { 256 } else { 65536 };
+            let config = fresh_config(&args, vocab)?;
+            let (model, names) = rwkv_burn::init::training_model(&config, args.seed, &device)?;
+            (config, model, names)
+        }
+    };
+    let tokens = tokenizer.encode(&text)?;
+    let corpus = TokenCorpus::split(tokens, args.valid_fraction, args.ctx, config.vocab_size)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let model_path = args.out.join("model.safetensors");
+    let mut metrics = std::fs::File::create(args.out.join("metrics.csv"))?;
+    writeln!(metrics, "step,loss,lr,valid_loss,tokens_per_s")?;
+    let train_config = TrainConfig {
+        steps: args.steps,
+        batch: args.batch,
+        ctx: args.ctx,
+        lr: args.lr,
+        lr_final: args.lr_final,
+        warmup: args.warmup,
+        weight_decay: args.weight_decay,
+        grad_clip: args.grad_clip,
+        seed: args.seed,
+        eval_every: args.eval_every,
+    };
+    eprintln!(
+        "training {} ({} layers, width {}, {} parameters) on {} tokens, validating on {}",
+        config.version,
+        config.n_layer,
+        config.n_embd,
+        burn::module::Module::num_params(&model),
+        corpus.train.len(),
+        corpus.valid.len()
+    );
+    let bar = ProgressBar::new(args.steps as u64).with_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    let start = std::time::Instant::now();
+    let tokens_per_step = (args.batch * args.ctx) as f64;
+    let mut failure: Option<anyhow::Error> = None;
+    let mut last_valid = None;
+    let model = train(model, &corpus, &train_config, &device, &mut |r| {
+        let rate = tokens_per_step * r.step as f64 / start.elapsed().as_secs_f64();
+        if let Some(v) = r.valid_loss {
+            last_valid = Some(v);
+        }
+        bar.set_message(format!(
+            "loss {:.4} valid {} lr {:.2e} {:.0} tok/s",
+            r.loss,
+            last_valid.map_or("-".into(), |v| format!("{v:.4}")),
+            r.lr,
+            rate
+        ));
+        bar.inc(1);
+        let line = writeln!(
+            metrics,
+            "{},{},{},{},{:.1}",
+            r.step,
+            r.loss,
+            r.lr,
+            r.valid_loss.map_or(String::new(), |v| v.to_string()),
+            rate
+        );
+        if let Err(e) = line {
+            failure.get_or_insert(e.into());
+        }
+    });
+    bar.finish();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    rwkv_burn::export::save_official(&model, &names, &model_path)?;
+    eprintln!("saved {}", model_path.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Loss(args) => loss(args),
         Command::Grad(args) => grad(args),
+        Command::Train(args) => train(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

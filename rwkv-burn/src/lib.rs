@@ -23,6 +23,7 @@
 
 pub mod config;
 pub mod device;
+pub mod export;
 pub mod init;
 pub mod load;
 pub mod model;

@@ -192,3 +192,35 @@ fn rwkv7_training_batch_matches_the_reference() {
         );
     }
 }
+
+#[test]
+fn export_writes_every_official_key_and_reloads_to_the_same_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, device) = devices().remove(0);
+    for version in ["rwkv4", "rwkv5", "rwkv6", "rwkv7"] {
+        let source = fixtures().join(version).join("weights.safetensors");
+        let (config, model, names) = rwkv_burn::load::load_model_named(&source, &device).unwrap();
+        let out = dir.path().join(format!("{version}.safetensors"));
+        rwkv_burn::export::save_official(&model, &names, &out).unwrap();
+        // Same keys, shapes and values as the official file.
+        let original = rwkv_burn::safetensors_io::read(&source).unwrap();
+        let exported = rwkv_burn::safetensors_io::read(&out).unwrap();
+        assert_eq!(
+            original
+                .iter()
+                .map(|t| (&t.name, t.data.shape()))
+                .collect::<Vec<_>>(),
+            exported
+                .iter()
+                .map(|t| (&t.name, t.data.shape()))
+                .collect::<Vec<_>>(),
+            "{version}"
+        );
+        assert_eq!(original, exported, "{version}: values");
+        let (_, reloaded) = load_model(&out, &device).unwrap();
+        let tokens = token_tensor(&[1, 2, 3, 4], 1, &device);
+        let a = model.forward(tokens.clone(), &mut State::zeros(&config, 1, &device));
+        let b = reloaded.forward(tokens, &mut State::zeros(&config, 1, &device));
+        assert_eq!(logits_vec(a), logits_vec(b), "{version}");
+    }
+}

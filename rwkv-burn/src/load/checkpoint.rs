@@ -21,11 +21,14 @@ pub enum Format {
     HuggingFace,
 }
 
+/// The bytes of a whole safetensors file: a memory map, or a buffer in memory.
+type Buffer = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// Where one tensor's bytes are.
 #[derive(Clone)]
 enum Source {
     Mapped {
-        map: Arc<Mmap>,
+        map: Buffer,
         start: usize,
         end: usize,
     },
@@ -78,11 +81,7 @@ impl Checkpoint {
         if meta.is_dir() {
             return hf::open_folder(path);
         }
-        let checkpoint = Self::open_file(path)?;
-        if checkpoint.entries.keys().any(|k| hf::is_hf_name(k)) {
-            return Ok(checkpoint.renamed(hf::rename));
-        }
-        Ok(checkpoint)
+        Ok(Self::open_file(path)?.official_names())
     }
 
     /// Opens one weights file (no folder handling, no renaming).
@@ -120,6 +119,35 @@ impl Checkpoint {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::from_safetensors_buffer(Arc::new(map), path)
+    }
+
+    /// A safetensors checkpoint already in memory (an embedded model, a browser upload);
+    /// `label` names it in errors.
+    pub fn from_safetensors_bytes(
+        bytes: impl AsRef<[u8]> + Send + Sync + 'static,
+        label: impl AsRef<Path>,
+    ) -> Result<Self, LoadError> {
+        Ok(Self::from_safetensors_buffer(Arc::new(bytes), label.as_ref())?.official_names())
+    }
+
+    /// Renames transformers' keys to the official ones when the file uses them.
+    fn official_names(self) -> Self {
+        if self.entries.keys().any(|k| hf::is_hf_name(k)) {
+            self.renamed(hf::rename)
+        } else {
+            self
+        }
+    }
+
+    fn from_safetensors_buffer(buffer: Buffer, path: &Path) -> Result<Self, LoadError> {
+        let map: &[u8] = (*buffer).as_ref();
+        if map.len() < 9 {
+            return Err(LoadError::NotACheckpoint {
+                path: path.to_path_buf(),
+                reason: "too short for safetensors".into(),
+            });
+        }
         let truncated = |detail: String| LoadError::Truncated {
             path: path.to_path_buf(),
             detail,
@@ -131,7 +159,7 @@ impl Checkpoint {
                 map.len()
             )));
         }
-        let (n, metadata) = match safetensors::SafeTensors::read_metadata(&map) {
+        let (n, metadata) = match safetensors::SafeTensors::read_metadata(map) {
             Ok(ok) => ok,
             Err(safetensors::SafeTensorError::MetadataIncompleteBuffer) => {
                 return Err(truncated("tensor data ends before the header says".into()));
@@ -144,7 +172,6 @@ impl Checkpoint {
             }
         };
         let base = 8 + n;
-        let map = Arc::new(map);
         let entries = metadata
             .tensors()
             .into_iter()
@@ -154,7 +181,7 @@ impl Checkpoint {
                     dtype: SourceDType::from_safetensors(info.dtype)
                         .ok_or_else(|| format!("{:?}", info.dtype)),
                     source: Source::Mapped {
-                        map: map.clone(),
+                        map: buffer.clone(),
                         start: base + info.data_offsets.0,
                         end: base + info.data_offsets.1,
                     },
@@ -276,7 +303,7 @@ impl Checkpoint {
         let count: usize = entry.shape.iter().product();
         let values = match &entry.source {
             Source::Mapped { map, start, end } => {
-                let bytes = &map[*start..*end];
+                let bytes = &(**map).as_ref()[*start..*end];
                 self.check_len(name, bytes.len(), count * dtype.size())?;
                 dtype.to_f32(bytes)
             }
