@@ -191,7 +191,7 @@ fn fresh_config(args: &TrainArgs, vocab: usize) -> Result<rwkv_burn::RwkvConfig>
             };
             let config = rwkv_burn::presets::config_for(version, args.layers, args.embd);
             if let Some(n) = config.head_size
-                && args.embd % n != 0
+                && !args.embd.is_multiple_of(n)
             {
                 bail!(
                     "--embd {} must be a multiple of the head size {n}",
