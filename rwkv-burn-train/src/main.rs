@@ -78,7 +78,7 @@ struct TrainArgs {
     /// Fraction of the text held out for validation.
     #[arg(long, default_value_t = 0.05)]
     valid_fraction: f32,
-    /// Validate every this many steps.
+    /// Validate, and save the model to DIR/model.safetensors, every this many steps.
     #[arg(long, default_value_t = 100)]
     eval_every: usize,
     /// Random seed (initialisation and batch sampling).
@@ -87,7 +87,8 @@ struct TrainArgs {
     /// Device to run on (flex, ndarray, ... as compiled in); autodiff is added.
     #[arg(long, default_value = "flex")]
     device: DeviceSpec,
-    /// Output folder: model.safetensors (official format) and metrics.csv.
+    /// Output folder: model.safetensors (official format; rewritten atomically at every
+    /// validation, so an interrupted run keeps its last save) and metrics.csv.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 }
@@ -208,7 +209,7 @@ fn fresh_config(args: &TrainArgs, vocab: usize) -> Result<rwkv_burn::RwkvConfig>
 fn train(args: TrainArgs) -> Result<()> {
     use indicatif::{ProgressBar, ProgressStyle};
     use rwkv_burn_train::data::TokenCorpus;
-    use rwkv_burn_train::trainer::{TrainConfig, train};
+    use rwkv_burn_train::trainer::{TrainConfig, train_with_checkpoints};
     use std::io::Write;
 
     let device = args.device.device()?.autodiff();
@@ -266,34 +267,48 @@ fn train(args: TrainArgs) -> Result<()> {
     let tokens_per_step = (args.batch * args.ctx) as f64;
     let mut failure: Option<anyhow::Error> = None;
     let mut last_valid = None;
-    let model = train(model, &corpus, &train_config, &device, &mut |r| {
-        let rate = tokens_per_step * r.step as f64 / start.elapsed().as_secs_f64();
-        if let Some(v) = r.valid_loss {
-            last_valid = Some(v);
+    let mut save_failure: Option<anyhow::Error> = None;
+    let mut save = |model: &rwkv_burn::Rwkv, _step: usize| {
+        // Written atomically: an interrupted run keeps the last complete save.
+        if let Err(e) = rwkv_burn::export::save_official(model, &names, &model_path) {
+            save_failure.get_or_insert(e.into());
         }
-        bar.set_message(format!(
-            "loss {:.4} valid {} lr {:.2e} {:.0} tok/s",
-            r.loss,
-            last_valid.map_or("-".into(), |v| format!("{v:.4}")),
-            r.lr,
-            rate
-        ));
-        bar.inc(1);
-        let line = writeln!(
-            metrics,
-            "{},{},{},{},{:.1}",
-            r.step,
-            r.loss,
-            r.lr,
-            r.valid_loss.map_or(String::new(), |v| v.to_string()),
-            rate
-        );
-        if let Err(e) = line {
-            failure.get_or_insert(e.into());
-        }
-    });
+    };
+    let model = train_with_checkpoints(
+        model,
+        &corpus,
+        &train_config,
+        &device,
+        &mut |r| {
+            let rate = tokens_per_step * r.step as f64 / start.elapsed().as_secs_f64();
+            if let Some(v) = r.valid_loss {
+                last_valid = Some(v);
+            }
+            bar.set_message(format!(
+                "loss {:.4} valid {} lr {:.2e} {:.0} tok/s",
+                r.loss,
+                last_valid.map_or("-".into(), |v| format!("{v:.4}")),
+                r.lr,
+                rate
+            ));
+            bar.inc(1);
+            let line = writeln!(
+                metrics,
+                "{},{},{},{},{:.1}",
+                r.step,
+                r.loss,
+                r.lr,
+                r.valid_loss.map_or(String::new(), |v| v.to_string()),
+                rate
+            );
+            if let Err(e) = line {
+                failure.get_or_insert(e.into());
+            }
+        },
+        &mut save,
+    );
     bar.finish();
-    if let Some(e) = failure {
+    if let Some(e) = failure.or(save_failure) {
         return Err(e);
     }
     rwkv_burn::export::save_official(&model, &names, &model_path)?;

@@ -102,11 +102,24 @@ pub fn validation_loss(
 
 /// Trains `model` (on an autodiff device) and returns it; `report` hears every step.
 pub fn train(
+    model: Rwkv,
+    corpus: &TokenCorpus,
+    config: &TrainConfig,
+    device: &Device,
+    report: &mut dyn FnMut(&StepReport),
+) -> Rwkv {
+    train_with_checkpoints(model, corpus, config, device, report, &mut |_, _| {})
+}
+
+/// Like [`train`], also handing the model to `checkpoint` after every validation, so a long run
+/// can save its progress.
+pub fn train_with_checkpoints(
     mut model: Rwkv,
     corpus: &TokenCorpus,
     config: &TrainConfig,
     device: &Device,
     report: &mut dyn FnMut(&StepReport),
+    checkpoint: &mut dyn FnMut(&Rwkv, usize),
 ) -> Rwkv {
     let mut adamw = AdamWConfig::new()
         .with_beta_1(0.9)
@@ -137,6 +150,9 @@ pub fn train(
             lr,
             valid_loss,
         });
+        if validate {
+            checkpoint(&model, step + 1);
+        }
     }
     model
 }

@@ -1,0 +1,64 @@
+//! `rwkv-train train` end to end: metrics, an official-format model that loads back.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn train_writes_metrics_and_a_loadable_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("text.txt");
+    let corpus =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/corpus/kjv-genesis-exodus.txt");
+    std::fs::write(&data, &std::fs::read(corpus).unwrap()[..20_000]).unwrap();
+    let out = dir.path().join("run");
+    let status = Command::new(env!("CARGO_BIN_EXE_rwkv-train"))
+        .args([
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args([
+            "--version",
+            "6",
+            "--layers",
+            "1",
+            "--embd",
+            "64",
+            "--ctx",
+            "16",
+            "--batch",
+            "2",
+        ])
+        .args(["--steps", "6", "--eval-every", "3", "--warmup", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 7, "{metrics}");
+    let device = rwkv_burn::DeviceSpec::available()[0].device().unwrap();
+    let (config, _) = rwkv_burn::load_model(out.join("model.safetensors"), &device).unwrap();
+    assert_eq!(
+        (config.version, config.n_layer, config.vocab_size),
+        (rwkv_burn::Version::V6, 1, 256)
+    );
+
+    // Bad input is an error, not a panic.
+    let bad = Command::new(env!("CARGO_BIN_EXE_rwkv-train"))
+        .args([
+            "train",
+            "--data",
+            "/nonexistent.txt",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent.txt"));
+}
