@@ -1,6 +1,7 @@
 //! Training for [`rwkv_burn`] models. For now: the language-modelling loss and its gradients,
 //! named like the official checkpoints and checked against the official fixtures.
 
+pub mod binidx;
 pub mod data;
 pub mod grad;
 pub mod loss;

@@ -24,13 +24,31 @@ enum Command {
     /// each in the checkpoint's own shape) as safetensors.
     Grad(GradArgs),
     /// Train a model from scratch (RWKV-LM initialisation) or continue a checkpoint on a text
-    /// file; writes official-format safetensors and a metrics CSV.
+    /// file or binidx dataset; writes official-format safetensors and a metrics CSV.
     Train(TrainArgs),
+    /// Tokenize text (a plain file, or JSON lines with a "text" field) into a binidx dataset.
+    Prepare(PrepareArgs),
+}
+
+#[derive(Args)]
+struct PrepareArgs {
+    /// Input: `.jsonl` (one `{"text": ...}` document per line) or any other file as one
+    /// document.
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+    /// Tokenizer: `bytes` or a vocabulary file (`rwkv_vocab_v20230424.txt`,
+    /// `20B_tokenizer.json`).
+    #[arg(long, default_value = "bytes")]
+    vocab: String,
+    /// Output prefix: writes PREFIX.bin and PREFIX.idx.
+    #[arg(long, value_name = "PREFIX")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Text file to train on (its last --valid-fraction is held out for validation).
+    /// Text file, or binidx dataset (PREFIX, PREFIX.bin or PREFIX.idx), to train on; its last
+    /// --valid-fraction is held out for validation.
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
     /// Tokenizer: `bytes` (byte-level, vocabulary 256), `world`, or a vocabulary file.
@@ -213,13 +231,7 @@ fn train(args: TrainArgs) -> Result<()> {
     use std::io::Write;
 
     let device = args.device.device()?.autodiff();
-    let text =
-        std::fs::read(&args.data).with_context(|| format!("reading {}", args.data.display()))?;
-    let tokenizer: Box<dyn rwkv_burn::tokenizer::Tokenizer> = match args.vocab.as_str() {
-        "bytes" => Box::new(rwkv_burn::tokenizer::ByteTokenizer),
-        "world" => bail!("--vocab world needs the vocabulary file path (rwkv_vocab_v20230424.txt)"),
-        path => rwkv_burn::tokenizer::load_tokenizer(path)?,
-    };
+    let tokenizer = tokenizer(&args.vocab)?;
     let (config, model, names) = match &args.init_from {
         Some(path) => rwkv_burn::load::load_model_named(path, &device)?,
         None => {
@@ -229,7 +241,14 @@ fn train(args: TrainArgs) -> Result<()> {
             (config, model, names)
         }
     };
-    let tokens = tokenizer.encode(&text)?;
+    let (_, idx_path) = rwkv_burn_train::binidx::paths(&args.data);
+    let tokens = if idx_path.is_file() {
+        rwkv_burn_train::binidx::Binidx::open(&args.data)?.all_tokens()
+    } else {
+        let text = std::fs::read(&args.data)
+            .with_context(|| format!("reading {}", args.data.display()))?;
+        tokenizer.encode(&text)?
+    };
     let corpus = TokenCorpus::split(tokens, args.valid_fraction, args.ctx, config.vocab_size)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -316,12 +335,72 @@ fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn tokenizer(vocab: &str) -> Result<Box<dyn rwkv_burn::tokenizer::Tokenizer>> {
+    Ok(match vocab {
+        "bytes" => Box::new(rwkv_burn::tokenizer::ByteTokenizer),
+        "world" => bail!("--vocab world needs the vocabulary file path (rwkv_vocab_v20230424.txt)"),
+        path => rwkv_burn::tokenizer::load_tokenizer(path)?,
+    })
+}
+
+fn prepare(args: PrepareArgs) -> Result<()> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let tokenizer = tokenizer(&args.vocab)?;
+    let bytes =
+        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    if bytes.is_empty() {
+        bail!("{}: the file is empty", args.input.display());
+    }
+    let jsonl = args.input.extension().is_some_and(|e| e == "jsonl");
+    let mut documents = Vec::new();
+    if jsonl {
+        let text = std::str::from_utf8(&bytes)
+            .with_context(|| format!("{}: not UTF-8", args.input.display()))?;
+        let bar = ProgressBar::new(text.lines().count() as u64).with_style(
+            ProgressStyle::with_template("tokenizing {bar:30} {pos}/{len} documents")
+                .expect("valid template"),
+        );
+        for (n, line) in text.lines().enumerate() {
+            bar.inc(1);
+            if line.trim().is_empty() {
+                continue;
+            }
+            let value: serde_json::Value = serde_json::from_str(line).with_context(|| {
+                format!("{}: line {}: invalid JSON", args.input.display(), n + 1)
+            })?;
+            let doc = value["text"].as_str().with_context(|| {
+                format!(
+                    "{}: line {}: no \"text\" string",
+                    args.input.display(),
+                    n + 1
+                )
+            })?;
+            // Documents end with the end-of-text token, as RWKV-LM's data does.
+            let mut ids = tokenizer.encode(doc.as_bytes())?;
+            ids.push(0);
+            documents.push(ids);
+        }
+        bar.finish_and_clear();
+    } else {
+        documents.push(tokenizer.encode(&bytes)?);
+    }
+    rwkv_burn_train::binidx::write(&args.out, &documents)?;
+    let tokens: usize = documents.iter().map(Vec::len).sum();
+    eprintln!(
+        "wrote {} documents, {tokens} tokens to {}.bin/.idx",
+        documents.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Loss(args) => loss(args),
         Command::Grad(args) => grad(args),
         Command::Train(args) => train(args),
+        Command::Prepare(args) => prepare(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,3 +62,80 @@ fn train_writes_metrics_and_a_loadable_model() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent.txt"));
 }
+
+#[test]
+fn prepare_jsonl_then_train_on_binidx() {
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("docs.jsonl");
+    let mut lines = String::new();
+    for i in 0..200 {
+        lines.push_str(&format!(
+            "{{\"text\": \"Document number {i} says hello to the world.\"}}\n"
+        ));
+    }
+    std::fs::write(&jsonl, lines).unwrap();
+    let prefix = dir.path().join("docs");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rwkv-train"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "prepare",
+        "--input",
+        jsonl.to_str().unwrap(),
+        "--out",
+        prefix.to_str().unwrap(),
+    ]);
+    let data = rwkv_burn_train::binidx::Binidx::open(&prefix).unwrap();
+    assert_eq!(data.len(), 200);
+    let tokens = data.all_tokens();
+    assert_eq!(
+        tokens.iter().filter(|&&t| t == 0).count(),
+        200,
+        "one end-of-text per document"
+    );
+    let out = dir.path().join("run");
+    run(&[
+        "train",
+        "--data",
+        prefix.with_extension("idx").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--layers",
+        "1",
+        "--embd",
+        "64",
+        "--ctx",
+        "16",
+        "--batch",
+        "2",
+        "--steps",
+        "3",
+        "--eval-every",
+        "3",
+    ]);
+    assert!(out.join("model.safetensors").is_file());
+
+    // Malformed input is reported with its line.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"ok\"}\n{oops\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rwkv-train"))
+        .args([
+            "prepare",
+            "--input",
+            bad.to_str().unwrap(),
+            "--out",
+            prefix.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+}
