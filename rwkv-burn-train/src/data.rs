@@ -83,6 +83,16 @@ impl WindowSampler {
         }
     }
 
+    /// A sampler continuing from a saved [`WindowSampler::state`].
+    pub fn from_state(state: u64) -> Self {
+        Self { state }
+    }
+
+    /// The position in the random stream, to save.
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     fn next_index(&mut self, bound: usize) -> usize {
         self.state = self
             .state

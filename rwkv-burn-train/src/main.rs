@@ -105,10 +105,90 @@ struct TrainArgs {
     /// Device to run on (flex, ndarray, ... as compiled in); autodiff is added.
     #[arg(long, default_value = "flex")]
     device: DeviceSpec,
-    /// Output folder: model.safetensors (official format; rewritten atomically at every
-    /// validation, so an interrupted run keeps its last save) and metrics.csv.
+    /// Output folder: model.safetensors (official format), metrics.csv, and checkpoints/
+    /// (model, optimizer state and sampler position at every validation).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Continue the run in --out from its latest checkpoint: give the same command again with
+    /// --resume. The continued run computes exactly what the uninterrupted one would have.
+    #[arg(long)]
+    resume: bool,
+    /// Checkpoints to keep.
+    #[arg(long, default_value_t = 2)]
+    keep_last: usize,
+}
+
+impl TrainArgs {
+    /// Everything that determines the run's numbers, to refuse resuming with other settings.
+    fn fingerprint(&self) -> String {
+        format!(
+            "data={} vocab={} init={:?} preset={:?} v={} layers={} embd={} ctx={} batch={} steps={} lr={} lr_final={} warmup={} wd={} clip={} valid={} eval={} seed={}",
+            self.data.display(),
+            self.vocab,
+            self.init_from,
+            self.preset,
+            self.version,
+            self.layers,
+            self.embd,
+            self.ctx,
+            self.batch,
+            self.steps,
+            self.lr,
+            self.lr_final,
+            self.warmup,
+            self.weight_decay,
+            self.grad_clip,
+            self.valid_fraction,
+            self.eval_every,
+            self.seed
+        )
+    }
+}
+
+/// Writes a checkpoint folder, then points `checkpoints/latest` at it (atomically), then
+/// removes all but the newest `keep` checkpoints. A run killed at any moment leaves `latest`
+/// naming a complete checkpoint.
+fn save_checkpoint(
+    out: &Path,
+    model: &Rwkv,
+    names: &rwkv_burn::load::ParamNames,
+    trainer: &rwkv_burn_train::trainer::Trainer,
+    fingerprint: &str,
+    keep: usize,
+) -> Result<()> {
+    let root = out.join("checkpoints");
+    let name = format!("step-{:08}", trainer.step);
+    let dir = root.join(&name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    rwkv_burn::export::save_official(model, names, &dir.join("model.safetensors"))?;
+    safetensors_io::write_atomic(&dir.join("optimizer.bpk"), &trainer.optimizer_bytes())?;
+    let meta = serde_json::json!({
+        "step": trainer.step,
+        "sampler_state": trainer.sampler_state(),
+        "fingerprint": fingerprint,
+    });
+    safetensors_io::write_atomic(&dir.join("trainer.json"), meta.to_string().as_bytes())?;
+    safetensors_io::write_atomic(&root.join("latest"), name.as_bytes())?;
+    // The final model also sits at the top of the output folder.
+    std::fs::copy(
+        dir.join("model.safetensors"),
+        out.join("model.safetensors.tmp"),
+    )?;
+    std::fs::rename(
+        out.join("model.safetensors.tmp"),
+        out.join("model.safetensors"),
+    )?;
+    let mut older: Vec<_> = std::fs::read_dir(&root)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-") && *n != name)
+        .collect();
+    older.sort();
+    let excess = older.len().saturating_sub(keep.saturating_sub(1));
+    for old in &older[..excess] {
+        let _ = std::fs::remove_dir_all(root.join(old));
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -227,14 +307,42 @@ fn fresh_config(args: &TrainArgs, vocab: usize) -> Result<rwkv_burn::RwkvConfig>
 fn train(args: TrainArgs) -> Result<()> {
     use indicatif::{ProgressBar, ProgressStyle};
     use rwkv_burn_train::data::TokenCorpus;
-    use rwkv_burn_train::trainer::{TrainConfig, train_with_checkpoints};
+    use rwkv_burn_train::trainer::{TrainConfig, Trainer};
     use std::io::Write;
 
     let device = args.device.device()?.autodiff();
     let tokenizer = tokenizer(&args.vocab)?;
-    let (config, model, names) = match &args.init_from {
-        Some(path) => rwkv_burn::load::load_model_named(path, &device)?,
-        None => {
+    let fingerprint = args.fingerprint();
+    // A resumed run restarts from its latest complete checkpoint.
+    let resume = if args.resume {
+        let root = args.out.join("checkpoints");
+        let latest = std::fs::read_to_string(root.join("latest"))
+            .with_context(|| format!("no checkpoint to resume in {}", root.display()))?;
+        let dir = root.join(latest.trim());
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("trainer.json"))?)
+                .with_context(|| format!("{}: invalid trainer.json", dir.display()))?;
+        if meta["fingerprint"].as_str() != Some(fingerprint.as_str()) {
+            bail!(
+                "--resume needs the same settings as the interrupted run ({})",
+                meta["fingerprint"]
+            );
+        }
+        let step = meta["step"].as_u64().context("trainer.json: no step")? as usize;
+        let sampler = meta["sampler_state"]
+            .as_u64()
+            .context("trainer.json: no sampler_state")?;
+        let optimizer = std::fs::read(dir.join("optimizer.bpk"))?;
+        Some((dir, step, sampler, optimizer))
+    } else {
+        None
+    };
+    let (config, model, names) = match (&resume, &args.init_from) {
+        (Some((dir, ..)), _) => {
+            rwkv_burn::load::load_model_named(dir.join("model.safetensors"), &device)?
+        }
+        (None, Some(path)) => rwkv_burn::load::load_model_named(path, &device)?,
+        (None, None) => {
             let vocab = if args.vocab == "bytes" { 256 } else { 65536 };
             let config = fresh_config(&args, vocab)?;
             let (model, names) = rwkv_burn::init::training_model(&config, args.seed, &device)?;
@@ -253,8 +361,28 @@ fn train(args: TrainArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let model_path = args.out.join("model.safetensors");
-    let mut metrics = std::fs::File::create(args.out.join("metrics.csv"))?;
+    let metrics_path = args.out.join("metrics.csv");
+    // Metrics up to the checkpoint survive a resume; later lines are recomputed.
+    let kept: Vec<String> = match &resume {
+        Some((_, step, ..)) => std::fs::read_to_string(&metrics_path)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                l.split(',')
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .is_some_and(|n| n <= *step)
+            })
+            .map(str::to_string)
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut metrics = std::fs::File::create(&metrics_path)?;
     writeln!(metrics, "step,loss,lr,valid_loss,tokens_per_s")?;
+    for line in &kept {
+        writeln!(metrics, "{line}")?;
+    }
     let train_config = TrainConfig {
         steps: args.steps,
         batch: args.batch,
@@ -282,55 +410,65 @@ fn train(args: TrainArgs) -> Result<()> {
         )
         .expect("valid template"),
     );
+    let mut trainer = match resume {
+        Some((_, step, sampler, optimizer)) => {
+            eprintln!("resuming at step {step}");
+            Trainer::resume(train_config, optimizer, sampler, step)?
+        }
+        None => Trainer::new(train_config),
+    };
+    bar.set_position(trainer.step as u64);
+    let first_step = trainer.step;
     let start = std::time::Instant::now();
     let tokens_per_step = (args.batch * args.ctx) as f64;
     let mut failure: Option<anyhow::Error> = None;
     let mut last_valid = None;
-    let mut save_failure: Option<anyhow::Error> = None;
-    let mut save = |model: &rwkv_burn::Rwkv, _step: usize| {
-        // Written atomically: an interrupted run keeps the last complete save.
-        if let Err(e) = rwkv_burn::export::save_official(model, &names, &model_path) {
-            save_failure.get_or_insert(e.into());
+    let mut report = |r: &rwkv_burn_train::trainer::StepReport| {
+        let done = (r.step - first_step) as f64;
+        let rate = tokens_per_step * done / start.elapsed().as_secs_f64();
+        if let Some(v) = r.valid_loss {
+            last_valid = Some(v);
+        }
+        bar.set_message(format!(
+            "loss {:.4} valid {} lr {:.2e} {:.0} tok/s",
+            r.loss,
+            last_valid.map_or("-".into(), |v| format!("{v:.4}")),
+            r.lr,
+            rate
+        ));
+        bar.inc(1);
+        let line = writeln!(
+            metrics,
+            "{},{},{},{},{:.1}",
+            r.step,
+            r.loss,
+            r.lr,
+            r.valid_loss.map_or(String::new(), |v| v.to_string()),
+            rate
+        );
+        if let Err(e) = line {
+            failure.get_or_insert(e.into());
         }
     };
-    let model = train_with_checkpoints(
-        model,
-        &corpus,
-        &train_config,
-        &device,
-        &mut |r| {
-            let rate = tokens_per_step * r.step as f64 / start.elapsed().as_secs_f64();
-            if let Some(v) = r.valid_loss {
-                last_valid = Some(v);
-            }
-            bar.set_message(format!(
-                "loss {:.4} valid {} lr {:.2e} {:.0} tok/s",
-                r.loss,
-                last_valid.map_or("-".into(), |v| format!("{v:.4}")),
-                r.lr,
-                rate
-            ));
-            bar.inc(1);
-            let line = writeln!(
-                metrics,
-                "{},{},{},{},{:.1}",
-                r.step,
-                r.loss,
-                r.lr,
-                r.valid_loss.map_or(String::new(), |v| v.to_string()),
-                rate
-            );
-            if let Err(e) = line {
-                failure.get_or_insert(e.into());
-            }
-        },
-        &mut save,
-    );
+    let mut save_failure: Option<anyhow::Error> = None;
+    let mut checkpoint = |model: &Rwkv, trainer: &Trainer| {
+        if let Err(e) = save_checkpoint(
+            &args.out,
+            model,
+            &names,
+            trainer,
+            &fingerprint,
+            args.keep_last,
+        ) {
+            save_failure.get_or_insert(e);
+        }
+    };
+    let model = trainer.run(model, &corpus, &device, &mut report, &mut checkpoint);
     bar.finish();
     if let Some(e) = failure.or(save_failure) {
         return Err(e);
     }
-    rwkv_burn::export::save_official(&model, &names, &model_path)?;
+    drop(model);
     eprintln!("saved {}", model_path.display());
     Ok(())
 }

@@ -1,12 +1,12 @@
 //! The training loop: AdamW with RWKV-LM's betas, linear warmup then cosine decay of the
-//! learning rate, gradient clipping, periodic validation.
+//! learning rate, gradient clipping, periodic validation, and checkpoints that resume exactly.
 
 use crate::data::{TokenCorpus, WindowSampler, sequential_batches};
 use crate::loss::cross_entropy;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
-use burn::tensor::Device;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Bytes, Device};
 use rwkv_burn::{Rwkv, State};
 
 /// Settings of a training run.
@@ -64,7 +64,7 @@ impl TrainConfig {
     }
 }
 
-/// What one step or validation reports.
+/// What one step reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepReport {
     /// 1-based step number.
@@ -100,7 +100,118 @@ pub fn validation_loss(
     (total / count.max(1) as f64) as f32
 }
 
-/// Trains `model` (on an autodiff device) and returns it; `report` hears every step.
+/// The state of a run besides the model: optimizer moments, sampler position, step count.
+/// Saved next to the model, it lets a run continue exactly where it stopped.
+pub struct Trainer {
+    /// The run's settings.
+    pub config: TrainConfig,
+    optimizer: ModuleOptimizer,
+    sampler: WindowSampler,
+    /// Steps completed.
+    pub step: usize,
+}
+
+/// A saved trainer could not be restored.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot restore the optimizer state: {0}")]
+pub struct ResumeError(String);
+
+impl Trainer {
+    /// A run at step 0.
+    pub fn new(config: TrainConfig) -> Self {
+        let mut adamw = AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.99)
+            .with_epsilon(1e-8)
+            .with_weight_decay(config.weight_decay);
+        if config.grad_clip > 0.0 {
+            adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(config.grad_clip)));
+        }
+        let sampler = WindowSampler::new(config.seed);
+        Self {
+            optimizer: adamw.init(),
+            sampler,
+            step: 0,
+            config,
+        }
+    }
+
+    /// A run restored from [`Trainer::optimizer_bytes`], [`Trainer::sampler_state`] and the
+    /// step count.
+    pub fn resume(
+        config: TrainConfig,
+        optimizer: Vec<u8>,
+        sampler_state: u64,
+        step: usize,
+    ) -> Result<Self, ResumeError> {
+        let mut trainer = Self::new(config);
+        trainer.optimizer = trainer
+            .optimizer
+            .from_bytes(Bytes::from_bytes_vec(optimizer))
+            .map_err(|e| ResumeError(format!("{e:?}")))?;
+        trainer.sampler = WindowSampler::from_state(sampler_state);
+        trainer.step = step;
+        Ok(trainer)
+    }
+
+    /// The optimizer state (burnpack bytes).
+    pub fn optimizer_bytes(&self) -> Vec<u8> {
+        self.optimizer
+            .into_bytes()
+            .expect("optimizer state serialises")
+            .to_vec()
+    }
+
+    /// The sampler's position.
+    pub fn sampler_state(&self) -> u64 {
+        self.sampler.state()
+    }
+
+    /// Trains `model` (on an autodiff device) from the current step to `config.steps`.
+    /// `report` hears every step; `checkpoint` gets the model and trainer after every
+    /// validation, to save them.
+    pub fn run(
+        &mut self,
+        mut model: Rwkv,
+        corpus: &TokenCorpus,
+        device: &Device,
+        report: &mut dyn FnMut(&StepReport),
+        checkpoint: &mut dyn FnMut(&Rwkv, &Trainer),
+    ) -> Rwkv {
+        let model_config = model.config();
+        let config = self.config.clone();
+        while self.step < config.steps {
+            let step = self.step;
+            let batch = self
+                .sampler
+                .batch(&corpus.train, config.batch, config.ctx, device);
+            let mut state = State::zeros(&model_config, config.batch, device);
+            let loss = cross_entropy(model.forward(batch.inputs, &mut state), batch.targets);
+            let value = loss.clone().into_scalar::<f32>();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let lr = config.lr_at(step);
+            model = self.optimizer.step(lr, model, grads);
+            self.step += 1;
+            let last = self.step == config.steps;
+            let validate =
+                last || (config.eval_every > 0 && self.step.is_multiple_of(config.eval_every));
+            let valid_loss = validate
+                .then(|| validation_loss(&model, &corpus.valid, config.batch, config.ctx, device));
+            report(&StepReport {
+                step: self.step,
+                loss: value,
+                lr,
+                valid_loss,
+            });
+            if validate {
+                checkpoint(&model, self);
+            }
+        }
+        model
+    }
+}
+
+/// Trains `model` (on an autodiff device) from scratch and returns it; `report` hears every step.
 pub fn train(
     model: Rwkv,
     corpus: &TokenCorpus,
@@ -108,51 +219,5 @@ pub fn train(
     device: &Device,
     report: &mut dyn FnMut(&StepReport),
 ) -> Rwkv {
-    train_with_checkpoints(model, corpus, config, device, report, &mut |_, _| {})
-}
-
-/// Like [`train`], also handing the model to `checkpoint` after every validation, so a long run
-/// can save its progress.
-pub fn train_with_checkpoints(
-    mut model: Rwkv,
-    corpus: &TokenCorpus,
-    config: &TrainConfig,
-    device: &Device,
-    report: &mut dyn FnMut(&StepReport),
-    checkpoint: &mut dyn FnMut(&Rwkv, usize),
-) -> Rwkv {
-    let mut adamw = AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.99)
-        .with_epsilon(1e-8)
-        .with_weight_decay(config.weight_decay);
-    if config.grad_clip > 0.0 {
-        adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(config.grad_clip)));
-    }
-    let mut optimizer = adamw.init();
-    let mut sampler = WindowSampler::new(config.seed);
-    let model_config = model.config();
-    for step in 0..config.steps {
-        let batch = sampler.batch(&corpus.train, config.batch, config.ctx, device);
-        let mut state = State::zeros(&model_config, config.batch, device);
-        let loss = cross_entropy(model.forward(batch.inputs, &mut state), batch.targets);
-        let value = loss.clone().into_scalar::<f32>();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let lr = config.lr_at(step);
-        model = optimizer.step(lr, model, grads);
-        let last = step + 1 == config.steps;
-        let validate = last || (config.eval_every > 0 && (step + 1) % config.eval_every == 0);
-        let valid_loss = validate
-            .then(|| validation_loss(&model, &corpus.valid, config.batch, config.ctx, device));
-        report(&StepReport {
-            step: step + 1,
-            loss: value,
-            lr,
-            valid_loss,
-        });
-        if validate {
-            checkpoint(&model, step + 1);
-        }
-    }
-    model
+    Trainer::new(config.clone()).run(model, corpus, device, report, &mut |_, _| {})
 }

@@ -139,3 +139,120 @@ fn prepare_jsonl_then_train_on_binidx() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
 }
+
+/// Loss column of metrics.csv, by step.
+fn losses(metrics: &std::path::Path) -> Vec<(usize, String)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut cols = l.split(',');
+            (
+                cols.next().unwrap().parse().unwrap(),
+                cols.next().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("text.txt");
+    let corpus =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/corpus/kjv-genesis-exodus.txt");
+    std::fs::write(&data, &std::fs::read(corpus).unwrap()[..40_000]).unwrap();
+    let args = |out: &std::path::Path| -> Vec<String> {
+        [
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--layers",
+            "1",
+            "--embd",
+            "64",
+            "--ctx",
+            "16",
+            "--batch",
+            "2",
+            "--steps",
+            "300",
+            "--eval-every",
+            "5",
+            "--seed",
+            "9",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let whole = dir.path().join("whole");
+    let status = Command::new(env!("CARGO_BIN_EXE_rwkv-train"))
+        .args(args(&whole))
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
+    // Kill a second run once it has written a checkpoint past step 20.
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rwkv-train"))
+        .args(args(&killed))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let latest = killed.join("checkpoints/latest");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let step = std::fs::read_to_string(&latest)
+            .ok()
+            .and_then(|s| s.trim().strip_prefix("step-")?.parse::<usize>().ok());
+        if step.is_some_and(|s| s >= 20) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut resumed = args(&killed);
+    resumed.push("--resume".into());
+    let status = Command::new(env!("CARGO_BIN_EXE_rwkv-train"))
+        .args(&resumed)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_eq!(
+        losses(&killed.join("metrics.csv")),
+        losses(&whole.join("metrics.csv"))
+    );
+    // Only the newest checkpoints are kept.
+    let kept = std::fs::read_dir(killed.join("checkpoints"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 3, "two checkpoints and the latest pointer");
+
+    // Resuming with other settings is refused.
+    let mut other = args(&killed);
+    other.extend(["--resume".into(), "--lr".into(), "0.1".into()]);
+    let refused = Command::new(env!("CARGO_BIN_EXE_rwkv-train"))
+        .args(&other)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("same settings"));
+}

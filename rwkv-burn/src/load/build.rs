@@ -132,6 +132,15 @@ impl Weights<'_> {
         Ok((values, shape))
     }
 
+    /// A parameter id derived from the official name, so the same parameter gets the same id
+    /// in every load: optimizer state saved by id then resumes onto a reloaded model.
+    fn stable_id(name: &str) -> ParamId {
+        let hash = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
+        ParamId::from(hash)
+    }
+
     fn record(&self, name: &str, id: ParamId, stored: Vec<usize>, rank: usize, layout: Layout) {
         self.names.borrow_mut().push(NamedParam {
             name: name.to_string(),
@@ -150,10 +159,11 @@ impl Weights<'_> {
         shape: [usize; D],
     ) -> Result<Param<Tensor<D>>, LoadError> {
         let (values, stored) = self.read(name, &shape, role)?;
-        let param = Param::from_tensor(Tensor::from_data(
+        let mut param = Param::from_tensor(Tensor::from_data(
             TensorData::new(values, shape),
             self.device,
         ));
+        param.id = Self::stable_id(name);
         self.record(name, param.id, stored, D, Layout::Same);
         Ok(param)
     }
@@ -208,10 +218,11 @@ impl Weights<'_> {
                 transposed[i * out + o] = *v;
             }
         }
-        let layer = linear(Tensor::from_data(
+        let mut layer = linear(Tensor::from_data(
             TensorData::new(transposed, [input, out]),
             self.device,
         ));
+        layer.weight.id = Self::stable_id(name);
         self.record(name, layer.weight.id, stored, 2, Layout::Transposed);
         Ok(layer)
     }
