@@ -90,6 +90,12 @@ struct TrainArgs {
     /// Weight decay.
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f32,
+    /// Micro-batches accumulated into each optimizer step.
+    #[arg(long, default_value_t = 1)]
+    accumulate: usize,
+    /// Turn off RWKV-LM's L2Wrap logit regulariser.
+    #[arg(long)]
+    no_l2wrap: bool,
     /// Gradient-norm clipping (0 = off).
     #[arg(long, default_value_t = 1.0)]
     grad_clip: f32,
@@ -394,6 +400,8 @@ fn train(args: TrainArgs) -> Result<()> {
         grad_clip: args.grad_clip,
         seed: args.seed,
         eval_every: args.eval_every,
+        accumulate: args.accumulate,
+        l2wrap: !args.no_l2wrap,
     };
     eprintln!(
         "training {} ({} layers, width {}, {} parameters) on {} tokens, validating on {}",
@@ -420,7 +428,7 @@ fn train(args: TrainArgs) -> Result<()> {
     bar.set_position(trainer.step as u64);
     let first_step = trainer.step;
     let start = std::time::Instant::now();
-    let tokens_per_step = (args.batch * args.ctx) as f64;
+    let tokens_per_step = (args.batch * args.ctx * args.accumulate.max(1)) as f64;
     let mut failure: Option<anyhow::Error> = None;
     let mut last_valid = None;
     let mut report = |r: &rwkv_burn_train::trainer::StepReport| {

@@ -5,7 +5,7 @@ use crate::data::{TokenCorpus, WindowSampler, sequential_batches};
 use crate::loss::cross_entropy;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bytes, Device};
 use rwkv_burn::{Rwkv, State};
 
@@ -32,6 +32,11 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Validate every this many steps (0 = only at the end).
     pub eval_every: usize,
+    /// Micro-batches whose gradients are summed into each step (1 = none).
+    pub accumulate: usize,
+    /// RWKV-LM's L2Wrap: push the largest logit of every position towards zero with weight
+    /// `1e-4 / (B * T)`, which keeps logits from drifting upwards in long training.
+    pub l2wrap: bool,
 }
 
 impl Default for TrainConfig {
@@ -47,6 +52,8 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             seed: 0,
             eval_every: 100,
+            accumulate: 1,
+            l2wrap: true,
         }
     }
 }
@@ -62,6 +69,15 @@ impl TrainConfig {
         let t = ((step - self.warmup) as f64 / span).min(1.0);
         self.lr_final + 0.5 * (self.lr - self.lr_final) * (1.0 + (std::f64::consts::PI * t).cos())
     }
+}
+
+/// RWKV-LM's L2Wrap as a loss term: its gradient is `1e-4 / (B * T) * max` on each position's
+/// largest logit (the forward value is negligible and not reported).
+fn l2wrap(logits: burn::tensor::Tensor<3>) -> burn::tensor::Tensor<1> {
+    let [batch, len, _] = logits.dims();
+    let factor = 1e-4 / (batch * len) as f32;
+    let max = logits.max_dim(2);
+    (max.clone() * max).sum().mul_scalar(factor / 2.0)
 }
 
 /// What one step reports.
@@ -180,15 +196,29 @@ impl Trainer {
     ) -> Rwkv {
         let model_config = model.config();
         let config = self.config.clone();
+        let micro = config.accumulate.max(1);
         while self.step < config.steps {
             let step = self.step;
-            let batch = self
-                .sampler
-                .batch(&corpus.train, config.batch, config.ctx, device);
-            let mut state = State::zeros(&model_config, config.batch, device);
-            let loss = cross_entropy(model.forward(batch.inputs, &mut state), batch.targets);
-            let value = loss.clone().into_scalar::<f32>();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let mut accumulator = GradientsAccumulator::new();
+            let mut value = 0.0;
+            for _ in 0..micro {
+                let batch = self
+                    .sampler
+                    .batch(&corpus.train, config.batch, config.ctx, device);
+                let mut state = State::zeros(&model_config, config.batch, device);
+                let logits = model.forward(batch.inputs, &mut state);
+                let loss = cross_entropy(logits.clone(), batch.targets);
+                value += loss.clone().into_scalar::<f32>() / micro as f32;
+                let objective = if config.l2wrap {
+                    loss + l2wrap(logits)
+                } else {
+                    loss
+                };
+                let objective = objective.div_scalar(micro as f32);
+                let grads = GradientsParams::from_grads(objective.backward(), &model);
+                accumulator.accumulate(&model, grads);
+            }
+            let grads = accumulator.grads();
             let lr = config.lr_at(step);
             model = self.optimizer.step(lr, model, grads);
             self.step += 1;

@@ -92,3 +92,55 @@ fn the_same_seed_gives_the_same_losses() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn accumulating_two_half_batches_equals_one_full_batch() {
+    let text = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/corpus/kjv-genesis-exodus.txt"),
+    )
+    .unwrap();
+    let tokens = ByteTokenizer.encode(&text[..20_000]).unwrap();
+    let base = TrainConfig {
+        steps: 4,
+        ctx: 16,
+        lr: 3e-2,
+        warmup: 1,
+        eval_every: 0,
+        ..TrainConfig::default()
+    };
+    let corpus = TokenCorpus::split(tokens, 0.05, base.ctx, 256).unwrap();
+    let device = DeviceSpec::available()[0].device().unwrap().autodiff();
+    let mut model_config = config_for(Version::V7, 1, 64);
+    model_config.vocab_size = 256;
+    let run = |config: TrainConfig| {
+        let (model, _) = rwkv_burn::init::training_model(&model_config, 1, &device).unwrap();
+        let mut losses = Vec::new();
+        train(model, &corpus, &config, &device, &mut |r| {
+            losses.push(r.loss)
+        });
+        losses
+    };
+    let whole = run(TrainConfig {
+        batch: 4,
+        accumulate: 1,
+        ..base.clone()
+    });
+    let halves = run(TrainConfig {
+        batch: 2,
+        accumulate: 2,
+        ..base
+    });
+    for (a, b) in whole.iter().zip(&halves) {
+        assert!((a - b).abs() < 1e-4, "{whole:?} vs {halves:?}");
+    }
+    // The updates are large enough that dropping half the gradient would show.
+    let half_lr = run(TrainConfig {
+        batch: 4,
+        lr: 1.5e-2,
+        ..base.clone()
+    });
+    assert!(
+        (whole[3] - half_lr[3]).abs() > 1e-3,
+        "{whole:?} vs {half_lr:?}"
+    );
+}
