@@ -5,4 +5,5 @@ pub mod binidx;
 pub mod data;
 pub mod grad;
 pub mod loss;
+pub mod plot;
 pub mod trainer;

@@ -28,6 +28,47 @@ enum Command {
     Train(TrainArgs),
     /// Tokenize text (a plain file, or JSON lines with a "text" field) into a binidx dataset.
     Prepare(PrepareArgs),
+    /// Draw the loss curve of a run's metrics.csv as a PNG.
+    Plot(PlotArgs),
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// metrics.csv written by `train`.
+    #[arg(long, value_name = "CSV")]
+    metrics: PathBuf,
+    /// The PNG to write.
+    #[arg(long, value_name = "PNG")]
+    out: PathBuf,
+}
+
+/// (step, loss) and (step, validation loss) points of a metrics.csv's lines (no header).
+fn curve_points<'a>(
+    lines: impl Iterator<Item = &'a str>,
+) -> (Vec<(usize, f32)>, Vec<(usize, f32)>) {
+    let (mut train, mut valid) = (Vec::new(), Vec::new());
+    for line in lines {
+        let cols: Vec<&str> = line.split(',').collect();
+        let step = cols.first().and_then(|c| c.parse().ok());
+        if let (Some(step), Some(loss)) = (step, cols.get(1).and_then(|c| c.parse().ok())) {
+            train.push((step, loss));
+            if let Some(v) = cols.get(3).and_then(|c| c.parse().ok()) {
+                valid.push((step, v));
+            }
+        }
+    }
+    (train, valid)
+}
+
+fn plot(args: PlotArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.metrics)
+        .with_context(|| format!("reading {}", args.metrics.display()))?;
+    let (train, valid) = curve_points(text.lines().skip(1));
+    if train.is_empty() {
+        bail!("{}: no metrics lines", args.metrics.display());
+    }
+    rwkv_burn_train::plot::write_loss_curve(&args.out, &train, &valid)?;
+    Ok(())
 }
 
 #[derive(Args)]
@@ -111,8 +152,9 @@ struct TrainArgs {
     /// Device to run on (flex, ndarray, ... as compiled in); autodiff is added.
     #[arg(long, default_value = "flex")]
     device: DeviceSpec,
-    /// Output folder: model.safetensors (official format), metrics.csv, and checkpoints/
-    /// (model, optimizer state and sampler position at every validation).
+    /// Output folder: model.safetensors (official format), metrics.csv, loss.png (the loss
+    /// curve), and checkpoints/ (model, optimizer state and sampler position at every
+    /// validation).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Continue the run in --out from its latest checkpoint: give the same command again with
@@ -431,7 +473,16 @@ fn train(args: TrainArgs) -> Result<()> {
     let tokens_per_step = (args.batch * args.ctx * args.accumulate.max(1)) as f64;
     let mut failure: Option<anyhow::Error> = None;
     let mut last_valid = None;
+    // The curve so far (kept lines of a resumed run included), redrawn at every checkpoint.
+    let history = std::cell::RefCell::new(curve_points(kept.iter().map(String::as_str)));
     let mut report = |r: &rwkv_burn_train::trainer::StepReport| {
+        {
+            let mut h = history.borrow_mut();
+            h.0.push((r.step, r.loss));
+            if let Some(v) = r.valid_loss {
+                h.1.push((r.step, v));
+            }
+        }
         let done = (r.step - first_step) as f64;
         let rate = tokens_per_step * done / start.elapsed().as_secs_f64();
         if let Some(v) = r.valid_loss {
@@ -469,6 +520,11 @@ fn train(args: TrainArgs) -> Result<()> {
             args.keep_last,
         ) {
             save_failure.get_or_insert(e);
+        }
+        let h = history.borrow();
+        let curve = rwkv_burn_train::plot::write_loss_curve(&args.out.join("loss.png"), &h.0, &h.1);
+        if let Err(e) = curve {
+            save_failure.get_or_insert(e.into());
         }
     };
     let model = trainer.run(model, &corpus, &device, &mut report, &mut checkpoint);
@@ -547,6 +603,7 @@ fn main() -> ExitCode {
         Command::Grad(args) => grad(args),
         Command::Train(args) => train(args),
         Command::Prepare(args) => prepare(args),
+        Command::Plot(args) => plot(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
