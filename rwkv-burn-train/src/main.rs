@@ -42,10 +42,11 @@ struct PlotArgs {
     out: PathBuf,
 }
 
-/// (step, loss) and (step, validation loss) points of a metrics.csv's lines (no header).
-fn curve_points<'a>(
-    lines: impl Iterator<Item = &'a str>,
-) -> (Vec<(usize, f32)>, Vec<(usize, f32)>) {
+/// (step, loss) points of a curve.
+type Curve = Vec<(usize, f32)>;
+
+/// Training and validation curves of a metrics.csv's lines (no header).
+fn curve_points<'a>(lines: impl Iterator<Item = &'a str>) -> (Curve, Curve) {
     let (mut train, mut valid) = (Vec::new(), Vec::new());
     for line in lines {
         let cols: Vec<&str> = line.split(',').collect();
