@@ -69,23 +69,43 @@ pub struct Batch {
     pub targets: Tensor<2, Int>,
 }
 
-/// Draws windows at positions from a seeded generator, so a run is reproducible.
+/// How training windows are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sampling {
+    /// Uniformly random starts from a seeded generator.
+    Random,
+    /// RWKV-LM's epochs: the corpus cut into `ctx`-token windows, visited in a scrambled order
+    /// (`i = (f * n^3) mod p` with a prime `p ≡ 2 mod 3`) so each window is seen exactly once
+    /// per epoch of `p` samples.
+    Epoch,
+}
+
+/// Draws windows reproducibly: the same seed (or saved state) gives the same windows.
 #[derive(Debug, Clone)]
 pub struct WindowSampler {
+    mode: Sampling,
+    /// The random generator's state, or the number of samples drawn for [`Sampling::Epoch`].
     state: u64,
 }
 
 impl WindowSampler {
-    /// A sampler seeded by `seed`.
+    /// A sampler seeded by `seed` (the seed only matters for [`Sampling::Random`]).
     pub fn new(seed: u64) -> Self {
-        Self {
-            state: seed ^ 0x5851_f42d_4c95_7f2d,
-        }
+        Self::with_mode(Sampling::Random, seed)
+    }
+
+    /// A sampler of the given kind.
+    pub fn with_mode(mode: Sampling, seed: u64) -> Self {
+        let state = match mode {
+            Sampling::Random => seed ^ 0x5851_f42d_4c95_7f2d,
+            Sampling::Epoch => 0,
+        };
+        Self { mode, state }
     }
 
     /// A sampler continuing from a saved [`WindowSampler::state`].
-    pub fn from_state(state: u64) -> Self {
-        Self { state }
+    pub fn from_state(mode: Sampling, state: u64) -> Self {
+        Self { mode, state }
     }
 
     /// The position in the random stream, to save.
@@ -101,13 +121,35 @@ impl WindowSampler {
         ((self.state >> 33) as usize) % bound.max(1)
     }
 
-    /// `batch` random windows of `tokens`.
+    /// The next `batch` windows of `tokens`.
     pub fn batch(&mut self, tokens: &[u32], batch: usize, ctx: usize, device: &Device) -> Batch {
-        let starts: Vec<usize> = (0..batch)
-            .map(|_| self.next_index(tokens.len() - ctx))
-            .collect();
+        let starts: Vec<usize> = match self.mode {
+            Sampling::Random => (0..batch)
+                .map(|_| self.next_index(tokens.len() - ctx))
+                .collect(),
+            Sampling::Epoch => {
+                let p = magic_prime((tokens.len() - 1) / ctx) as u128;
+                let factor = ((p as f64) * (5f64.sqrt() - 1.0) / 2.0) as u128;
+                (0..batch)
+                    .map(|_| {
+                        let n = u128::from(self.state) % p + 1;
+                        self.state += 1;
+                        ((factor * n * n * n) % p) as usize * ctx
+                    })
+                    .collect()
+            }
+        };
         windows(tokens, &starts, ctx, device)
     }
+}
+
+/// The largest prime `p <= limit` with `p % 3 == 2` (so cubing is a bijection mod `p`), or 2.
+pub fn magic_prime(limit: usize) -> usize {
+    let is_prime = |n: usize| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    (2..=limit.max(2))
+        .rev()
+        .find(|&n| n % 3 == 2 && is_prime(n))
+        .unwrap_or(2)
 }
 
 /// Consecutive windows covering `tokens` from the start (for validation).
@@ -154,6 +196,32 @@ mod tests {
             TokenCorpus::split(tokens[..30].to_vec(), 0.1, 16, 50),
             Err(DataError::TooSmall { .. })
         ));
+    }
+
+    #[test]
+    fn epoch_sampling_visits_every_window_once() {
+        assert_eq!(magic_prime(100), 89);
+        let device = Device::default();
+        let ctx = 4;
+        let tokens: Vec<u32> = (0..(90 * ctx + 1) as u32).collect();
+        let p = magic_prime((tokens.len() - 1) / ctx);
+        let mut sampler = WindowSampler::with_mode(Sampling::Epoch, 0);
+        let mut starts = Vec::new();
+        for _ in 0..p {
+            let b = sampler.batch(&tokens, 1, ctx, &device);
+            starts.push(
+                b.inputs
+                    .into_data()
+                    .convert::<i64>()
+                    .try_into_vec::<i64>()
+                    .unwrap()[0],
+            );
+        }
+        let mut sorted = starts.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), p, "every window once per epoch");
+        assert_ne!(starts, sorted, "in a scrambled order");
     }
 
     #[test]

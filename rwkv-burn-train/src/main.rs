@@ -135,6 +135,10 @@ struct TrainArgs {
     /// Micro-batches accumulated into each optimizer step.
     #[arg(long, default_value_t = 1)]
     accumulate: usize,
+    /// How training windows are drawn: `epoch` (RWKV-LM's: every window once per epoch, in a
+    /// scrambled order) or `random`.
+    #[arg(long, default_value = "epoch", value_parser = ["epoch", "random"])]
+    sampling: String,
     /// Turn off RWKV-LM's L2Wrap logit regulariser.
     #[arg(long)]
     no_l2wrap: bool,
@@ -444,6 +448,11 @@ fn train(args: TrainArgs) -> Result<()> {
         seed: args.seed,
         eval_every: args.eval_every,
         accumulate: args.accumulate,
+        sampling: if args.sampling == "random" {
+            rwkv_burn_train::data::Sampling::Random
+        } else {
+            rwkv_burn_train::data::Sampling::Epoch
+        },
         l2wrap: !args.no_l2wrap,
     };
     eprintln!(

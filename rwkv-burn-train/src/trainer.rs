@@ -1,7 +1,7 @@
 //! The training loop: AdamW with RWKV-LM's betas, linear warmup then cosine decay of the
 //! learning rate, gradient clipping, periodic validation, and checkpoints that resume exactly.
 
-use crate::data::{TokenCorpus, WindowSampler, sequential_batches};
+use crate::data::{Sampling, TokenCorpus, WindowSampler, sequential_batches};
 use crate::loss::cross_entropy;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
@@ -34,6 +34,8 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Micro-batches whose gradients are summed into each step (1 = none).
     pub accumulate: usize,
+    /// How windows are drawn.
+    pub sampling: Sampling,
     /// RWKV-LM's L2Wrap: push the largest logit of every position towards zero with weight
     /// `1e-4 / (B * T)`, which keeps logits from drifting upwards in long training.
     pub l2wrap: bool,
@@ -53,6 +55,7 @@ impl Default for TrainConfig {
             seed: 0,
             eval_every: 100,
             accumulate: 1,
+            sampling: Sampling::Epoch,
             l2wrap: true,
         }
     }
@@ -143,7 +146,7 @@ impl Trainer {
         if config.grad_clip > 0.0 {
             adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(config.grad_clip)));
         }
-        let sampler = WindowSampler::new(config.seed);
+        let sampler = WindowSampler::with_mode(config.sampling, config.seed);
         Self {
             optimizer: adamw.init(),
             sampler,
@@ -165,7 +168,7 @@ impl Trainer {
             .optimizer
             .from_bytes(Bytes::from_bytes_vec(optimizer))
             .map_err(|e| ResumeError(format!("{e:?}")))?;
-        trainer.sampler = WindowSampler::from_state(sampler_state);
+        trainer.sampler = WindowSampler::from_state(trainer.config.sampling, sampler_state);
         trainer.step = step;
         Ok(trainer)
     }
