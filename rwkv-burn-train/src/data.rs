@@ -145,7 +145,12 @@ impl WindowSampler {
 
 /// The largest prime `p <= limit` with `p % 3 == 2` (so cubing is a bijection mod `p`), or 2.
 pub fn magic_prime(limit: usize) -> usize {
-    let is_prime = |n: usize| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    let is_prime = |n: usize| {
+        n >= 2
+            && (2..)
+                .take_while(|d| d * d <= n)
+                .all(|d| !n.is_multiple_of(d))
+    };
     (2..=limit.max(2))
         .rev()
         .find(|&n| n % 3 == 2 && is_prime(n))
