@@ -175,7 +175,12 @@ impl Binidx {
             let docs: Vec<(usize, usize)> = pointers
                 .iter()
                 .zip(&sizes)
-                .map(|(&p, &s)| (p as usize, s as usize))
+                .map(|(&p, &s)| {
+                    (
+                        usize::try_from(p).unwrap_or(usize::MAX),
+                        usize::try_from(s).unwrap_or(usize::MAX),
+                    )
+                })
                 .collect();
             (element, docs)
         } else if idx.starts_with(LEGACY_MAGIC) {
@@ -192,7 +197,11 @@ impl Binidx {
             let _sizes = cur.array(s, 8)?;
             let docs: Vec<(usize, usize)> = data_offsets
                 .windows(2)
-                .map(|w| (w[0] as usize * element.size(), (w[1] - w[0]) as usize))
+                .map(|w| {
+                    let start = usize::try_from(w[0]).unwrap_or(usize::MAX);
+                    let len = usize::try_from(w[1].saturating_sub(w[0])).unwrap_or(usize::MAX);
+                    (start.saturating_mul(element.size()), len)
+                })
                 .collect();
             (element, docs)
         } else {
@@ -201,7 +210,11 @@ impl Binidx {
             ));
         };
         for (i, &(offset, len)) in documents.iter().enumerate() {
-            if offset + len * element.size() > bin.len() {
+            // Checked: a corrupt index can hold any numbers.
+            let end = len
+                .checked_mul(element.size())
+                .and_then(|bytes| offset.checked_add(bytes));
+            if end.is_none_or(|end| end > bin.len()) {
                 return Err(BinidxError::Format {
                     path: bin_path.clone(),
                     message: format!(
@@ -346,6 +359,20 @@ mod tests {
         write(&prefix, &[vec![1, 2, 3, 4]]).unwrap();
         let bin = std::fs::read(prefix.with_extension("bin")).unwrap();
         std::fs::write(prefix.with_extension("bin"), &bin[..3]).unwrap();
+        assert!(
+            Binidx::open(&prefix)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("past the end")
+        );
+        // Nonsense sizes are caught, not overflowed.
+        write(&prefix, &[vec![1, 2, 3, 4]]).unwrap();
+        assert!(Binidx::open(&prefix).is_ok());
+        let mut idx = std::fs::read(prefix.with_extension("idx")).unwrap();
+        let sizes_at = MAGIC.len() + 8 + 1 + 8 + 8;
+        idx[sizes_at..sizes_at + 4].copy_from_slice(&(-1i32).to_le_bytes());
+        std::fs::write(prefix.with_extension("idx"), &idx).unwrap();
         assert!(
             Binidx::open(&prefix)
                 .err()
