@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on a fresh Debian machine. Used by README.md and .ci/run.
-# Today that is only a Rust toolchain new enough for Burn 0.22 (1.95); later backends (wgpu on
-# Mesa's lavapipe, libtorch) add their packages here.
+# Checks and installs what the build and the test suite need on a fresh Debian machine. Used by
+# README.md and .ci/run.
+#
+#   bash scripts/setup.sh           a Rust toolchain new enough for Burn 0.22 (1.95)
+#   bash scripts/setup.sh --tests   also PyTorch 2.9.0 and the official `rwkv` package in a venv
+#                                   (scripts/setup-torch.sh), for the export round-trip test
 set -euo pipefail
 
 need_rust="1.95.0"
@@ -15,3 +18,7 @@ if [ "$(printf '%s\n%s\n' "$need_rust" "$have" | sort -V | head -n1)" != "$need_
   exit 1
 fi
 echo "setup: rustc $have ok"
+
+if [ "${1:-}" = "--tests" ]; then
+  bash "$(dirname "$0")/setup-torch.sh" >/dev/null
+fi

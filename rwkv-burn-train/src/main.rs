@@ -7,8 +7,8 @@ use rwkv_burn::{DeviceSpec, Rwkv, load_model, safetensors_io};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Train and evaluate RWKV models with Burn. The training loop itself is not implemented yet;
-/// this tool computes the training objective and its gradients on a batch.
+/// Train RWKV models with Burn: prepare data, train from scratch or continue a checkpoint,
+/// compute losses and gradients of a batch, and export to the official formats.
 #[derive(Parser)]
 #[command(name = "rwkv-train", version, about, long_about = None)]
 struct Cli {
@@ -30,6 +30,9 @@ enum Command {
     Prepare(PrepareArgs),
     /// Draw the loss curve of a run's metrics.csv as a PNG.
     Plot(PlotArgs),
+    /// Write a model in the official layout, as safetensors or as a `.pth` that the official
+    /// `rwkv` package and `torch.load(weights_only=True)` accept (chosen by the extension).
+    Export(ExportArgs),
 }
 
 #[derive(Args)]
@@ -40,6 +43,61 @@ struct PlotArgs {
     /// The PNG to write.
     #[arg(long, value_name = "PNG")]
     out: PathBuf,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// A checkpoint (`.pth`, `.safetensors`, a Hugging Face folder) or a `train` output folder,
+    /// whose latest checkpoint is exported.
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// The file to write: `*.safetensors` or `*.pth`.
+    #[arg(long, value_name = "PATH")]
+    out: PathBuf,
+    /// Precision of the written weights: f32, f16 or bf16 (official releases use bf16).
+    #[arg(long, default_value = "f32")]
+    dtype: rwkv_burn::export::StorageDType,
+    /// Device the weights pass through on their way (flex, ndarray, ... as compiled in).
+    #[arg(long, default_value = "flex")]
+    device: DeviceSpec,
+}
+
+/// A `train` output folder stands for its latest checkpoint; anything else is itself.
+fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+    let latest = path.join("checkpoints").join("latest");
+    if !latest.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let name = std::fs::read_to_string(&latest)
+        .with_context(|| format!("reading {}", latest.display()))?;
+    Ok(path
+        .join("checkpoints")
+        .join(name.trim())
+        .join("model.safetensors"))
+}
+
+fn export(args: ExportArgs) -> Result<()> {
+    if rwkv_burn::export::ExportFormat::from_path(&args.out).is_none() {
+        bail!(
+            "{}: name the output *.safetensors or *.pth",
+            args.out.display()
+        );
+    }
+    let source = resolve_checkpoint(&args.model)?;
+    let device = args.device.device()?;
+    let (config, model, names) = rwkv_burn::load::load_model_named(&source, &device)?;
+    let tensors = rwkv_burn::export::official_tensors(&model, &names);
+    rwkv_burn::export::write_official(&args.out, &tensors, args.dtype)?;
+    eprintln!(
+        "exported {} ({}, {} layers × {}) to {} as {:?}",
+        source.display(),
+        config.version,
+        config.n_layer,
+        config.n_embd,
+        args.out.display(),
+        args.dtype
+    );
+    Ok(())
 }
 
 /// (step, loss) points of a curve.
@@ -614,6 +672,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train(args),
         Command::Prepare(args) => prepare(args),
         Command::Plot(args) => plot(args),
+        Command::Export(args) => export(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

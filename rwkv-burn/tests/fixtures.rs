@@ -224,3 +224,65 @@ fn export_writes_every_official_key_and_reloads_to_the_same_logits() {
         assert_eq!(logits_vec(a), logits_vec(b), "{version}");
     }
 }
+
+/// Every tensor of a checkpoint as f32, by name.
+fn checkpoint_tensors(path: &std::path::Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let checkpoint = rwkv_burn::load::Checkpoint::open(path).unwrap();
+    let mut names: Vec<String> = checkpoint.names().map(str::to_owned).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let (values, shape) = checkpoint.read_f32(&name).unwrap();
+            (name, shape, values)
+        })
+        .collect()
+}
+
+#[test]
+fn export_to_pth_and_half_precision_reloads_exactly() {
+    use rwkv_burn::export::{StorageDType, official_tensors, write_official};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, device) = devices().remove(0);
+    for version in ["rwkv4", "rwkv7"] {
+        let source = fixtures().join(version).join("weights.safetensors");
+        let (_, model, names) = rwkv_burn::load::load_model_named(&source, &device).unwrap();
+        let tensors = official_tensors(&model, &names);
+        let original = checkpoint_tensors(&source);
+        for (dtype, ext) in [
+            (StorageDType::F32, "pth"),
+            (StorageDType::BF16, "pth"),
+            (StorageDType::F16, "pth"),
+            (StorageDType::BF16, "safetensors"),
+        ] {
+            let out = dir.path().join(format!("{version}-{dtype:?}.{ext}"));
+            write_official(&out, &tensors, dtype).unwrap();
+            let round = |x: f32| match dtype {
+                StorageDType::F32 => x,
+                StorageDType::F16 => half::f16::from_f32(x).to_f32(),
+                StorageDType::BF16 => half::bf16::from_f32(x).to_f32(),
+            };
+            let reread = checkpoint_tensors(&out);
+            assert_eq!(reread.len(), original.len(), "{version} {dtype:?} {ext}");
+            for ((name, shape, values), (rname, rshape, rvalues)) in original.iter().zip(&reread) {
+                assert_eq!((name, shape), (rname, rshape), "{version} {dtype:?} {ext}");
+                let expected: Vec<f32> = values.iter().map(|&x| round(x)).collect();
+                assert_eq!(&expected, rvalues, "{version} {dtype:?} {ext}: {name}");
+            }
+            // The reloaded model is a working model of the same version.
+            load_model(&out, &device).unwrap();
+        }
+    }
+}
+
+#[test]
+fn export_refuses_an_unknown_extension() {
+    let err = rwkv_burn::export::write_official(
+        std::path::Path::new("model.bin"),
+        &[],
+        rwkv_burn::export::StorageDType::F32,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("model.bin") && err.contains(".pth"), "{err}");
+}
