@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Installs the PyTorch wheel that the libtorch backend links against (burn-tch 0.22.1 expects
 # libtorch 2.9.0) and the official `rwkv` package that the export round-trip test runs, into one
-# virtual environment. Used by README.md and .ci/run. Prints the environment to export.
-#
-#   eval "$(bash scripts/setup-torch.sh)"
+# virtual environment. Run by `scripts/setup.sh --tests`; `. scripts/test-env.sh` then points
+# the build and the tests at it.
 set -euo pipefail
 
 venv="${RWKV_TORCH_VENV:-$HOME/.cache/rwkv-burn/torch-venv}"
@@ -19,12 +18,4 @@ if ! "$venv/bin/python" -c 'import torch, rwkv, numpy; assert torch.__version__.
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     "torch==2.9.0" "rwkv==0.8.32" "numpy>=1.26" >&2
 fi
-torch_lib=$("$venv/bin/python" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 echo "setup-torch: torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)') in $venv" >&2
-
-# tch's build script finds libtorch through the `python` on PATH when LIBTORCH_USE_PYTORCH is set.
-echo "export RWKV_TORCH_VENV='$venv'"
-echo "export RWKV_PYTHON='$venv/bin/python'"
-echo "export LIBTORCH_USE_PYTORCH=1"
-echo "export PATH='$venv/bin':\"\$PATH\""
-echo "export LD_LIBRARY_PATH='$torch_lib':\"\${LD_LIBRARY_PATH:-}\""

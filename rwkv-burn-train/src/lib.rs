@@ -5,5 +5,6 @@ pub mod binidx;
 pub mod data;
 pub mod grad;
 pub mod loss;
+pub mod optimizer;
 pub mod plot;
 pub mod trainer;

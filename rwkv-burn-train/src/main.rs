@@ -187,7 +187,8 @@ struct TrainArgs {
     /// Warmup steps.
     #[arg(long, default_value_t = 50)]
     warmup: usize,
-    /// Weight decay.
+    /// Decoupled (AdamW) weight decay, applied as RWKV-LM does to the weight matrices only
+    /// (embedding, projections, head); RWKV-LM's recipes use 0 to 0.1.
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f32,
     /// Micro-batches accumulated into each optimizer step.
@@ -200,7 +201,7 @@ struct TrainArgs {
     /// Turn off RWKV-LM's L2Wrap logit regulariser.
     #[arg(long)]
     no_l2wrap: bool,
-    /// Gradient-norm clipping (0 = off).
+    /// Clip the global norm of all gradients together to this (0 = off), as RWKV-LM does.
     #[arg(long, default_value_t = 1.0)]
     grad_clip: f32,
     /// Fraction of the text held out for validation.
@@ -531,9 +532,9 @@ fn train(args: TrainArgs) -> Result<()> {
     let mut trainer = match resume {
         Some((_, step, sampler, optimizer)) => {
             eprintln!("resuming at step {step}");
-            Trainer::resume(train_config, optimizer, sampler, step)?
+            Trainer::resume(train_config, &names, optimizer, sampler, step)?
         }
-        None => Trainer::new(train_config),
+        None => Trainer::new(train_config, &names),
     };
     bar.set_position(trainer.step as u64);
     let first_step = trainer.step;

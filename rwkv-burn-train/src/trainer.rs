@@ -1,12 +1,13 @@
-//! The training loop: AdamW with RWKV-LM's betas, linear warmup then cosine decay of the
-//! learning rate, gradient clipping, periodic validation, and checkpoints that resume exactly.
+//! The training loop: RWKV-LM's AdamW (weight decay on matrices only), linear warmup then
+//! cosine decay of the learning rate, global-norm gradient clipping, periodic validation, and
+//! checkpoints that resume exactly.
 
 use crate::data::{Sampling, TokenCorpus, WindowSampler, sequential_batches};
 use crate::loss::cross_entropy;
-use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bytes, Device};
+use rwkv_burn::load::ParamNames;
 use rwkv_burn::{Rwkv, State};
 
 /// Settings of a training run.
@@ -24,9 +25,9 @@ pub struct TrainConfig {
     pub lr_final: f64,
     /// Steps of linear warmup from `lr / 10`.
     pub warmup: usize,
-    /// Decoupled weight decay.
+    /// Decoupled weight decay, applied to the weight matrices only (as RWKV-LM does).
     pub weight_decay: f32,
-    /// Largest gradient norm (0 = no clipping).
+    /// Largest global norm of all gradients together (0 = no clipping).
     pub grad_clip: f32,
     /// Seed of the window sampler.
     pub seed: u64,
@@ -136,19 +137,11 @@ pub struct Trainer {
 pub struct ResumeError(String);
 
 impl Trainer {
-    /// A run at step 0.
-    pub fn new(config: TrainConfig) -> Self {
-        let mut adamw = AdamWConfig::new()
-            .with_beta_1(0.9)
-            .with_beta_2(0.99)
-            .with_epsilon(1e-8)
-            .with_weight_decay(config.weight_decay);
-        if config.grad_clip > 0.0 {
-            adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(config.grad_clip)));
-        }
+    /// A run at step 0 of the model whose parameters `names` lists.
+    pub fn new(config: TrainConfig, names: &ParamNames) -> Self {
         let sampler = WindowSampler::with_mode(config.sampling, config.seed);
         Self {
-            optimizer: adamw.init(),
+            optimizer: crate::optimizer::adamw(names, config.weight_decay),
             sampler,
             step: 0,
             config,
@@ -159,11 +152,12 @@ impl Trainer {
     /// step count.
     pub fn resume(
         config: TrainConfig,
+        names: &ParamNames,
         optimizer: Vec<u8>,
         sampler_state: u64,
         step: usize,
     ) -> Result<Self, ResumeError> {
-        let mut trainer = Self::new(config);
+        let mut trainer = Self::new(config, names);
         trainer.optimizer = trainer
             .optimizer
             .from_bytes(Bytes::from_bytes_vec(optimizer))
@@ -222,6 +216,11 @@ impl Trainer {
                 accumulator.accumulate(&model, grads);
             }
             let grads = accumulator.grads();
+            let (grads, _) = if config.grad_clip > 0.0 {
+                crate::optimizer::clip_global_norm(&model, grads, config.grad_clip)
+            } else {
+                (grads, 0.0)
+            };
             let lr = config.lr_at(step);
             model = self.optimizer.step(lr, model, grads);
             self.step += 1;
@@ -247,10 +246,11 @@ impl Trainer {
 /// Trains `model` (on an autodiff device) from scratch and returns it; `report` hears every step.
 pub fn train(
     model: Rwkv,
+    names: &ParamNames,
     corpus: &TokenCorpus,
     config: &TrainConfig,
     device: &Device,
     report: &mut dyn FnMut(&StepReport),
 ) -> Rwkv {
-    Trainer::new(config.clone()).run(model, corpus, device, report, &mut |_, _| {})
+    Trainer::new(config.clone(), names).run(model, corpus, device, report, &mut |_, _| {})
 }

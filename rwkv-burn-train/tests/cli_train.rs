@@ -184,6 +184,9 @@ fn a_killed_run_resumes_to_the_same_losses() {
             "5",
             "--seed",
             "9",
+            // Two optimizer groups (decayed matrices, the rest) must both resume.
+            "--weight-decay",
+            "0.1",
         ]
         .iter()
         .map(|s| s.to_string())

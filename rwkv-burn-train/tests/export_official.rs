@@ -22,9 +22,10 @@ fn official_python() -> Result<PathBuf, String> {
     let candidates: Vec<PathBuf> = std::env::var_os("RWKV_PYTHON")
         .map(PathBuf::from)
         .into_iter()
-        .chain(std::env::var_os("HOME").map(|h| {
-            Path::new(&h).join(".cache/rwkv-burn/torch-venv/bin/python")
-        }))
+        .chain(
+            std::env::var_os("HOME")
+                .map(|h| Path::new(&h).join(".cache/rwkv-burn/torch-venv/bin/python")),
+        )
         .collect();
     for python in &candidates {
         let ok = Command::new(python)
@@ -49,7 +50,11 @@ fn our_logits(model: &Path, tokens: &[u32]) -> Vec<Vec<f32>> {
         &device,
     );
     let logits = model.forward(input, &mut State::zeros(&config, 1, &device));
-    let values = logits.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let values = logits
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
     values
         .chunks(values.len() / tokens.len())
         .map(<[f32]>::to_vec)

@@ -46,10 +46,10 @@ fn validation_loss_falls_below_the_unigram_bound() {
     let device = spec.device().unwrap().autodiff();
     let mut model_config = config_for(Version::V7, 2, 64);
     model_config.vocab_size = 256;
-    let (model, _) = rwkv_burn::init::training_model(&model_config, 0, &device).unwrap();
+    let (model, names) = rwkv_burn::init::training_model(&model_config, 0, &device).unwrap();
     let before = validation_loss(&model, &corpus.valid, config.batch, config.ctx, &device);
     let mut losses = Vec::new();
-    let model = train(model, &corpus, &config, &device, &mut |r| {
+    let model = train(model, &names, &corpus, &config, &device, &mut |r| {
         losses.push(r.loss)
     });
     let after = validation_loss(&model, &corpus.valid, config.batch, config.ctx, &device);
@@ -83,9 +83,9 @@ fn the_same_seed_gives_the_same_losses() {
     let mut model_config = config_for(Version::V4, 1, 32);
     model_config.vocab_size = 256;
     let run = || {
-        let (model, _) = rwkv_burn::init::training_model(&model_config, 3, &device).unwrap();
+        let (model, names) = rwkv_burn::init::training_model(&model_config, 3, &device).unwrap();
         let mut losses = Vec::new();
-        train(model, &corpus, &config, &device, &mut |r| {
+        train(model, &names, &corpus, &config, &device, &mut |r| {
             losses.push(r.loss)
         });
         losses
@@ -113,9 +113,9 @@ fn accumulating_two_half_batches_equals_one_full_batch() {
     let mut model_config = config_for(Version::V7, 1, 64);
     model_config.vocab_size = 256;
     let run = |config: TrainConfig| {
-        let (model, _) = rwkv_burn::init::training_model(&model_config, 1, &device).unwrap();
+        let (model, names) = rwkv_burn::init::training_model(&model_config, 1, &device).unwrap();
         let mut losses = Vec::new();
-        train(model, &corpus, &config, &device, &mut |r| {
+        train(model, &names, &corpus, &config, &device, &mut |r| {
             losses.push(r.loss)
         });
         losses

@@ -14,18 +14,34 @@ pub enum DeviceSpec {
     Flex,
     /// burn-ndarray: CPU backend (deprecated upstream, kept behind the `ndarray` feature).
     NdArray,
+    /// burn-tch on the CPU: libtorch (deprecated upstream, kept behind the `tch` feature).
+    LibTorch,
+    /// burn-tch on the first CUDA GPU (needs a CUDA build of libtorch and a GPU).
+    LibTorchCuda,
 }
 
 impl DeviceSpec {
     /// Every name this build understands, compiled in or not, in the order `--help` shows them.
-    pub const ALL: [DeviceSpec; 2] = [DeviceSpec::Flex, DeviceSpec::NdArray];
+    pub const ALL: [DeviceSpec; 4] = [
+        DeviceSpec::Flex,
+        DeviceSpec::NdArray,
+        DeviceSpec::LibTorch,
+        DeviceSpec::LibTorchCuda,
+    ];
 
     /// The name users type.
     pub fn name(self) -> &'static str {
         match self {
             DeviceSpec::Flex => "flex",
             DeviceSpec::NdArray => "ndarray",
+            DeviceSpec::LibTorch => "libtorch",
+            DeviceSpec::LibTorchCuda => "libtorch-cuda",
         }
+    }
+
+    /// Whether the device is a GPU (compiled in or not, one may be absent at run time).
+    pub fn needs_gpu(self) -> bool {
+        matches!(self, DeviceSpec::LibTorchCuda)
     }
 
     /// The cargo feature that compiles this device in.
@@ -33,6 +49,7 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Flex => "flex",
             DeviceSpec::NdArray => "ndarray",
+            DeviceSpec::LibTorch | DeviceSpec::LibTorchCuda => "tch",
         }
     }
 
@@ -41,12 +58,16 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Flex => cfg!(feature = "flex"),
             DeviceSpec::NdArray => cfg!(feature = "ndarray"),
+            DeviceSpec::LibTorch | DeviceSpec::LibTorchCuda => cfg!(feature = "tch"),
         }
     }
 
-    /// The names of the devices compiled into this build.
+    /// The CPU devices compiled into this build: those that always work (tests iterate them).
     pub fn available() -> Vec<DeviceSpec> {
-        Self::ALL.into_iter().filter(|d| d.is_available()).collect()
+        Self::ALL
+            .into_iter()
+            .filter(|d| d.is_available() && !d.needs_gpu())
+            .collect()
     }
 
     /// Builds the Burn device.
@@ -61,6 +82,13 @@ impl DeviceSpec {
             #[allow(deprecated)]
             // burn-ndarray is deprecated upstream; the user asked to keep it.
             DeviceSpec::NdArray => Ok(Device::ndarray()),
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            // burn-tch is deprecated upstream; the user asked to keep it.
+            DeviceSpec::LibTorch => Ok(Device::libtorch()),
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            DeviceSpec::LibTorchCuda => Ok(Device::libtorch_cuda(0)),
             #[allow(unreachable_patterns)]
             other => Err(DeviceError::NotCompiled {
                 name: other.name(),
@@ -91,7 +119,7 @@ impl FromStr for DeviceSpec {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DeviceError {
     /// Not a device name at all.
-    #[error("unknown device '{0}' (known: flex, ndarray)")]
+    #[error("unknown device '{0}' (known: flex, ndarray, libtorch, libtorch-cuda)")]
     Unknown(String),
     /// A known device whose backend is not compiled into this build.
     #[error(

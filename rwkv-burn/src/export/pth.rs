@@ -187,7 +187,10 @@ mod tests {
 
     #[test]
     fn archive_name_is_a_safe_stem() {
-        assert_eq!(archive_name(Path::new("/x/rwkv-7 world.pth")), "rwkv-7world");
+        assert_eq!(
+            archive_name(Path::new("/x/rwkv-7 world.pth")),
+            "rwkv-7world"
+        );
         assert_eq!(archive_name(Path::new("/x/ü.pth")), "archive");
     }
 }

@@ -1,7 +1,7 @@
 //! The backend extension trait. Every backend compiled in must implement it (see `backends/`).
 
-// The `NdArray` selector names a backend deprecated upstream, kept because users asked for it;
-// this file is the one place that names it.
+// The `NdArray` and `LibTorch` selectors name backends deprecated upstream, kept because users
+// asked for them; this file is the one place that names them.
 #![allow(deprecated)]
 
 use super::reference;
@@ -23,6 +23,7 @@ pub struct Wkv4StatePrim<B: Backend> {
 #[backend_extension(
     Flex: cfg(feature = "flex"),
     NdArray: cfg(feature = "ndarray"),
+    LibTorch: cfg(feature = "tch"),
     Autodiff: cfg(feature = "autodiff"),
 )]
 pub trait WkvOps: Backend {

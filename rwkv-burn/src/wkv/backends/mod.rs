@@ -10,3 +10,5 @@ mod autodiff;
 mod flex;
 #[cfg(feature = "ndarray")]
 mod ndarray;
+#[cfg(feature = "tch")]
+mod tch;
