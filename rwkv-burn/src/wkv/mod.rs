@@ -7,6 +7,7 @@
 
 mod backends;
 mod ops;
+mod backward;
 pub mod reference;
 
 pub use ops::{Wkv4StatePrim, WkvOps};

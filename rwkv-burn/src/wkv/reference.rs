@@ -285,13 +285,13 @@ pub fn wkv7<B: Backend>(
 }
 
 /// `[B, T, H, N]` -> `[B, H, T, N]`, so each token's slice is contiguous per head.
-fn heads_first<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+pub(super) fn heads_first<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     B::float_swap_dims(x, 1, 2)
 }
 
 /// Token `t` of a `[B, H, T, N]` tensor, shaped as a row `[B, H, 1, N]` or a column
 /// `[B, H, N, 1]`.
-fn token<B: Backend>(x: FloatTensor<B>, t: usize, shape: &Shape) -> FloatTensor<B> {
+pub(super) fn token<B: Backend>(x: FloatTensor<B>, t: usize, shape: &Shape) -> FloatTensor<B> {
     let t = t as isize;
     let slices = [
         Slice::full(),
@@ -303,7 +303,7 @@ fn token<B: Backend>(x: FloatTensor<B>, t: usize, shape: &Shape) -> FloatTensor<
 }
 
 /// Per-token outputs `[B, H, 1, N]` -> `[B, T, H, N]`.
-fn time_first<B: Backend>(mut outputs: Vec<FloatTensor<B>>) -> FloatTensor<B> {
+pub(super) fn time_first<B: Backend>(mut outputs: Vec<FloatTensor<B>>) -> FloatTensor<B> {
     let y = if outputs.len() == 1 {
         outputs.pop().expect("one output")
     } else {
