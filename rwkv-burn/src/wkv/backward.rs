@@ -6,9 +6,167 @@
 //! backward pass. These functions instead keep only the operator's inputs: the backward pass
 //! recomputes the states of one layer, then walks time backwards carrying the state gradient.
 
-use super::reference::{heads_first, time_first, token};
-use burn::backend::{Backend, TensorMetadata, tensor::FloatTensor};
+use super::Wkv4StatePrim;
+use super::reference::{heads_first, maximum, time_first, time_step, token};
+use burn::backend::{
+    Backend, Scalar, TensorMetadata, get_or_init_device_settings, tensor::FloatTensor,
+};
 use burn::tensor::Shape;
+
+/// Gradients of the RWKV-4 WKV inputs, in the inputs' shapes.
+#[derive(Debug)]
+pub struct Wkv4Grads<B: Backend> {
+    /// d loss / d w, `[C]`.
+    pub w: FloatTensor<B>,
+    /// d loss / d u, `[C]`.
+    pub u: FloatTensor<B>,
+    /// d loss / d k, `[B, T, C]`.
+    pub k: FloatTensor<B>,
+    /// d loss / d v, `[B, T, C]`.
+    pub v: FloatTensor<B>,
+    /// d loss / d the initial `aa`, `[B, C]`.
+    pub aa: FloatTensor<B>,
+    /// d loss / d the initial `bb`.
+    pub bb: FloatTensor<B>,
+    /// d loss / d the initial `pp`.
+    pub pp: FloatTensor<B>,
+}
+
+/// Backward of [`reference::wkv4`](super::reference::wkv4) given `dy` `[B, T, C]` and the
+/// gradient of the final state.
+///
+/// The state is kept in the scaled form `(aa, bb, pp)` (true sums `aa·e^pp`, `bb·e^pp`), so
+/// this differentiates exactly the scaled updates the forward pass runs, step by step in
+/// reverse; every exponent it evaluates is one the forward pass evaluated, so it stays finite
+/// for any decay. Where a running maximum ties, the gradient goes where the reference's
+/// `maximum` takes its value from.
+pub fn wkv4<B: Backend>(
+    w: FloatTensor<B>,
+    u: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    state: Wkv4StatePrim<B>,
+    dy: FloatTensor<B>,
+    d_state: Wkv4StatePrim<B>,
+) -> Wkv4Grads<B> {
+    let [batch, len, channels] = k.shape().dims::<3>();
+    let bool_dtype = get_or_init_device_settings::<B>(&k.device()).bool_dtype;
+    let rows = Shape::new([batch, channels]);
+    let w = B::float_expand(B::float_reshape(w, Shape::new([1, channels])), rows.clone());
+    let u = B::float_expand(B::float_reshape(u, Shape::new([1, channels])), rows.clone());
+    let (add, sub, mul) = (B::float_add, B::float_sub, B::float_mul);
+    // Splits the gradient of `maximum(a, b)` between `a` and `b`.
+    let route = |a: &FloatTensor<B>, b: &FloatTensor<B>, g: FloatTensor<B>| {
+        let b_wins = B::float_lower(a.clone(), b.clone(), bool_dtype);
+        let to_a = B::float_mask_fill(g.clone(), b_wins, Scalar::Float(0.0));
+        (to_a.clone(), sub(g, to_a))
+    };
+
+    // States before each token: (aa, bb, pp) for t = 0 ..= T.
+    let mut states = Vec::with_capacity(len + 1);
+    states.push((state.aa, state.bb, state.pp));
+    for t in 0..len {
+        let (aa, bb, pp) = states[t].clone();
+        let kt = time_step::<B>(k.clone(), t, &rows);
+        let vt = time_step::<B>(v.clone(), t, &rows);
+        let ww = add(w.clone(), pp);
+        let p = maximum::<B>(ww.clone(), kt.clone(), bool_dtype);
+        let e1 = B::float_exp(sub(ww, p.clone()));
+        let e2 = B::float_exp(sub(kt, p.clone()));
+        let aa = add(mul(e1.clone(), aa), mul(e2.clone(), vt));
+        let bb = add(mul(e1, bb), e2);
+        states.push((aa, bb, p));
+    }
+
+    let Wkv4StatePrim {
+        aa: mut g_aa,
+        bb: mut g_bb,
+        pp: mut g_pp,
+    } = d_state;
+    let (mut g_w, mut g_u): (Option<FloatTensor<B>>, Option<FloatTensor<B>>) = (None, None);
+    let accumulate = |total: Option<FloatTensor<B>>, x: FloatTensor<B>| match total {
+        Some(total) => add(total, x),
+        None => x,
+    };
+    let mut g_k = Vec::with_capacity(len);
+    let mut g_v = Vec::with_capacity(len);
+    for t in (0..len).rev() {
+        let (aa, bb, pp) = states[t].clone();
+        let kt = time_step::<B>(k.clone(), t, &rows);
+        let vt = time_step::<B>(v.clone(), t, &rows);
+        let gy = time_step::<B>(dy.clone(), t, &rows);
+
+        // The state update: aa' = f1 aa + f2 v, bb' = f1 bb + f2, pp' = max(w + pp, k).
+        let ww = add(w.clone(), pp.clone());
+        let p = maximum::<B>(ww.clone(), kt.clone(), bool_dtype);
+        let f1 = B::float_exp(sub(ww.clone(), p.clone()));
+        let f2 = B::float_exp(sub(kt.clone(), p));
+        let g_f1 = mul(
+            add(mul(g_aa.clone(), aa.clone()), mul(g_bb.clone(), bb.clone())),
+            f1.clone(),
+        );
+        let g_f2 = mul(add(mul(g_aa.clone(), vt.clone()), g_bb.clone()), f2.clone());
+        let mut next_aa = mul(g_aa.clone(), f1.clone());
+        let mut next_bb = mul(g_bb, f1);
+        let mut gv = mul(g_aa, f2);
+        let g_p = sub(sub(g_pp, g_f1.clone()), g_f2.clone());
+        let (to_ww, to_k) = route(&ww, &kt, g_p);
+        let g_ww = add(g_f1, to_ww);
+        let mut gk = add(g_f2, to_k);
+        g_w = Some(accumulate(g_w, g_ww.clone()));
+        let mut next_pp = g_ww;
+
+        // The output: y = (e1 aa + e2 v) / (e1 bb + e2), e1 = e^(pp - p), e2 = e^(u + k - p).
+        let ww = add(u.clone(), kt.clone());
+        let p = maximum::<B>(pp.clone(), ww.clone(), bool_dtype);
+        let e1 = B::float_exp(sub(pp.clone(), p.clone()));
+        let e2 = B::float_exp(sub(ww.clone(), p));
+        let num = add(mul(e1.clone(), aa.clone()), mul(e2.clone(), vt.clone()));
+        let den = add(mul(e1.clone(), bb.clone()), e2.clone());
+        let y = B::float_div(num, den.clone());
+        let g_num = B::float_div(gy, den.clone());
+        let g_den = B::float_neg(mul(g_num.clone(), y));
+        let g_e1 = mul(
+            add(mul(g_num.clone(), aa), mul(g_den.clone(), bb)),
+            e1.clone(),
+        );
+        let g_e2 = mul(add(mul(g_num.clone(), vt), g_den.clone()), e2.clone());
+        next_aa = add(next_aa, mul(g_num.clone(), e1.clone()));
+        next_bb = add(next_bb, mul(g_den, e1));
+        gv = add(gv, mul(g_num, e2));
+        let g_p = B::float_neg(add(g_e1.clone(), g_e2.clone()));
+        let (to_pp, to_ww) = route(&pp, &ww, g_p);
+        next_pp = add(add(next_pp, g_e1), to_pp);
+        let g_ww = add(g_e2, to_ww);
+        g_u = Some(accumulate(g_u, g_ww.clone()));
+        gk = add(gk, g_ww);
+
+        g_k.push(B::float_reshape(gk, Shape::new([batch, 1, channels])));
+        g_v.push(B::float_reshape(gv, Shape::new([batch, 1, channels])));
+        (g_aa, g_bb, g_pp) = (next_aa, next_bb, next_pp);
+    }
+    let over_time = |mut list: Vec<FloatTensor<B>>| {
+        list.reverse();
+        if list.len() == 1 {
+            list.pop().expect("one token")
+        } else {
+            B::float_cat(list, 1)
+        }
+    };
+    let per_channel = |total: Option<FloatTensor<B>>| {
+        let total = total.expect("at least one token");
+        B::float_reshape(B::float_sum_dim(total, 0), Shape::new([channels]))
+    };
+    Wkv4Grads {
+        w: per_channel(g_w),
+        u: per_channel(g_u),
+        k: over_time(g_k),
+        v: over_time(g_v),
+        aa: g_aa,
+        bb: g_bb,
+        pp: g_pp,
+    }
+}
 
 /// Gradients of the RWKV-7 WKV inputs, in the inputs' shapes.
 #[derive(Debug)]
@@ -91,7 +249,10 @@ pub fn wkv7<B: Backend>(
         let dw = B::float_sum_dim(B::float_mul(prev.clone(), d_state.clone()), 2);
         let ds_b = B::float_matmul(d_state.clone(), b_col);
         let da = B::float_matmul(transpose(prev.clone()), ds_b.clone());
-        let db = B::float_matmul(transpose(d_state.clone()), B::float_matmul(prev, a_col.clone()));
+        let db = B::float_matmul(
+            transpose(d_state.clone()),
+            B::float_matmul(prev, a_col.clone()),
+        );
         d_state = B::float_add(
             B::float_mul(d_state, wt),
             B::float_mul(ds_b, transpose(a_col)),

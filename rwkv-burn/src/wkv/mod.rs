@@ -6,8 +6,8 @@
 //! `#[backend_extension]` attribute get their implementation from `backends/`, one file each.
 
 mod backends;
-mod ops;
 mod backward;
+mod ops;
 pub mod reference;
 
 pub use ops::{Wkv4StatePrim, WkvOps};

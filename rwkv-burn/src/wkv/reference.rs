@@ -313,7 +313,7 @@ pub(super) fn time_first<B: Backend>(mut outputs: Vec<FloatTensor<B>>) -> FloatT
 }
 
 /// Row `t` of a `[B, T, C]` tensor as `[B, C]`.
-fn time_step<B: Backend>(x: FloatTensor<B>, t: usize, rows: &Shape) -> FloatTensor<B> {
+pub(super) fn time_step<B: Backend>(x: FloatTensor<B>, t: usize, rows: &Shape) -> FloatTensor<B> {
     let t = t as isize;
     let slices = [Slice::full(), Slice::new(t, Some(t + 1), 1), Slice::full()];
     B::float_reshape(B::float_slice(x, &slices), rows.clone())
@@ -321,7 +321,7 @@ fn time_step<B: Backend>(x: FloatTensor<B>, t: usize, rows: &Shape) -> FloatTens
 
 /// Element-wise maximum that returns one of its inputs exactly (`a + relu(b - a)` would not:
 /// with `a = -1e30` it rounds `b` away).
-fn maximum<B: Backend>(
+pub(super) fn maximum<B: Backend>(
     a: FloatTensor<B>,
     b: FloatTensor<B>,
     bool_dtype: BoolDType,

@@ -5,11 +5,9 @@
 //! An op has one output node, but WKV has two outputs (`y` and the final state), both of
 //! which may feed the loss (chunked training carries the state). The node's output is their
 //! concatenation, and `y` and the state are tracked slices of it.
-//!
-//! The RWKV-4 operator still differentiates the reference body op by op.
 
-use crate::wkv::WkvOps;
 use crate::wkv::backward;
+use crate::wkv::{Wkv4StatePrim, WkvOps};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -18,33 +16,38 @@ use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Autodiff, Backend, TensorMetadata, tensor::FloatTensor};
 use burn::tensor::{Shape, Slice};
 
-/// An op's inputs, saved for its backward pass, and the shapes of its two outputs.
+/// An op's inputs, saved for its backward pass, and the shapes of its outputs.
 #[derive(Debug, Clone)]
 struct Saved<B: Backend, const N: usize> {
     inputs: [FloatTensor<B>; N],
-    y_shape: Shape,
-    state_shape: Shape,
+    outputs: Vec<Shape>,
 }
 
 impl<B: Backend, const N: usize> Saved<B, N> {
-    /// Rows of the joined output: `y` then the state, each flattened per batch entry.
-    fn columns(&self) -> ([Slice; 2], [Slice; 2]) {
-        let batch = self.y_shape[0];
-        let y_len = (self.y_shape.num_elements() / batch) as isize;
-        let state_len = (self.state_shape.num_elements() / batch) as isize;
-        (
-            [Slice::full(), Slice::new(0, Some(y_len), 1)],
-            [Slice::full(), Slice::new(y_len, Some(y_len + state_len), 1)],
-        )
+    /// Column ranges of each output inside the joined `[batch, sum of output sizes]` tensor.
+    fn columns(&self) -> Vec<[Slice; 2]> {
+        let batch = self.outputs[0][0];
+        let mut start = 0isize;
+        self.outputs
+            .iter()
+            .map(|shape| {
+                let end = start + (shape.num_elements() / batch) as isize;
+                let cols = [Slice::full(), Slice::new(start, Some(end), 1)];
+                start = end;
+                cols
+            })
+            .collect()
     }
 
-    /// The joined output's gradient split into `dy` and `ds`, in the outputs' shapes.
-    fn split(&self, grad: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
-        let (y_cols, state_cols) = self.columns();
-        (
-            B::float_reshape(B::float_slice(grad.clone(), &y_cols), self.y_shape.clone()),
-            B::float_reshape(B::float_slice(grad, &state_cols), self.state_shape.clone()),
-        )
+    /// The joined output's gradient split into one gradient per output, in its shape.
+    fn split(&self, grad: FloatTensor<B>) -> Vec<FloatTensor<B>> {
+        self.columns()
+            .iter()
+            .zip(&self.outputs)
+            .map(|(cols, shape)| {
+                B::float_reshape(B::float_slice(grad.clone(), cols), shape.clone())
+            })
+            .collect()
     }
 }
 
@@ -61,13 +64,13 @@ fn register<B: Backend, const N: usize>(
     }
 }
 
-/// Runs `forward` on the inner backend and returns its two outputs as tracked slices of one
-/// node whose backward is `op`.
+/// Runs `forward` on the inner backend and returns its outputs (all with the same leading
+/// batch dimension) as tracked slices of one node whose backward is `op`.
 fn track<B, C, Op, const N: usize>(
     op: Op,
     inputs: [FloatTensor<Autodiff<B, C>>; N],
-    forward: impl FnOnce([FloatTensor<B>; N]) -> (FloatTensor<B>, FloatTensor<B>),
-) -> (FloatTensor<Autodiff<B, C>>, FloatTensor<Autodiff<B, C>>)
+    forward: impl FnOnce([FloatTensor<B>; N]) -> Vec<FloatTensor<B>>,
+) -> Vec<FloatTensor<Autodiff<B, C>>>
 where
     B: Backend,
     C: CheckpointStrategy,
@@ -75,28 +78,66 @@ where
 {
     let guards = inputs.each_ref().map(|x| x.node());
     let inputs = inputs.map(|x| x.into_primitive());
-    let (y, s) = forward(inputs.clone());
+    let outputs = forward(inputs.clone());
     let saved = Saved {
         inputs,
-        y_shape: y.shape(),
-        state_shape: s.shape(),
+        outputs: outputs.iter().map(|x| x.shape()).collect(),
     };
-    let batch = saved.y_shape[0];
+    let batch = saved.outputs[0][0];
     let flat = |x: FloatTensor<B>| {
         let per_batch = x.shape().num_elements() / batch;
         B::float_reshape(x, Shape::new([batch, per_batch]))
     };
-    let joined = B::float_cat(vec![flat(y), flat(s)], 1);
-    let (y_cols, state_cols) = saved.columns();
-    let (y_shape, state_shape) = (saved.y_shape.clone(), saved.state_shape.clone());
+    let joined = B::float_cat(outputs.into_iter().map(flat).collect(), 1);
+    let columns = saved.columns();
+    let shapes = saved.outputs.clone();
     let joined = match op.prepare::<C>(guards).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(saved, joined),
         OpsKind::UnTracked(prep) => prep.finish(joined),
     };
     type Ad<B, C> = Autodiff<B, C>;
-    let y = Ad::<B, C>::float_reshape(Ad::<B, C>::float_slice(joined.clone(), &y_cols), y_shape);
-    let s = Ad::<B, C>::float_reshape(Ad::<B, C>::float_slice(joined, &state_cols), state_shape);
+    columns
+        .iter()
+        .zip(shapes)
+        .map(|(cols, shape)| {
+            Ad::<B, C>::float_reshape(Ad::<B, C>::float_slice(joined.clone(), cols), shape)
+        })
+        .collect()
+}
+
+/// The `K` outputs of an op, which `track` returns in the order the forward gave them.
+fn fixed<T, const K: usize>(outputs: Vec<T>) -> [T; K] {
+    match outputs.try_into() {
+        Ok(array) => array,
+        Err(outputs) => unreachable!("expected {K} outputs, got {}", outputs.len()),
+    }
+}
+
+/// The two outputs of a matrix-state WKV.
+fn pair<T>(outputs: Vec<T>) -> (T, T) {
+    let [y, s] = fixed(outputs);
     (y, s)
+}
+
+#[derive(Debug)]
+struct Wkv4Backward;
+
+impl<B: Backend> Backward<B, 7> for Wkv4Backward {
+    type State = Saved<B, 7>;
+
+    fn backward(self, ops: Ops<Self::State, 7>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [dy, daa, dbb, dpp] = fixed(ops.state.split(grad));
+        let [w, u, k, v, aa, bb, pp] = ops.state.inputs.clone();
+        let state = Wkv4StatePrim { aa, bb, pp };
+        let d_state = Wkv4StatePrim {
+            aa: daa,
+            bb: dbb,
+            pp: dpp,
+        };
+        let g = backward::wkv4::<B>(w, u, k, v, state, dy, d_state);
+        register::<B, 7>(&ops, grads, [g.w, g.u, g.k, g.v, g.aa, g.bb, g.pp]);
+    }
 }
 
 #[derive(Debug)]
@@ -107,7 +148,7 @@ impl<B: Backend> Backward<B, 6> for Wkv5Backward {
 
     fn backward(self, ops: Ops<Self::State, 6>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
-        let (dy, ds) = ops.state.split(grad);
+        let (dy, ds) = pair(ops.state.split(grad));
         let [r, k, v, w, u, state] = ops.state.inputs.clone();
         let g = backward::wkv5::<B>(r, k, v, w, u, state, dy, ds);
         register::<B, 6>(&ops, grads, [g.r, g.k, g.v, g.w, g.u, g.state]);
@@ -122,7 +163,7 @@ impl<B: Backend> Backward<B, 7> for Wkv7Backward {
 
     fn backward(self, ops: Ops<Self::State, 7>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
-        let (dy, ds) = ops.state.split(grad);
+        let (dy, ds) = pair(ops.state.split(grad));
         let [r, w, k, v, a, b, state] = ops.state.inputs.clone();
         let g = backward::wkv7::<B>(r, w, k, v, a, b, state, dy, ds);
         register::<B, 7>(&ops, grads, [g.r, g.w, g.k, g.v, g.a, g.b, g.state]);
@@ -130,7 +171,21 @@ impl<B: Backend> Backward<B, 7> for Wkv7Backward {
 }
 
 impl<B: WkvOps, C: CheckpointStrategy> WkvOps for Autodiff<B, C> {
-    // wkv4 still differentiates the reference body op by op.
+    fn wkv4(
+        w: FloatTensor<Self>,
+        u: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        state: Wkv4StatePrim<Self>,
+    ) -> (FloatTensor<Self>, Wkv4StatePrim<Self>) {
+        let inputs = [w, u, k, v, state.aa, state.bb, state.pp];
+        let outputs = track::<B, C, _, 7>(Wkv4Backward, inputs, |[w, u, k, v, aa, bb, pp]| {
+            let (y, s) = B::wkv4(w, u, k, v, Wkv4StatePrim { aa, bb, pp });
+            vec![y, s.aa, s.bb, s.pp]
+        });
+        let [y, aa, bb, pp] = fixed(outputs);
+        (y, Wkv4StatePrim { aa, bb, pp })
+    }
 
     fn wkv5(
         r: FloatTensor<Self>,
@@ -140,9 +195,14 @@ impl<B: WkvOps, C: CheckpointStrategy> WkvOps for Autodiff<B, C> {
         u: FloatTensor<Self>,
         state: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        track::<B, C, _, 6>(Wkv5Backward, [r, k, v, w, u, state], |[r, k, v, w, u, s]| {
-            B::wkv5(r, k, v, w, u, s)
-        })
+        pair(track::<B, C, _, 6>(
+            Wkv5Backward,
+            [r, k, v, w, u, state],
+            |[r, k, v, w, u, s]| {
+                let (y, s) = B::wkv5(r, k, v, w, u, s);
+                vec![y, s]
+            },
+        ))
     }
 
     fn wkv7(
@@ -154,11 +214,14 @@ impl<B: WkvOps, C: CheckpointStrategy> WkvOps for Autodiff<B, C> {
         b: FloatTensor<Self>,
         state: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        track::<B, C, _, 7>(
+        pair(track::<B, C, _, 7>(
             Wkv7Backward,
             [r, w, k, v, a, b, state],
-            |[r, w, k, v, a, b, s]| B::wkv7(r, w, k, v, a, b, s),
-        )
+            |[r, w, k, v, a, b, s]| {
+                let (y, s) = B::wkv7(r, w, k, v, a, b, s);
+                vec![y, s]
+            },
+        ))
     }
 }
 
@@ -170,7 +233,9 @@ mod tests {
 
     /// Deterministic values in `[lo, hi)`.
     fn values(count: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..count)
             .map(|_| {
                 x = x
@@ -248,8 +313,7 @@ mod tests {
             crate::wkv::wkv5(r1, k1, v1, w1, u.clone(), s1)
         } else {
             let [r1, k1, v1, w1, s1] = [r1, k1, v1, w1, s1].map(|x| x.into_dispatch());
-            let (y, s) =
-                reference::wkv5::<Dispatch>(r1, k1, v1, w1, u.clone().into_dispatch(), s1);
+            let (y, s) = reference::wkv5::<Dispatch>(r1, k1, v1, w1, u.clone().into_dispatch(), s1);
             (Tensor::from_dispatch(y), Tensor::from_dispatch(s))
         };
         let loss = weighted_sum(y, 17) + weighted_sum(s, 18);
@@ -289,10 +353,104 @@ mod tests {
         }
     }
 
+    /// Gradients of every input of a random RWKV-4 WKV call: `w`, `u`, `k`, `v` and the
+    /// initial `aa`, `bb`, `pp`. `spread` scales `k` and the decays, to make the running
+    /// maximum switch between its arguments.
+    fn wkv4_grads(custom: bool, len: usize, spread: f32) -> Vec<Vec<f32>> {
+        use crate::wkv::{Wkv4State, Wkv4StatePrim};
+        let device = Device::flex().autodiff();
+        let (batch, channels) = (2, 16);
+        let tensor = |shape: &[usize], seed, lo, hi| {
+            let count = shape.iter().product();
+            Tensor::<3>::from_data(
+                TensorData::new(values(count, seed, lo, hi), shape.to_vec()),
+                &device,
+            )
+            .require_grad()
+        };
+        let vector = |seed, lo, hi| {
+            Tensor::<1>::from_data(
+                TensorData::new(values(channels, seed, lo, hi), [channels]),
+                &device,
+            )
+            .require_grad()
+        };
+        let rows = |seed, lo, hi| {
+            Tensor::<2>::from_data(
+                TensorData::new(values(batch * channels, seed, lo, hi), [batch, channels]),
+                &device,
+            )
+            .require_grad()
+        };
+        let w = vector(21, -spread, -0.01);
+        let u = vector(22, -1.0, 1.0);
+        let k = tensor(&[batch, len, channels], 23, -spread, spread);
+        let v = tensor(&[batch, len, channels], 24, -1.0, 1.0);
+        let (aa, bb, pp) = (rows(25, -1.0, 1.0), rows(26, 0.5, 2.0), rows(27, -2.0, 2.0));
+        let state = Wkv4State {
+            aa: aa.clone(),
+            bb: bb.clone(),
+            pp: pp.clone(),
+        };
+        let (y, s) = if custom {
+            crate::wkv::wkv4(w.clone(), u.clone(), k.clone(), v.clone(), state)
+        } else {
+            let (y, s) = reference::wkv4::<Dispatch>(
+                w.clone().into_dispatch(),
+                u.clone().into_dispatch(),
+                k.clone().into_dispatch(),
+                v.clone().into_dispatch(),
+                Wkv4StatePrim {
+                    aa: state.aa.into_dispatch(),
+                    bb: state.bb.into_dispatch(),
+                    pp: state.pp.into_dispatch(),
+                },
+            );
+            (
+                Tensor::from_dispatch(y),
+                Wkv4State {
+                    aa: Tensor::from_dispatch(s.aa),
+                    bb: Tensor::from_dispatch(s.bb),
+                    pp: Tensor::from_dispatch(s.pp),
+                },
+            )
+        };
+        let loss = weighted_sum(y.unsqueeze(), 28)
+            + weighted_sum(s.aa.unsqueeze(), 29)
+            + weighted_sum(s.bb.unsqueeze(), 30)
+            + weighted_sum(s.pp.unsqueeze(), 31);
+        let grads = loss.backward();
+        let g = |x: Option<Vec<f32>>| x.expect("every input gets a gradient");
+        vec![
+            g(w.grad(&grads).map(host)),
+            g(u.grad(&grads).map(host)),
+            g(k.grad(&grads).map(host)),
+            g(v.grad(&grads).map(host)),
+            g(aa.grad(&grads).map(host)),
+            g(bb.grad(&grads).map(host)),
+            g(pp.grad(&grads).map(host)),
+        ]
+    }
+
+    #[test]
+    fn wkv4_backward_matches_autodiff_of_the_reference() {
+        let names = ["w", "u", "k", "v", "aa", "bb", "pp"];
+        for (len, spread) in [(1, 1.0), (29, 1.0), (64, 8.0), (4096, 1.0)] {
+            let ours = wkv4_grads(true, len, spread);
+            let oracle = wkv4_grads(false, len, spread);
+            assert_close(&names, &ours, &oracle, len);
+        }
+    }
+
     #[test]
     fn wkv5_backward_matches_autodiff_of_the_reference() {
         let names = ["r", "k", "v", "w", "state", "u"];
-        for (len, decay) in [(1, (0.5, 1.0)), (37, (0.9, 1.0)), (64, (0.0, 0.3))] {
+        for (len, decay) in [
+            (1, (0.5, 1.0)),
+            (37, (0.9, 1.0)),
+            (64, (0.0, 0.3)),
+            (4096, (0.95, 1.0)),
+        ] {
             let ours = wkv5_grads(true, len, decay);
             let oracle = wkv5_grads(false, len, decay);
             assert_close(&names, &ours, &oracle, len);
@@ -302,7 +460,12 @@ mod tests {
     #[test]
     fn wkv7_backward_matches_autodiff_of_the_reference() {
         let names = ["r", "w", "k", "v", "a", "b", "state"];
-        for (len, decay) in [(1, (0.5, 1.0)), (37, (0.9, 1.0)), (64, (0.01, 0.3))] {
+        for (len, decay) in [
+            (1, (0.5, 1.0)),
+            (37, (0.9, 1.0)),
+            (64, (0.01, 0.3)),
+            (4096, (0.95, 1.0)),
+        ] {
             let ours = wkv7_grads(true, len, decay);
             let oracle = wkv7_grads(false, len, decay);
             assert_close(&names, &ours, &oracle, len);
