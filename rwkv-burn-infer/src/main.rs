@@ -209,6 +209,10 @@ struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// With --preset: also write the random model as an official checkpoint (`.pth` or
+    /// `.safetensors`), so other engines can be measured on the very same weights.
+    #[arg(long, value_name = "PATH", requires = "preset")]
+    save_model: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -431,8 +435,18 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         (None, Some(name)) => {
             let config = preset(name).context("unknown preset")?;
             let bar = spinner(format!("building a random {name} model"));
-            let model = rwkv_burn::init::random_model(&config, 0, &device)?;
+            let weights = rwkv_burn::init::RandomWeights::new(0);
+            let (model, names) = rwkv_burn::load::build_named(&weights, &config, &device)?;
             bar.finish_and_clear();
+            if let Some(path) = &args.save_model {
+                let tensors = rwkv_burn::export::official_tensors(&model, &names);
+                rwkv_burn::export::write_official(
+                    path,
+                    &tensors,
+                    rwkv_burn::export::StorageDType::F32,
+                )?;
+                eprintln!("wrote {}", path.display());
+            }
             (name.clone(), model)
         }
         (None, None) => bail!("give --model or --preset"),

@@ -76,6 +76,15 @@ fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
         .join("model.safetensors"))
 }
 
+fn parse_precision(s: &str) -> Result<Option<burn::tensor::FloatDType>, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "f32" | "fp32" => Ok(None),
+        "bf16" => Ok(Some(burn::tensor::FloatDType::BF16)),
+        "f16" | "fp16" => Ok(Some(burn::tensor::FloatDType::F16)),
+        _ => Err(format!("unknown precision '{s}' (f32, bf16 or f16)")),
+    }
+}
+
 fn export(args: ExportArgs) -> Result<()> {
     if rwkv_burn::export::ExportFormat::from_path(&args.out).is_none() {
         bail!(
@@ -201,6 +210,10 @@ struct TrainArgs {
     /// Turn off RWKV-LM's L2Wrap logit regulariser.
     #[arg(long)]
     no_l2wrap: bool,
+    /// Precision of the forward and backward passes: f32, or bf16/f16 mixed precision (f32
+    /// master weights and optimizer; activations in the half type; WKV state and loss in f32).
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    precision: Option<burn::tensor::FloatDType>,
     /// Clip the global norm of all gradients together to this (0 = off), as RWKV-LM does.
     #[arg(long, default_value_t = 1.0)]
     grad_clip: f32,
@@ -253,7 +266,10 @@ impl TrainArgs {
             self.valid_fraction,
             self.eval_every,
             self.seed
-        )
+        ) + &self
+            .precision
+            .map(|p| format!(" precision={p:?}"))
+            .unwrap_or_default()
     }
 }
 
@@ -513,6 +529,7 @@ fn train(args: TrainArgs) -> Result<()> {
             rwkv_burn_train::data::Sampling::Epoch
         },
         l2wrap: !args.no_l2wrap,
+        compute_dtype: args.precision,
     };
     eprintln!(
         "training {} ({} layers, width {}, {} parameters) on {} tokens, validating on {}",

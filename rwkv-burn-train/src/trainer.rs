@@ -6,7 +6,7 @@ use crate::data::{Sampling, TokenCorpus, WindowSampler, sequential_batches};
 use crate::loss::cross_entropy;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Bytes, Device};
+use burn::tensor::{Bytes, Device, FloatDType};
 use rwkv_burn::load::ParamNames;
 use rwkv_burn::{Rwkv, State};
 
@@ -40,6 +40,10 @@ pub struct TrainConfig {
     /// RWKV-LM's L2Wrap: push the largest logit of every position towards zero with weight
     /// `1e-4 / (B * T)`, which keeps logits from drifting upwards in long training.
     pub l2wrap: bool,
+    /// Precision of the forward and backward passes: `None` for f32, or bf16/f16 (mixed
+    /// precision: f32 master weights and optimizer, activations and matmuls in the half type,
+    /// WKV state math and the loss in f32).
+    pub compute_dtype: Option<FloatDType>,
 }
 
 impl Default for TrainConfig {
@@ -58,6 +62,7 @@ impl Default for TrainConfig {
             accumulate: 1,
             sampling: Sampling::Epoch,
             l2wrap: true,
+            compute_dtype: None,
         }
     }
 }
@@ -203,7 +208,14 @@ impl Trainer {
                     .sampler
                     .batch(&corpus.train, config.batch, config.ctx, device);
                 let mut state = State::zeros(&model_config, config.batch, device);
-                let logits = model.forward(batch.inputs, &mut state);
+                let logits = match config.compute_dtype {
+                    None => model.forward(batch.inputs, &mut state),
+                    Some(dtype) => model
+                        .clone()
+                        .cast(dtype)
+                        .forward(batch.inputs, &mut state)
+                        .cast(FloatDType::F32),
+                };
                 let loss = cross_entropy(logits.clone(), batch.targets);
                 value += loss.clone().into_scalar::<f32>() / micro as f32;
                 let objective = if config.l2wrap {

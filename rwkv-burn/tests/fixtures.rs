@@ -286,3 +286,40 @@ fn export_refuses_an_unknown_extension() {
     .to_string();
     assert!(err.contains("model.bin") && err.contains(".pth"), "{err}");
 }
+
+#[test]
+fn half_precision_compute_stays_close_to_f32() {
+    use burn::tensor::FloatDType;
+    let (_, device) = devices().remove(0);
+    for version in ["rwkv4", "rwkv5", "rwkv6", "rwkv7"] {
+        let (config, model) = load_model(
+            fixtures().join(version).join("weights.safetensors"),
+            &device,
+        )
+        .unwrap();
+        let tokens = token_tensor(&[1, 2, 3, 4, 60, 7, 200, 9], 1, &device);
+        let exact =
+            logits_vec(model.forward(tokens.clone(), &mut State::zeros(&config, 1, &device)));
+        let scale = exact.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for dtype in [FloatDType::BF16, FloatDType::F16] {
+            let mut state = State::zeros(&config, 1, &device);
+            let logits = model
+                .clone()
+                .cast(dtype)
+                .forward(tokens.clone(), &mut state);
+            assert_eq!(logits.dtype(), dtype.into(), "{version}");
+            let half = logits_vec(logits.cast(FloatDType::F32));
+            let worst = exact
+                .iter()
+                .zip(&half)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            // bf16 keeps 8 significant bits: a few ulps of the largest logit after two layers.
+            assert!(
+                worst <= 0.05 * scale,
+                "{version} {dtype:?}: worst {worst} vs scale {scale}"
+            );
+            // The recurrent state stays f32, so a half-precision run can hand it to an f32 one.
+            assert_eq!(state.layers[0].att_x.dtype(), burn::tensor::DType::F32);
+        }
+    }
+}

@@ -35,6 +35,25 @@ pub struct Rwkv {
 }
 
 impl Rwkv {
+    /// The same model with every float parameter cast to `dtype` (e.g. bf16 for mixed
+    /// precision): activations then flow in `dtype`, while the recurrent state (token shift
+    /// and WKV) stays f32 and the WKV math runs in f32. Under autodiff the cast is recorded, so
+    /// gradients reach the original parameters: keep the f32 model as the master copy and cast
+    /// it for each forward pass.
+    pub fn cast(self, dtype: burn::tensor::FloatDType) -> Self {
+        struct Cast(burn::tensor::FloatDType);
+        impl burn::module::ModuleMapper for Cast {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: burn::module::Param<Tensor<D>>,
+            ) -> burn::module::Param<Tensor<D>> {
+                let dtype = self.0;
+                param.map(|tensor| tensor.cast(dtype))
+            }
+        }
+        self.map(&mut Cast(dtype))
+    }
+
     /// Assembles a model from its parts.
     pub fn new(
         emb: Embedding,

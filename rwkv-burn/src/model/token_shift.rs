@@ -5,12 +5,25 @@ use burn::tensor::Tensor;
 /// Returns `(previous, last)`: `previous[:, t] = x[:, t-1]` with `prev` (the state carried
 /// from the last call, `[B, C]`) standing in for position -1, and `last = x[:, T-1]`, the
 /// state for the next call.
+///
+/// The state stays f32 whatever precision the activations use (see [`crate::Rwkv::cast`]).
 pub fn token_shift(x: Tensor<3>, prev: Tensor<2>) -> (Tensor<3>, Tensor<2>) {
     let [batch, len, channels] = x.dims();
+    let (compute, stored) = (x.dtype(), prev.dtype());
     let last = x
         .clone()
         .slice([0..batch, len - 1..len, 0..channels])
         .reshape([batch, channels]);
+    let last = if compute == stored {
+        last
+    } else {
+        last.cast(stored)
+    };
+    let prev = if compute == stored {
+        prev
+    } else {
+        prev.cast(compute)
+    };
     let prev = prev.reshape([batch, 1, channels]);
     let previous = if len == 1 {
         prev

@@ -6,6 +6,7 @@
 //! `#[backend_extension]` attribute get their implementation from `backends/`, one file each.
 
 mod backends;
+#[cfg(feature = "autodiff")]
 mod backward;
 mod ops;
 pub mod reference;
@@ -13,7 +14,13 @@ pub mod reference;
 pub use ops::{Wkv4StatePrim, WkvOps};
 
 use burn::backend::Dispatch;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
+
+/// `x` in `dtype`. The WKV state math runs in the state's precision (f32) whatever precision
+/// the activations use (see [`crate::Rwkv::cast`]): inputs are cast up, outputs back down.
+fn in_dtype<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if x.dtype() == dtype { x } else { x.cast(dtype) }
+}
 
 /// RWKV-4 WKV state as high-level tensors, each `[batch, channels]`.
 #[derive(Debug, Clone)]
@@ -34,6 +41,9 @@ pub fn wkv4(
     v: Tensor<3>,
     state: Wkv4State,
 ) -> (Tensor<3>, Wkv4State) {
+    let (compute, exact) = (k.dtype(), state.aa.dtype());
+    let [w, u] = [w, u].map(|x| in_dtype(x, exact));
+    let [k, v] = [k, v].map(|x| in_dtype(x, exact));
     let state = Wkv4StatePrim {
         aa: state.aa.into_dispatch(),
         bb: state.bb.into_dispatch(),
@@ -47,7 +57,7 @@ pub fn wkv4(
         state,
     );
     (
-        Tensor::from_dispatch(y),
+        in_dtype(Tensor::from_dispatch(y), compute),
         Wkv4State {
             aa: Tensor::from_dispatch(s.aa),
             bb: Tensor::from_dispatch(s.bb),
@@ -65,6 +75,9 @@ pub fn wkv5(
     u: Tensor<2>,
     state: Tensor<4>,
 ) -> (Tensor<4>, Tensor<4>) {
+    let (compute, exact) = (r.dtype(), state.dtype());
+    let [r, k, v, w] = [r, k, v, w].map(|x| in_dtype(x, exact));
+    let u = in_dtype(u, exact);
     let (y, s) = <Dispatch as WkvOps>::wkv5(
         r.into_dispatch(),
         k.into_dispatch(),
@@ -73,7 +86,10 @@ pub fn wkv5(
         u.into_dispatch(),
         state.into_dispatch(),
     );
-    (Tensor::from_dispatch(y), Tensor::from_dispatch(s))
+    (
+        in_dtype(Tensor::from_dispatch(y), compute),
+        Tensor::from_dispatch(s),
+    )
 }
 
 /// RWKV-7 WKV: see [`WkvOps::wkv7`] for shapes and the recurrence.
@@ -86,6 +102,8 @@ pub fn wkv7(
     b: Tensor<4>,
     state: Tensor<4>,
 ) -> (Tensor<4>, Tensor<4>) {
+    let (compute, exact) = (r.dtype(), state.dtype());
+    let [r, w, k, v, a, b] = [r, w, k, v, a, b].map(|x| in_dtype(x, exact));
     let (y, s) = <Dispatch as WkvOps>::wkv7(
         r.into_dispatch(),
         w.into_dispatch(),
@@ -95,5 +113,8 @@ pub fn wkv7(
         b.into_dispatch(),
         state.into_dispatch(),
     );
-    (Tensor::from_dispatch(y), Tensor::from_dispatch(s))
+    (
+        in_dtype(Tensor::from_dispatch(y), compute),
+        Tensor::from_dispatch(s),
+    )
 }
