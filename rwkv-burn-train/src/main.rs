@@ -76,12 +76,25 @@ fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
         .join("model.safetensors"))
 }
 
-fn parse_precision(s: &str) -> Result<Option<burn::tensor::FloatDType>, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "f32" | "fp32" => Ok(None),
-        "bf16" => Ok(Some(burn::tensor::FloatDType::BF16)),
-        "f16" | "fp16" => Ok(Some(burn::tensor::FloatDType::F16)),
-        _ => Err(format!("unknown precision '{s}' (f32, bf16 or f16)")),
+/// `--precision` of `train`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Precision {
+    /// Everything in f32.
+    F32,
+    /// bfloat16 compute, f32 master weights.
+    Bf16,
+    /// IEEE half compute, f32 master weights.
+    F16,
+}
+
+impl Precision {
+    /// The compute dtype of a mixed-precision run (`None`: plain f32).
+    fn compute_dtype(self) -> Option<burn::tensor::FloatDType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(burn::tensor::FloatDType::BF16),
+            Precision::F16 => Some(burn::tensor::FloatDType::F16),
+        }
     }
 }
 
@@ -212,8 +225,8 @@ struct TrainArgs {
     no_l2wrap: bool,
     /// Precision of the forward and backward passes: f32, or bf16/f16 mixed precision (f32
     /// master weights and optimizer; activations in the half type; WKV state and loss in f32).
-    #[arg(long, default_value = "f32", value_parser = parse_precision)]
-    precision: Option<burn::tensor::FloatDType>,
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// Clip the global norm of all gradients together to this (0 = off), as RWKV-LM does.
     #[arg(long, default_value_t = 1.0)]
     grad_clip: f32,
@@ -266,10 +279,10 @@ impl TrainArgs {
             self.valid_fraction,
             self.eval_every,
             self.seed
-        ) + &self
-            .precision
-            .map(|p| format!(" precision={p:?}"))
-            .unwrap_or_default()
+        ) + &match self.precision {
+            Precision::F32 => String::new(),
+            other => format!(" precision={other:?}"),
+        }
     }
 }
 
@@ -529,7 +542,7 @@ fn train(args: TrainArgs) -> Result<()> {
             rwkv_burn_train::data::Sampling::Epoch
         },
         l2wrap: !args.no_l2wrap,
-        compute_dtype: args.precision,
+        compute_dtype: args.precision.compute_dtype(),
     };
     eprintln!(
         "training {} ({} layers, width {}, {} parameters) on {} tokens, validating on {}",

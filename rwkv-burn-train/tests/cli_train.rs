@@ -32,6 +32,7 @@ fn train_writes_metrics_and_a_loadable_model() {
             "2",
         ])
         .args(["--steps", "6", "--eval-every", "3", "--warmup", "2"])
+        .args(["--precision", "bf16"])
         .output()
         .unwrap();
     assert!(
