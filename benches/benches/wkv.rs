@@ -144,5 +144,57 @@ fn bench_wkv7(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_wkv4, bench_wkv5_forms, bench_wkv7);
+/// One training step of the RWKV-7 WKV (forward and backward) on flex under autodiff: the
+/// hand-written backward (one graph node per call) against autodiff through the reference
+/// body (a graph of several nodes per token).
+fn bench_wkv7_backward(c: &mut Criterion) {
+    use burn::backend::Dispatch;
+    let mut group = c.benchmark_group("wkv7_backward_flex");
+    group.sample_size(10);
+    let device = Device::flex().autodiff();
+    for len in LENGTHS {
+        let inputs = || {
+            let t = |seed| heads(len, seed, &device);
+            [
+                t(1),
+                t(4).abs().clamp(0.01, 0.999),
+                t(2),
+                t(3),
+                t(5).mul_scalar(0.1),
+                t(6).mul_scalar(0.1),
+                Tensor::<4>::zeros([1, HEADS, HEAD, HEAD], &device),
+            ]
+            .map(Tensor::require_grad)
+        };
+        group.throughput(Throughput::Elements(len as u64));
+        group.bench_with_input(BenchmarkId::new("custom", len), &len, |b, _| {
+            b.iter(|| {
+                let [r, w, k, v, a, bb, s0] = inputs();
+                let (y, s) = wkv7(r.clone(), w, k, v, a, bb, s0);
+                let grads = (y.sum() + s.sum()).backward();
+                r.grad(&grads).unwrap().into_data()
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("autodiff_reference", len), &len, |b, _| {
+            b.iter(|| {
+                let [r, w, k, v, a, bb, s0] = inputs();
+                let [r1, w, k, v, a, bb, s0] =
+                    [r.clone(), w, k, v, a, bb, s0].map(Tensor::into_dispatch);
+                let (y, s) = reference::wkv7::<Dispatch>(r1, w, k, v, a, bb, s0);
+                let (y, s) = (Tensor::<4>::from_dispatch(y), Tensor::<4>::from_dispatch(s));
+                let grads = (y.sum() + s.sum()).backward();
+                r.grad(&grads).unwrap().into_data()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_wkv4,
+    bench_wkv5_forms,
+    bench_wkv7,
+    bench_wkv7_backward
+);
 criterion_main!(benches);
