@@ -564,7 +564,7 @@ fn train(args: TrainArgs) -> Result<()> {
             eprintln!("resuming at step {step}");
             Trainer::resume(train_config, &names, optimizer, sampler, step)?
         }
-        None => Trainer::new(train_config, &names),
+        None => Trainer::new(train_config, &names)?,
     };
     bar.set_position(trainer.step as u64);
     let first_step = trainer.step;

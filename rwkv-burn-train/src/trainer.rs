@@ -5,6 +5,11 @@
 use crate::data::{Sampling, TokenCorpus, WindowSampler, sequential_batches};
 use crate::loss::cross_entropy;
 use burn::module::Module;
+use burn::optim::lr_scheduler::LrSchedulerConfig;
+use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
+use burn::optim::lr_scheduler::linear::LinearLrSchedulerConfig;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
+use burn::optim::lr_scheduler::sequential::SequentialLrSchedulerConfig;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bytes, Device, FloatDType};
 use rwkv_burn::load::ParamNames;
@@ -68,15 +73,35 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Learning rate of `step` (0-based): warmup, then cosine to `lr_final`.
-    pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup {
-            let t = (step + 1) as f64 / self.warmup as f64;
-            return self.lr * (0.1 + 0.9 * t);
-        }
-        let span = (self.steps - self.warmup).max(1) as f64;
-        let t = ((step - self.warmup) as f64 / span).min(1.0);
-        self.lr_final + 0.5 * (self.lr - self.lr_final) * (1.0 + (std::f64::consts::PI * t).cos())
+    /// The learning-rate schedule as Burn schedulers: linear warmup from `lr / 10` to `lr`
+    /// over `warmup` steps, then cosine annealing to `lr_final` at the last step.
+    pub fn lr_scheduler(&self) -> Result<ModuleLrScheduler, TrainerError> {
+        // The cosine's last point (lr_final) falls on the run's last step.
+        let decay_steps = self.steps.saturating_sub(self.warmup + 1).max(1);
+        let cosine =
+            CosineAnnealingLrSchedulerConfig::new(self.lr, decay_steps).with_min_lr(self.lr_final);
+        let scheduler = if self.warmup == 0 {
+            cosine.init()
+        } else {
+            SequentialLrSchedulerConfig::new(
+                vec![
+                    LrSchedulerConfig::Linear(LinearLrSchedulerConfig::new(
+                        self.lr / 10.0,
+                        self.lr,
+                        self.warmup,
+                    )),
+                    LrSchedulerConfig::Cosine(cosine),
+                ],
+                vec![self.warmup],
+            )
+            .init()
+        };
+        scheduler.map_err(|e| {
+            TrainerError::Schedule(format!(
+                "lr {} and lr_final {} with {} warmup steps: {e}",
+                self.lr, self.lr_final, self.warmup
+            ))
+        })
     }
 }
 
@@ -125,32 +150,42 @@ pub fn validation_loss(
     (total / count.max(1) as f64) as f32
 }
 
-/// The state of a run besides the model: optimizer moments, sampler position, step count.
-/// Saved next to the model, it lets a run continue exactly where it stopped.
+/// The state of a run besides the model: optimizer moments, learning-rate schedule, sampler
+/// position, step count. Saved next to the model, it lets a run continue exactly where it
+/// stopped.
 pub struct Trainer {
     /// The run's settings.
     pub config: TrainConfig,
     optimizer: ModuleOptimizer,
+    scheduler: ModuleLrScheduler,
     sampler: WindowSampler,
     /// Steps completed.
     pub step: usize,
 }
 
-/// A saved trainer could not be restored.
+/// A trainer could not be set up or restored.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot restore the optimizer state: {0}")]
-pub struct ResumeError(String);
+pub enum TrainerError {
+    /// Burn's schedulers refused the learning-rate settings (e.g. `lr` above 1 or
+    /// `lr_final` above `lr`).
+    #[error("invalid learning-rate schedule: {0}")]
+    Schedule(String),
+    /// The saved optimizer state does not fit this model.
+    #[error("cannot restore the optimizer state: {0}")]
+    Resume(String),
+}
 
 impl Trainer {
     /// A run at step 0 of the model whose parameters `names` lists.
-    pub fn new(config: TrainConfig, names: &ParamNames) -> Self {
+    pub fn new(config: TrainConfig, names: &ParamNames) -> Result<Self, TrainerError> {
         let sampler = WindowSampler::with_mode(config.sampling, config.seed);
-        Self {
+        Ok(Self {
             optimizer: crate::optimizer::adamw(names, config.weight_decay),
+            scheduler: config.lr_scheduler()?,
             sampler,
             step: 0,
             config,
-        }
+        })
     }
 
     /// A run restored from [`Trainer::optimizer_bytes`], [`Trainer::sampler_state`] and the
@@ -161,13 +196,17 @@ impl Trainer {
         optimizer: Vec<u8>,
         sampler_state: u64,
         step: usize,
-    ) -> Result<Self, ResumeError> {
-        let mut trainer = Self::new(config, names);
+    ) -> Result<Self, TrainerError> {
+        let mut trainer = Self::new(config, names)?;
         trainer.optimizer = trainer
             .optimizer
             .from_bytes(Bytes::from_bytes_vec(optimizer))
-            .map_err(|e| ResumeError(format!("{e:?}")))?;
+            .map_err(|e| TrainerError::Resume(format!("{e:?}")))?;
         trainer.sampler = WindowSampler::from_state(trainer.config.sampling, sampler_state);
+        // The schedule is a function of the step count: replaying it restores it exactly.
+        for _ in 0..step {
+            trainer.scheduler.step();
+        }
         trainer.step = step;
         Ok(trainer)
     }
@@ -200,7 +239,6 @@ impl Trainer {
         let config = self.config.clone();
         let micro = config.accumulate.max(1);
         while self.step < config.steps {
-            let step = self.step;
             let mut accumulator = GradientsAccumulator::new();
             let mut value = 0.0;
             for _ in 0..micro {
@@ -233,8 +271,9 @@ impl Trainer {
             } else {
                 (grads, 0.0)
             };
-            let lr = config.lr_at(step);
-            model = self.optimizer.step(lr, model, grads);
+            let lr = self.scheduler.step();
+            model = self.optimizer.step(lr.clone(), model, grads);
+            let lr = lr.base();
             self.step += 1;
             let last = self.step == config.steps;
             let validate =
@@ -263,6 +302,6 @@ pub fn train(
     config: &TrainConfig,
     device: &Device,
     report: &mut dyn FnMut(&StepReport),
-) -> Rwkv {
-    Trainer::new(config.clone(), names).run(model, corpus, device, report, &mut |_, _| {})
+) -> Result<Rwkv, TrainerError> {
+    Ok(Trainer::new(config.clone(), names)?.run(model, corpus, device, report, &mut |_, _| {}))
 }

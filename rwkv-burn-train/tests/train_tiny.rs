@@ -51,7 +51,8 @@ fn validation_loss_falls_below_the_unigram_bound() {
     let mut losses = Vec::new();
     let model = train(model, &names, &corpus, &config, &device, &mut |r| {
         losses.push(r.loss)
-    });
+    })
+    .unwrap();
     let after = validation_loss(&model, &corpus.valid, config.batch, config.ctx, &device);
     assert!(
         (before - 256f32.ln()).abs() < 0.05,
@@ -87,7 +88,8 @@ fn the_same_seed_gives_the_same_losses() {
         let mut losses = Vec::new();
         train(model, &names, &corpus, &config, &device, &mut |r| {
             losses.push(r.loss)
-        });
+        })
+        .unwrap();
         losses
     };
     assert_eq!(run(), run());
@@ -117,7 +119,8 @@ fn accumulating_two_half_batches_equals_one_full_batch() {
         let mut losses = Vec::new();
         train(model, &names, &corpus, &config, &device, &mut |r| {
             losses.push(r.loss)
-        });
+        })
+        .unwrap();
         losses
     };
     let whole = run(TrainConfig {
@@ -175,7 +178,8 @@ fn bf16_mixed_precision_trains_like_f32() {
         let mut losses = Vec::new();
         let model = train(model, &names, &corpus, &config, &device, &mut |r| {
             losses.push(r.loss)
-        });
+        })
+        .unwrap();
         let valid = validation_loss(&model, &corpus.valid, base.batch, base.ctx, &device);
         (losses, valid)
     };
@@ -194,4 +198,31 @@ fn bf16_mixed_precision_trains_like_f32() {
         half_valid < 256f32.ln() - 1.0 && (half_valid - exact_valid).abs() < 0.15,
         "validation loss bf16 {half_valid} vs f32 {exact_valid}"
     );
+}
+
+#[test]
+fn the_schedule_warms_up_then_anneals_to_the_final_rate() {
+    let config = TrainConfig {
+        steps: 10,
+        lr: 1e-3,
+        lr_final: 1e-4,
+        warmup: 4,
+        ..TrainConfig::default()
+    };
+    let mut scheduler = config.lr_scheduler().unwrap();
+    let lrs: Vec<f64> = (0..config.steps).map(|_| scheduler.step().base()).collect();
+    assert!(
+        (lrs[0] - 1e-4).abs() < 1e-12,
+        "warmup starts at lr / 10: {lrs:?}"
+    );
+    assert!(lrs[..4].windows(2).all(|w| w[0] < w[1]), "{lrs:?}");
+    assert!((lrs[4] - 1e-3).abs() < 1e-12, "decay starts at lr: {lrs:?}");
+    assert!(lrs[4..].windows(2).all(|w| w[0] > w[1]), "{lrs:?}");
+    assert!((lrs[9] - 1e-4).abs() < 1e-12, "ends at lr_final: {lrs:?}");
+    // Settings Burn's schedulers refuse are an error, not a panic.
+    let bad = TrainConfig {
+        lr_final: 1e-2,
+        ..config
+    };
+    assert!(bad.lr_scheduler().is_err());
 }
