@@ -26,6 +26,63 @@ pub fn linear(weight_in_out: Tensor<2>) -> Linear {
     }
 }
 
+/// Weights below this many elements are multiplied on one thread: splitting costs more than
+/// it saves on them.
+const SPLIT_MIN_ELEMENTS: usize = 1 << 19;
+
+/// `x @ W` through a bias-free Linear. On flex, for a single row (decode at batch 1), the two
+/// halves of the contraction run on two threads and are summed: one core does not saturate
+/// memory bandwidth on a matrix-vector product, and flex's gemm runs matrix-vector products on
+/// one thread (measured: 1.3x on 768×3072, 1.7x on the 768×50277 head; decode of the 4-169m
+/// shape 58 -> 73 tok/s). Slicing the weight by rows takes a view, so nothing is copied.
+/// ndarray and libtorch thread their own products and measured slower split, so they are left
+/// alone.
+pub fn project<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    let inputs = dims[D - 1];
+    let rows: usize = dims[..D - 1].iter().product();
+    let weight = linear.weight.val();
+    let [_, outputs] = weight.dims();
+    if rows != 1
+        || linear.bias.is_some()
+        || inputs * outputs < SPLIT_MIN_ELEMENTS
+        || rayon::current_num_threads() < 2
+        || !on_flex(&x)
+    {
+        return linear.forward(x);
+    }
+    let half = inputs / 2;
+    let x = x.reshape([1, inputs]);
+    let (low, high) = rayon::join(
+        || {
+            x.clone()
+                .slice([0..1, 0..half])
+                .matmul(weight.clone().slice([0..half, 0..outputs]))
+        },
+        || {
+            x.clone()
+                .slice([0..1, half..inputs])
+                .matmul(weight.clone().slice([half..inputs, 0..outputs]))
+        },
+    );
+    let mut out = dims;
+    out[D - 1] = outputs;
+    (low + high).reshape(out)
+}
+
+/// Whether `x` lives on the flex device (without autodiff: training keeps the plain path).
+fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        x.device() == burn::tensor::Device::flex()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = x;
+        false
+    }
+}
+
 /// eps of the per-head GroupNorm `ln_x` of RWKV-5 and later (hard-coded in the official code).
 pub const LN_X_EPS: f64 = 64e-5;
 
@@ -59,4 +116,34 @@ pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
 pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
     let [batch, len, heads, n] = x.dims();
     x.reshape([batch, len, heads * n])
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod project_tests {
+    use super::*;
+    use crate::test_util::{Lcg, assert_close};
+    use burn::tensor::{Device, TensorData};
+
+    #[test]
+    fn split_matrix_vector_product_equals_the_plain_one() {
+        let device = Device::flex();
+        let (inputs, outputs) = (1024, 600); // above SPLIT_MIN_ELEMENTS
+        let mut rng = Lcg::new(3);
+        let weight = Tensor::<2>::from_data(
+            TensorData::new(rng.vec(inputs * outputs, 0.1), [inputs, outputs]),
+            &device,
+        );
+        let layer = linear(weight);
+        for rows in [1, 2] {
+            let x = Tensor::<3>::from_data(
+                TensorData::new(rng.vec(rows * inputs, 1.0), [1, rows, inputs]),
+                &device,
+            );
+            let got = project(&layer, x.clone());
+            assert_eq!(got.dims(), [1, rows, outputs]);
+            let want = layer.forward(x).into_data().try_to_vec::<f32>().unwrap();
+            let got = got.into_data().try_to_vec::<f32>().unwrap();
+            assert_close(&got, &want, 1e-5, "project");
+        }
+    }
 }

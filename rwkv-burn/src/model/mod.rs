@@ -16,6 +16,7 @@ use crate::state::State;
 use burn::module::Module;
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::{Int, Tensor};
+use layers::project;
 
 /// An RWKV language model, on whatever device its tensors live.
 ///
@@ -82,7 +83,7 @@ impl Rwkv {
     /// ids with [`Rwkv::check_tokens`] when they come from users).
     pub fn forward(&self, tokens: Tensor<2, Int>, state: &mut State) -> Tensor<3> {
         let hidden = self.forward_hidden(tokens, state);
-        self.head.forward(self.ln_out.forward(hidden))
+        project(&self.head, self.ln_out.forward(hidden))
     }
 
     /// Logits of the last position only (`[B, V]`): what decoding needs, without paying for
@@ -93,7 +94,7 @@ impl Rwkv {
         let last = hidden
             .slice([0..batch, len - 1..len, 0..channels])
             .reshape([batch, channels]);
-        self.head.forward(self.ln_out.forward(last))
+        project(&self.head, self.ln_out.forward(last))
     }
 
     /// The residual stream after the last block (`[B, T, C]`), before `ln_out` and the head.

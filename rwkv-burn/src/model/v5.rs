@@ -1,6 +1,7 @@
 //! RWKV-5.2 (Eagle) time-mix: multi-head matrix-valued state with a per-channel decay and a
 //! SiLU gate. Its channel-mix is RWKV-4's.
 
+use super::layers::project;
 use super::layers::{apply_ln_x, merge_heads, split_heads};
 use super::token_shift::{lerp, token_shift};
 use crate::wkv::wkv5;
@@ -46,18 +47,17 @@ impl TimeMix5 {
         let [heads, _] = self.time_decay.dims();
         let [batch, len, _] = x.dims();
         let mix = |m: &Param<Tensor<1>>| lerp(x.clone(), prev.clone(), m.val());
-        let r = split_heads(self.receptance.forward(mix(&self.time_mix_r)), heads);
-        let k = split_heads(self.key.forward(mix(&self.time_mix_k)), heads);
-        let v = split_heads(self.value.forward(mix(&self.time_mix_v)), heads);
-        let g = silu(self.gate.forward(mix(&self.time_mix_g)));
+        let r = split_heads(project(&self.receptance, mix(&self.time_mix_r)), heads);
+        let k = split_heads(project(&self.key, mix(&self.time_mix_k)), heads);
+        let v = split_heads(project(&self.value, mix(&self.time_mix_v)), heads);
+        let g = silu(project(&self.gate, mix(&self.time_mix_g)));
 
         let decay = self.time_decay.val().exp().neg().exp();
         let [_, n] = decay.dims();
         let w = decay.unsqueeze::<4>().expand([batch, len, heads, n]);
         let (y, state) = wkv5(r, k, v, w, self.time_faaaa.val(), kv.clone());
         *kv = state;
-        self.output
-            .forward(apply_ln_x(&self.ln_x, merge_heads(y)) * g)
+        project(&self.output, apply_ln_x(&self.ln_x, merge_heads(y)) * g)
     }
 
     /// Width of the attention projections (A).

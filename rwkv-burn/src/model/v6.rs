@@ -1,6 +1,7 @@
 //! RWKV-6 (Finch): data-dependent token shift (a LoRA on the mix coefficients) and a
 //! data-dependent decay per token.
 
+use super::layers::project;
 use super::layers::{apply_ln_x, merge_heads, split_heads};
 use super::token_shift::token_shift;
 use crate::wkv::wkv5;
@@ -84,10 +85,10 @@ impl TimeMix6 {
         let rx = mix(&self.time_maa_r, 3);
         let gx = mix(&self.time_maa_g, 4);
 
-        let r = split_heads(self.receptance.forward(rx), heads);
-        let k = split_heads(self.key.forward(kx), heads);
-        let v = split_heads(self.value.forward(vx), heads);
-        let g = silu(self.gate.forward(gx));
+        let r = split_heads(project(&self.receptance, rx), heads);
+        let k = split_heads(project(&self.key, kx), heads);
+        let v = split_heads(project(&self.value, vx), heads);
+        let g = silu(project(&self.gate, gx));
         let decay = self.time_decay.val().unsqueeze::<3>()
             + self
                 .time_decay_w2
@@ -96,8 +97,7 @@ impl TimeMix6 {
 
         let (y, state) = wkv5(r, k, v, w, self.time_faaaa.val(), kv.clone());
         *kv = state;
-        self.output
-            .forward(apply_ln_x(&self.ln_x, merge_heads(y)) * g)
+        project(&self.output, apply_ln_x(&self.ln_x, merge_heads(y)) * g)
     }
 
     /// Width of the attention projections (A).
@@ -129,8 +129,8 @@ impl ChannelMix6 {
         let sx = prev - x.clone();
         let kx = x.clone() + sx.clone() * self.time_maa_k.val().unsqueeze::<3>();
         let rx = x + sx * self.time_maa_r.val().unsqueeze::<3>();
-        let k = relu(self.key.forward(kx));
-        sigmoid(self.receptance.forward(rx)) * self.value.forward(k.clone() * k)
+        let k = relu(project(&self.key, kx));
+        sigmoid(project(&self.receptance, rx)) * project(&self.value, k.clone() * k)
     }
 
     /// Width of the hidden layer (F).

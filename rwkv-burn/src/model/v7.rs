@@ -1,6 +1,7 @@
 //! RWKV-7 (Goose): a generalised delta rule with vector-valued in-context learning rate, and a
 //! value residual from layer 0.
 
+use super::layers::project;
 use super::layers::{apply_ln_x, merge_heads, split_heads};
 use super::token_shift::token_shift;
 use crate::wkv::wkv7;
@@ -102,9 +103,9 @@ impl TimeMix7 {
         );
         let bias = |p: &Param<Tensor<1>>| p.val().unsqueeze::<3>();
 
-        let r = self.receptance.forward(xr);
-        let k = self.key.forward(xk);
-        let mut v = self.value.forward(xv.clone());
+        let r = project(&self.receptance, xr);
+        let k = project(&self.key, xk);
+        let mut v = project(&self.value, xv.clone());
         let w_raw = self.w_lora.up.forward(self.w_lora.down.forward(xw).tanh());
         let w = (sigmoid(bias(&self.w0) + w_raw) * (-DECAY_SCALE)).exp();
         let a = sigmoid(bias(&self.a0) + self.a_lora.up.forward(self.a_lora.down.forward(xa)));
@@ -140,7 +141,7 @@ impl TimeMix7 {
         // Bonus: per head, (r . (k * r_k)) * v.
         let rk = (split(r) * split(k) * self.r_k.val().unsqueeze::<4>()).sum_dim(3);
         let bonus = merge_heads(rk * split(v));
-        self.output.forward((y + bonus) * g)
+        project(&self.output, (y + bonus) * g)
     }
 
     /// Width of the attention (A = C).
@@ -176,8 +177,8 @@ impl ChannelMix7 {
         let (prev, last) = token_shift(x.clone(), shift.clone());
         *shift = last;
         let kx = x.clone() + (prev - x) * self.x_k.val().unsqueeze::<3>();
-        let k = relu(self.key.forward(kx));
-        self.value.forward(k.clone() * k)
+        let k = relu(project(&self.key, kx));
+        project(&self.value, k.clone() * k)
     }
 
     /// Width of the hidden layer (F).
