@@ -1,5 +1,6 @@
-//! WKV operators at the 0.1B-class shape (768 channels; 12 heads of 64), on each compiled CPU
-//! device. For RWKV-5/6 the token-by-token and chunked reference forms run side by side.
+//! WKV operators at the 0.1B-class shape (768 channels; 12 heads of 64), on each compiled
+//! device. For RWKV-5/6 the token-by-token and chunked reference forms run side by side; on
+//! devices with WKV kernels (wgpu), kernels run against the reference body.
 
 use burn::backend::Flex;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -190,11 +191,79 @@ fn bench_wkv7_backward(c: &mut Criterion) {
     group.finish();
 }
 
+/// CubeCL kernels against the reference body on the same device, for every compiled device
+/// that runs WKV kernels (wgpu, vulkan): forward, and forward + backward under autodiff.
+/// `RWKV_BENCH_LENGTHS=64,512` narrows the lengths (the reference body is slow on lavapipe).
+fn bench_kernels(c: &mut Criterion) {
+    use burn::backend::Dispatch;
+    let lengths: Vec<usize> = std::env::var("RWKV_BENCH_LENGTHS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![64, 512, 4096]);
+    let kernel_devices = [DeviceSpec::Wgpu, DeviceSpec::Vulkan];
+    let mut group = c.benchmark_group("wkv_kernels");
+    group.sample_size(10);
+    for spec in DeviceSpec::available() {
+        if !kernel_devices.contains(&spec) {
+            continue;
+        }
+        for train in [false, true] {
+            let base = spec.device().unwrap();
+            let device = if train { base.autodiff() } else { base };
+            for &len in &lengths {
+                let inputs = || {
+                    let t = |seed| heads(len, seed, &device);
+                    [
+                        t(1),
+                        t(4).abs().clamp(0.01, 0.999),
+                        t(2),
+                        t(3),
+                        t(5).mul_scalar(0.1),
+                        t(6).mul_scalar(0.1),
+                        Tensor::<4>::zeros([1, HEADS, HEAD, HEAD], &device),
+                    ]
+                    .map(|x| if train { x.require_grad() } else { x })
+                };
+                // y and the state summed; with `train`, d/dr read back too.
+                let finish = |r: Tensor<4>, y: Tensor<4>, s: Tensor<4>| {
+                    let total = y.sum() + s.sum();
+                    if train {
+                        r.grad(&total.backward()).unwrap().into_data()
+                    } else {
+                        total.into_data()
+                    }
+                };
+                let mode = if train { "fwd_bwd" } else { "fwd" };
+                group.throughput(Throughput::Elements(len as u64));
+                let id = |body| BenchmarkId::new(format!("{spec}/wkv7_{mode}/{body}"), len);
+                group.bench_with_input(id("kernel"), &len, |b, _| {
+                    b.iter(|| {
+                        let [r, w, k, v, a, bb, s0] = inputs();
+                        let (y, s) = wkv7(r.clone(), w, k, v, a, bb, s0);
+                        finish(r, y, s)
+                    })
+                });
+                group.bench_with_input(id("reference"), &len, |b, _| {
+                    b.iter(|| {
+                        let [r, w, k, v, a, bb, s0] = inputs();
+                        let [r1, w, k, v, a, bb, s0] =
+                            [r.clone(), w, k, v, a, bb, s0].map(Tensor::into_dispatch);
+                        let (y, s) = reference::wkv7::<Dispatch>(r1, w, k, v, a, bb, s0);
+                        finish(r, Tensor::from_dispatch(y), Tensor::from_dispatch(s))
+                    })
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_wkv4,
     bench_wkv5_forms,
     bench_wkv7,
-    bench_wkv7_backward
+    bench_wkv7_backward,
+    bench_kernels
 );
 criterion_main!(benches);

@@ -18,15 +18,23 @@ pub enum DeviceSpec {
     LibTorch,
     /// burn-tch on the first CUDA GPU (needs a CUDA build of libtorch and a GPU).
     LibTorchCuda,
+    /// burn-wgpu on the adapter wgpu prefers (a high-power GPU when there is one; Mesa's
+    /// lavapipe on a machine without a GPU). WGSL shaders, or SPIR-V on Vulkan when the
+    /// `vulkan` feature is on. `CUBECL_WGPU_DEFAULT_DEVICE` overrides the choice.
+    Wgpu,
+    /// burn-wgpu pinned to Vulkan, with CubeCL's SPIR-V compiler.
+    Vulkan,
 }
 
 impl DeviceSpec {
     /// Every name this build understands, compiled in or not, in the order `--help` shows them.
-    pub const ALL: [DeviceSpec; 4] = [
+    pub const ALL: [DeviceSpec; 6] = [
         DeviceSpec::Flex,
         DeviceSpec::NdArray,
         DeviceSpec::LibTorch,
         DeviceSpec::LibTorchCuda,
+        DeviceSpec::Wgpu,
+        DeviceSpec::Vulkan,
     ];
 
     /// The name users type.
@@ -36,10 +44,14 @@ impl DeviceSpec {
             DeviceSpec::NdArray => "ndarray",
             DeviceSpec::LibTorch => "libtorch",
             DeviceSpec::LibTorchCuda => "libtorch-cuda",
+            DeviceSpec::Wgpu => "wgpu",
+            DeviceSpec::Vulkan => "vulkan",
         }
     }
 
-    /// Whether the device is a GPU (compiled in or not, one may be absent at run time).
+    /// Whether the device needs a GPU (compiled in or not, one may be absent at run time).
+    /// wgpu does not: with no GPU it runs on a software Vulkan driver (Mesa's lavapipe, which
+    /// `scripts/setup.sh --tests` installs).
     pub fn needs_gpu(self) -> bool {
         matches!(self, DeviceSpec::LibTorchCuda)
     }
@@ -50,6 +62,8 @@ impl DeviceSpec {
             DeviceSpec::Flex => "flex",
             DeviceSpec::NdArray => "ndarray",
             DeviceSpec::LibTorch | DeviceSpec::LibTorchCuda => "tch",
+            DeviceSpec::Wgpu => "wgpu",
+            DeviceSpec::Vulkan => "vulkan",
         }
     }
 
@@ -59,10 +73,13 @@ impl DeviceSpec {
             DeviceSpec::Flex => cfg!(feature = "flex"),
             DeviceSpec::NdArray => cfg!(feature = "ndarray"),
             DeviceSpec::LibTorch | DeviceSpec::LibTorchCuda => cfg!(feature = "tch"),
+            DeviceSpec::Wgpu => cfg!(feature = "wgpu"),
+            DeviceSpec::Vulkan => cfg!(feature = "vulkan"),
         }
     }
 
-    /// The CPU devices compiled into this build: those that always work (tests iterate them).
+    /// The devices compiled into this build that need no GPU: those that always work (tests
+    /// iterate them; wgpu counts, as it runs on lavapipe).
     pub fn available() -> Vec<DeviceSpec> {
         Self::ALL
             .into_iter()
@@ -89,6 +106,10 @@ impl DeviceSpec {
             #[cfg(feature = "tch")]
             #[allow(deprecated)]
             DeviceSpec::LibTorchCuda => Ok(Device::libtorch_cuda(0)),
+            #[cfg(feature = "wgpu")]
+            DeviceSpec::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+            #[cfg(feature = "vulkan")]
+            DeviceSpec::Vulkan => Ok(Device::vulkan(burn::tensor::DeviceKind::DefaultDevice)),
             #[allow(unreachable_patterns)]
             other => Err(DeviceError::NotCompiled {
                 name: other.name(),
@@ -119,7 +140,7 @@ impl FromStr for DeviceSpec {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DeviceError {
     /// Not a device name at all.
-    #[error("unknown device '{0}' (known: flex, ndarray, libtorch, libtorch-cuda)")]
+    #[error("unknown device '{0}' (known: flex, ndarray, libtorch, libtorch-cuda, wgpu, vulkan)")]
     Unknown(String),
     /// A known device whose backend is not compiled into this build.
     #[error(

@@ -6,31 +6,12 @@
 //! backward pass. These functions instead keep only the operator's inputs: the backward pass
 //! recomputes the states of one layer, then walks time backwards carrying the state gradient.
 
-use super::Wkv4StatePrim;
 use super::reference::{heads_first, maximum, time_first, time_step, token};
+use super::{Wkv4Grads, Wkv4StatePrim, Wkv5Grads, Wkv7Grads};
 use burn::backend::{
     Backend, Scalar, TensorMetadata, get_or_init_device_settings, tensor::FloatTensor,
 };
 use burn::tensor::Shape;
-
-/// Gradients of the RWKV-4 WKV inputs, in the inputs' shapes.
-#[derive(Debug)]
-pub struct Wkv4Grads<B: Backend> {
-    /// d loss / d w, `[C]`.
-    pub w: FloatTensor<B>,
-    /// d loss / d u, `[C]`.
-    pub u: FloatTensor<B>,
-    /// d loss / d k, `[B, T, C]`.
-    pub k: FloatTensor<B>,
-    /// d loss / d v, `[B, T, C]`.
-    pub v: FloatTensor<B>,
-    /// d loss / d the initial `aa`, `[B, C]`.
-    pub aa: FloatTensor<B>,
-    /// d loss / d the initial `bb`.
-    pub bb: FloatTensor<B>,
-    /// d loss / d the initial `pp`.
-    pub pp: FloatTensor<B>,
-}
 
 /// Backward of [`reference::wkv4`](super::reference::wkv4) given `dy` `[B, T, C]` and the
 /// gradient of the final state.
@@ -162,29 +143,12 @@ pub fn wkv4<B: Backend>(
         u: per_channel(g_u),
         k: over_time(g_k),
         v: over_time(g_v),
-        aa: g_aa,
-        bb: g_bb,
-        pp: g_pp,
+        state: Wkv4StatePrim {
+            aa: g_aa,
+            bb: g_bb,
+            pp: g_pp,
+        },
     }
-}
-
-/// Gradients of the RWKV-7 WKV inputs, in the inputs' shapes.
-#[derive(Debug)]
-pub struct Wkv7Grads<B: Backend> {
-    /// d loss / d r, `[B, T, H, N]`.
-    pub r: FloatTensor<B>,
-    /// d loss / d w.
-    pub w: FloatTensor<B>,
-    /// d loss / d k.
-    pub k: FloatTensor<B>,
-    /// d loss / d v.
-    pub v: FloatTensor<B>,
-    /// d loss / d a.
-    pub a: FloatTensor<B>,
-    /// d loss / d b.
-    pub b: FloatTensor<B>,
-    /// d loss / d initial state, `[B, H, N, N]`.
-    pub state: FloatTensor<B>,
 }
 
 /// Backward of [`reference::wkv7`](super::reference::wkv7) given the gradients of its outputs
@@ -274,23 +238,6 @@ pub fn wkv7<B: Backend>(
         b,
         state: d_state,
     }
-}
-
-/// Gradients of the RWKV-5/6 WKV inputs, in the inputs' shapes.
-#[derive(Debug)]
-pub struct Wkv5Grads<B: Backend> {
-    /// d loss / d r, `[B, T, H, N]`.
-    pub r: FloatTensor<B>,
-    /// d loss / d k.
-    pub k: FloatTensor<B>,
-    /// d loss / d v.
-    pub v: FloatTensor<B>,
-    /// d loss / d w.
-    pub w: FloatTensor<B>,
-    /// d loss / d u, `[H, N]`.
-    pub u: FloatTensor<B>,
-    /// d loss / d initial state, `[B, H, N, N]`.
-    pub state: FloatTensor<B>,
 }
 
 /// Backward of [`reference::wkv5`](super::reference::wkv5) given `dy` `[B, T, H, N]` and `ds`

@@ -6,12 +6,11 @@
 //! `#[backend_extension]` attribute get their implementation from `backends/`, one file each.
 
 mod backends;
-#[cfg(feature = "autodiff")]
 mod backward;
 mod ops;
 pub mod reference;
 
-pub use ops::{Wkv4StatePrim, WkvOps};
+pub use ops::{Wkv4Grads, Wkv4StatePrim, Wkv5Grads, Wkv7Grads, WkvOps};
 
 use burn::backend::Dispatch;
 use burn::tensor::{DType, Tensor};

@@ -1,12 +1,12 @@
 //! WKV under autodiff: the inner backend runs the forward pass untracked, and one graph node
-//! per call holds a hand-written backward ([`crate::wkv::backward`]), so training never
-//! records a per-token graph. Gradients reach every input, the initial state included.
+//! per call holds the inner backend's hand-written backward (`WkvOps::wkv*_backward`: a
+//! kernel on CubeCL backends, tensor ops elsewhere), so training never records a per-token
+//! graph. Gradients reach every input, the initial state included.
 //!
 //! An op has one output node, but WKV has two outputs (`y` and the final state), both of
 //! which may feed the loss (chunked training carries the state). The node's output is their
 //! concatenation, and `y` and the state are tracked slices of it.
 
-use crate::wkv::backward;
 use crate::wkv::{Wkv4StatePrim, WkvOps};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -122,7 +122,7 @@ fn pair<T>(outputs: Vec<T>) -> (T, T) {
 #[derive(Debug)]
 struct Wkv4Backward;
 
-impl<B: Backend> Backward<B, 7> for Wkv4Backward {
+impl<B: WkvOps> Backward<B, 7> for Wkv4Backward {
     type State = Saved<B, 7>;
 
     fn backward(self, ops: Ops<Self::State, 7>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -135,22 +135,23 @@ impl<B: Backend> Backward<B, 7> for Wkv4Backward {
             bb: dbb,
             pp: dpp,
         };
-        let g = backward::wkv4::<B>(w, u, k, v, state, dy, d_state);
-        register::<B, 7>(&ops, grads, [g.w, g.u, g.k, g.v, g.aa, g.bb, g.pp]);
+        let g = B::wkv4_backward(w, u, k, v, state, dy, d_state);
+        let s = g.state;
+        register::<B, 7>(&ops, grads, [g.w, g.u, g.k, g.v, s.aa, s.bb, s.pp]);
     }
 }
 
 #[derive(Debug)]
 struct Wkv5Backward;
 
-impl<B: Backend> Backward<B, 6> for Wkv5Backward {
+impl<B: WkvOps> Backward<B, 6> for Wkv5Backward {
     type State = Saved<B, 6>;
 
     fn backward(self, ops: Ops<Self::State, 6>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
         let (dy, ds) = pair(ops.state.split(grad));
         let [r, k, v, w, u, state] = ops.state.inputs.clone();
-        let g = backward::wkv5::<B>(r, k, v, w, u, state, dy, ds);
+        let g = B::wkv5_backward(r, k, v, w, u, state, dy, ds);
         register::<B, 6>(&ops, grads, [g.r, g.k, g.v, g.w, g.u, g.state]);
     }
 }
@@ -158,14 +159,14 @@ impl<B: Backend> Backward<B, 6> for Wkv5Backward {
 #[derive(Debug)]
 struct Wkv7Backward;
 
-impl<B: Backend> Backward<B, 7> for Wkv7Backward {
+impl<B: WkvOps> Backward<B, 7> for Wkv7Backward {
     type State = Saved<B, 7>;
 
     fn backward(self, ops: Ops<Self::State, 7>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
         let (dy, ds) = pair(ops.state.split(grad));
         let [r, w, k, v, a, b, state] = ops.state.inputs.clone();
-        let g = backward::wkv7::<B>(r, w, k, v, a, b, state, dy, ds);
+        let g = B::wkv7_backward(r, w, k, v, a, b, state, dy, ds);
         register::<B, 7>(&ops, grads, [g.r, g.w, g.k, g.v, g.a, g.b, g.state]);
     }
 }
@@ -231,6 +232,22 @@ mod tests {
     use burn::backend::Dispatch;
     use burn::tensor::{Device, Tensor, TensorData};
 
+    /// The devices whose hand-written backward is checked: flex (tensor ops) and, when
+    /// compiled in, wgpu and vulkan (CubeCL kernels). The oracle is always autodiff of the reference
+    /// body on flex.
+    fn devices() -> Vec<Device> {
+        #[allow(unused_mut)]
+        let mut devices = vec![Device::flex()];
+        #[cfg(feature = "wgpu")]
+        devices.push(crate::DeviceSpec::Wgpu.device().unwrap());
+        #[cfg(feature = "vulkan")]
+        devices.push(crate::DeviceSpec::Vulkan.device().unwrap());
+        devices
+    }
+
+    /// The forward outputs and every input gradient of one call, on the host.
+    type Results = Vec<Vec<f32>>;
+
     /// Deterministic values in `[lo, hi)`.
     fn values(count: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
         let mut x = seed
@@ -248,9 +265,15 @@ mod tests {
 
     /// Gradients of every input of a random RWKV-7 WKV call, through the hand-written backward
     /// (`custom`) or through autodiff of the reference body.
-    fn wkv7_grads(custom: bool, len: usize, decay: (f32, f32)) -> Vec<Vec<f32>> {
-        let device = Device::flex().autodiff();
-        let (batch, heads, n) = (2, 2, 8);
+    fn wkv7_grads(
+        device: &Device,
+        custom: bool,
+        len: usize,
+        n: usize,
+        decay: (f32, f32),
+    ) -> Results {
+        let device = device.clone().autodiff();
+        let (batch, heads) = (2, 2);
         let seq = [batch, len, heads, n];
         let tensor = |shape: &[usize], seed, lo, hi| {
             let count = shape.iter().product();
@@ -264,8 +287,10 @@ mod tests {
         let w = tensor(&seq, 2, decay.0, decay.1);
         let k = tensor(&seq, 3, -1.0, 1.0);
         let v = tensor(&seq, 4, -1.0, 1.0);
-        let a = tensor(&seq, 5, -0.3, 0.0);
-        let b = tensor(&seq, 6, 0.0, 0.3);
+        // (S a) b^T sums n terms: shrink a and b with n to keep the state bounded.
+        let ab = 0.3 * 8.0 / n as f32;
+        let a = tensor(&seq, 5, -ab, 0.0);
+        let b = tensor(&seq, 6, 0.0, ab);
         let s0 = tensor(&[batch, heads, n, n], 7, -0.5, 0.5);
         let inputs = [&r, &w, &k, &v, &a, &b, &s0].map(|x| x.clone());
         let (y, s) = if custom {
@@ -277,18 +302,27 @@ mod tests {
             (Tensor::from_dispatch(y), Tensor::from_dispatch(s))
         };
         // Weights make every output element matter differently.
-        let loss = weighted_sum(y, 8) + weighted_sum(s, 9);
+        let loss = weighted_sum(y.clone(), 8) + weighted_sum(s.clone(), 9);
         let grads = loss.backward();
-        [r, w, k, v, a, b, s0]
-            .iter()
-            .map(|x| host(x.grad(&grads).expect("every input gets a gradient")))
-            .collect()
+        let mut out = vec![host(y), host(s)];
+        out.extend(
+            [r, w, k, v, a, b, s0]
+                .iter()
+                .map(|x| host(x.grad(&grads).expect("every input gets a gradient"))),
+        );
+        out
     }
 
     /// Gradients of every input of a random RWKV-5/6 WKV call (per-token decays, as RWKV-6).
-    fn wkv5_grads(custom: bool, len: usize, decay: (f32, f32)) -> Vec<Vec<f32>> {
-        let device = Device::flex().autodiff();
-        let (batch, heads, n) = (2, 2, 8);
+    fn wkv5_grads(
+        device: &Device,
+        custom: bool,
+        len: usize,
+        n: usize,
+        decay: (f32, f32),
+    ) -> Results {
+        let device = device.clone().autodiff();
+        let (batch, heads) = (2, 2);
         let seq = [batch, len, heads, n];
         let tensor = |shape: &[usize], seed, lo, hi| {
             let count = shape.iter().product();
@@ -316,12 +350,14 @@ mod tests {
             let (y, s) = reference::wkv5::<Dispatch>(r1, k1, v1, w1, u.clone().into_dispatch(), s1);
             (Tensor::from_dispatch(y), Tensor::from_dispatch(s))
         };
-        let loss = weighted_sum(y, 17) + weighted_sum(s, 18);
+        let loss = weighted_sum(y.clone(), 17) + weighted_sum(s.clone(), 18);
         let grads = loss.backward();
-        let mut out: Vec<Vec<f32>> = [r, k, v, w, s0]
-            .iter()
-            .map(|x| host(x.grad(&grads).expect("every input gets a gradient")))
-            .collect();
+        let mut out = vec![host(y), host(s)];
+        out.extend(
+            [r, k, v, w, s0]
+                .iter()
+                .map(|x| host(x.grad(&grads).expect("every input gets a gradient"))),
+        );
         out.push(host(u.grad(&grads).expect("u gets a gradient")));
         out
     }
@@ -341,13 +377,14 @@ mod tests {
             .unwrap()
     }
 
-    fn assert_close(names: &[&str], ours: &[Vec<f32>], oracle: &[Vec<f32>], len: usize) {
+    fn assert_close(names: &[&str], ours: &[Vec<f32>], oracle: &[Vec<f32>], case: &str) {
+        assert_eq!(names.len(), oracle.len());
         for ((name, x), y) in names.iter().zip(ours).zip(oracle) {
-            assert_eq!(x.len(), y.len(), "d{name}");
+            assert_eq!(x.len(), y.len(), "{name}");
             for (p, q) in x.iter().zip(y) {
                 assert!(
                     (p - q).abs() <= 1e-4 + 1e-4 * q.abs(),
-                    "T = {len}, d{name}: {p} vs {q}"
+                    "{case}, {name}: {p} vs {q}"
                 );
             }
         }
@@ -356,9 +393,9 @@ mod tests {
     /// Gradients of every input of a random RWKV-4 WKV call: `w`, `u`, `k`, `v` and the
     /// initial `aa`, `bb`, `pp`. `spread` scales `k` and the decays, to make the running
     /// maximum switch between its arguments.
-    fn wkv4_grads(custom: bool, len: usize, spread: f32) -> Vec<Vec<f32>> {
+    fn wkv4_grads(device: &Device, custom: bool, len: usize, spread: f32) -> Results {
         use crate::wkv::{Wkv4State, Wkv4StatePrim};
-        let device = Device::flex().autodiff();
+        let device = device.clone().autodiff();
         let (batch, channels) = (2, 16);
         let tensor = |shape: &[usize], seed, lo, hi| {
             let count = shape.iter().product();
@@ -415,13 +452,17 @@ mod tests {
                 },
             )
         };
-        let loss = weighted_sum(y.unsqueeze(), 28)
-            + weighted_sum(s.aa.unsqueeze(), 29)
-            + weighted_sum(s.bb.unsqueeze(), 30)
-            + weighted_sum(s.pp.unsqueeze(), 31);
+        let loss = weighted_sum(y.clone().unsqueeze(), 28)
+            + weighted_sum(s.aa.clone().unsqueeze(), 29)
+            + weighted_sum(s.bb.clone().unsqueeze(), 30)
+            + weighted_sum(s.pp.clone().unsqueeze(), 31);
         let grads = loss.backward();
         let g = |x: Option<Vec<f32>>| x.expect("every input gets a gradient");
         vec![
+            host(y),
+            host(s.aa),
+            host(s.bb),
+            host(s.pp),
             g(w.grad(&grads).map(host)),
             g(u.grad(&grads).map(host)),
             g(k.grad(&grads).map(host)),
@@ -434,41 +475,61 @@ mod tests {
 
     #[test]
     fn wkv4_backward_matches_autodiff_of_the_reference() {
-        let names = ["w", "u", "k", "v", "aa", "bb", "pp"];
+        let names = [
+            "y", "aa'", "bb'", "pp'", "dw", "du", "dk", "dv", "daa", "dbb", "dpp",
+        ];
         for (len, spread) in [(1, 1.0), (29, 1.0), (64, 8.0), (4096, 1.0)] {
-            let ours = wkv4_grads(true, len, spread);
-            let oracle = wkv4_grads(false, len, spread);
-            assert_close(&names, &ours, &oracle, len);
+            let oracle = wkv4_grads(&Device::flex(), false, len, spread);
+            for device in devices() {
+                let ours = wkv4_grads(&device, true, len, spread);
+                assert_close(&names, &ours, &oracle, &format!("{device:?}, T = {len}"));
+            }
         }
     }
 
     #[test]
     fn wkv5_backward_matches_autodiff_of_the_reference() {
-        let names = ["r", "k", "v", "w", "state", "u"];
-        for (len, decay) in [
-            (1, (0.5, 1.0)),
-            (37, (0.9, 1.0)),
-            (64, (0.0, 0.3)),
-            (4096, (0.95, 1.0)),
+        let names = ["y", "state'", "dr", "dk", "dv", "dw", "dstate", "du"];
+        for (len, n, decay) in [
+            (1, 8, (0.5, 1.0)),
+            (37, 8, (0.9, 1.0)),
+            (64, 8, (0.0, 0.3)),
+            (20, 64, (0.5, 1.0)),
+            (4096, 8, (0.95, 1.0)),
         ] {
-            let ours = wkv5_grads(true, len, decay);
-            let oracle = wkv5_grads(false, len, decay);
-            assert_close(&names, &ours, &oracle, len);
+            let oracle = wkv5_grads(&Device::flex(), false, len, n, decay);
+            for device in devices() {
+                let ours = wkv5_grads(&device, true, len, n, decay);
+                assert_close(
+                    &names,
+                    &ours,
+                    &oracle,
+                    &format!("{device:?}, T = {len}, N = {n}"),
+                );
+            }
         }
     }
 
     #[test]
     fn wkv7_backward_matches_autodiff_of_the_reference() {
-        let names = ["r", "w", "k", "v", "a", "b", "state"];
-        for (len, decay) in [
-            (1, (0.5, 1.0)),
-            (37, (0.9, 1.0)),
-            (64, (0.01, 0.3)),
-            (4096, (0.95, 1.0)),
+        let names = ["y", "state'", "dr", "dw", "dk", "dv", "da", "db", "dstate"];
+        for (len, n, decay) in [
+            (1, 8, (0.5, 1.0)),
+            (37, 8, (0.9, 1.0)),
+            (64, 8, (0.01, 0.3)),
+            (20, 64, (0.5, 1.0)),
+            (4096, 8, (0.95, 1.0)),
         ] {
-            let ours = wkv7_grads(true, len, decay);
-            let oracle = wkv7_grads(false, len, decay);
-            assert_close(&names, &ours, &oracle, len);
+            let oracle = wkv7_grads(&Device::flex(), false, len, n, decay);
+            for device in devices() {
+                let ours = wkv7_grads(&device, true, len, n, decay);
+                assert_close(
+                    &names,
+                    &ours,
+                    &oracle,
+                    &format!("{device:?}, T = {len}, N = {n}"),
+                );
+            }
         }
     }
 }
