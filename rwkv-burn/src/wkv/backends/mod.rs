@@ -1,8 +1,8 @@
 //! One file per backend that implements [`WkvOps`](super::WkvOps).
 //!
-//! CubeCL backends (wgpu and its relatives) run kernels (`cube/`). CPU backends use the reference body: on a CPU a hand-written loop would gain little over
-//! the per-step tensor ops until sequences get long, and the reference is the oracle kernels
-//! are tested against.
+//! CubeCL backends (wgpu and its relatives) run kernels (`cube/`). CPU backends use the
+//! reference body: on a CPU a hand-written loop would gain little over the per-step tensor ops
+//! until sequences get long, and the reference is the oracle kernels are tested against.
 
 #[cfg(feature = "autodiff")]
 mod autodiff;
