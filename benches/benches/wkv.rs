@@ -6,7 +6,7 @@ use burn::backend::Flex;
 use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rwkv_burn::DeviceSpec;
-use rwkv_burn::wkv::{Wkv4State, reference, wkv4, wkv7};
+use rwkv_burn::wkv::{Wkv4State, Wkv4StatePrim, reference, wkv4, wkv5, wkv7};
 
 const CHANNELS: usize = 768;
 const HEADS: usize = 12;
@@ -192,7 +192,8 @@ fn bench_wkv7_backward(c: &mut Criterion) {
 }
 
 /// CubeCL kernels against the reference body on the same device, for every compiled device
-/// that runs WKV kernels (wgpu, vulkan): forward, and forward + backward under autodiff.
+/// that runs WKV kernels (wgpu, vulkan): RWKV-7, RWKV-5/6 and RWKV-4, forward, and forward +
+/// backward under autodiff.
 /// `RWKV_BENCH_LENGTHS=64,512` narrows the lengths (the reference body is slow on lavapipe).
 fn bench_kernels(c: &mut Criterion) {
     use burn::backend::Dispatch;
@@ -250,6 +251,96 @@ fn bench_kernels(c: &mut Criterion) {
                             [r.clone(), w, k, v, a, bb, s0].map(Tensor::into_dispatch);
                         let (y, s) = reference::wkv7::<Dispatch>(r1, w, k, v, a, bb, s0);
                         finish(r, Tensor::from_dispatch(y), Tensor::from_dispatch(s))
+                    })
+                });
+
+                // RWKV-5/6: r, k, v, decay w (per token), bonus u.
+                let inputs5 = || {
+                    let t = |seed| heads(len, seed, &device);
+                    let u = tensor(random(CHANNELS, 5), [HEADS, HEAD], &device);
+                    let x = [
+                        t(1),
+                        t(2),
+                        t(3),
+                        t(4).abs().clamp(0.01, 0.999),
+                        Tensor::<4>::zeros([1, HEADS, HEAD, HEAD], &device),
+                    ];
+                    let x = x.map(|x| if train { x.require_grad() } else { x });
+                    (x, if train { u.require_grad() } else { u })
+                };
+                let id = |body| BenchmarkId::new(format!("{spec}/wkv5_{mode}/{body}"), len);
+                group.bench_with_input(id("kernel"), &len, |b, _| {
+                    b.iter(|| {
+                        let ([r, k, v, w, s0], u) = inputs5();
+                        let (y, s) = wkv5(r.clone(), k, v, w, u, s0);
+                        finish(r, y, s)
+                    })
+                });
+                group.bench_with_input(id("reference"), &len, |b, _| {
+                    b.iter(|| {
+                        let ([r, k, v, w, s0], u) = inputs5();
+                        let [r1, k, v, w, s0] = [r.clone(), k, v, w, s0].map(Tensor::into_dispatch);
+                        let u = u.into_dispatch();
+                        let (y, s) = reference::wkv5::<Dispatch>(r1, k, v, w, u, s0);
+                        finish(r, Tensor::from_dispatch(y), Tensor::from_dispatch(s))
+                    })
+                });
+
+                // RWKV-4: per-channel decay and bonus, k and v [1, T, C], scaled state.
+                let inputs4 = || {
+                    let grad = |x: Tensor<3>| if train { x.require_grad() } else { x };
+                    let w = tensor(random(CHANNELS, 1), [CHANNELS], &device).exp().neg();
+                    let u = tensor(random(CHANNELS, 2), [CHANNELS], &device);
+                    let k = grad(tensor(
+                        random(len * CHANNELS, 3),
+                        [1, len, CHANNELS],
+                        &device,
+                    ));
+                    let v = grad(tensor(
+                        random(len * CHANNELS, 4),
+                        [1, len, CHANNELS],
+                        &device,
+                    ));
+                    let state = Wkv4State {
+                        aa: Tensor::zeros([1, CHANNELS], &device),
+                        bb: Tensor::zeros([1, CHANNELS], &device),
+                        pp: Tensor::full([1, CHANNELS], -1e30, &device),
+                    };
+                    (w, u, k, v, state)
+                };
+                let finish4 = |k: Tensor<3>, y: Tensor<3>, s: Wkv4State| {
+                    let total = y.sum() + s.aa.sum() + s.bb.sum();
+                    if train {
+                        k.grad(&total.backward()).unwrap().into_data()
+                    } else {
+                        total.into_data()
+                    }
+                };
+                let id = |body| BenchmarkId::new(format!("{spec}/wkv4_{mode}/{body}"), len);
+                group.bench_with_input(id("kernel"), &len, |b, _| {
+                    b.iter(|| {
+                        let (w, u, k, v, state) = inputs4();
+                        let (y, s) = wkv4(w, u, k.clone(), v, state);
+                        finish4(k, y, s)
+                    })
+                });
+                group.bench_with_input(id("reference"), &len, |b, _| {
+                    b.iter(|| {
+                        let (w, u, k, v, state) = inputs4();
+                        let prim = Wkv4StatePrim {
+                            aa: state.aa.into_dispatch(),
+                            bb: state.bb.into_dispatch(),
+                            pp: state.pp.into_dispatch(),
+                        };
+                        let [w1, u1] = [w, u].map(Tensor::into_dispatch);
+                        let [k1, v1] = [k.clone(), v].map(Tensor::into_dispatch);
+                        let (y, s) = reference::wkv4::<Dispatch>(w1, u1, k1, v1, prim);
+                        let s = Wkv4State {
+                            aa: Tensor::from_dispatch(s.aa),
+                            bb: Tensor::from_dispatch(s.bb),
+                            pp: Tensor::from_dispatch(s.pp),
+                        };
+                        finish4(k, Tensor::from_dispatch(y), s)
                     })
                 });
             }
