@@ -6,7 +6,9 @@
 #   bash scripts/setup.sh --tests   also PyTorch 2.9.0 and the official `rwkv` package in a venv
 #                                   (scripts/setup-torch.sh), for the export round-trip test and
 #                                   the `tch` feature, and a Vulkan driver (Mesa's lavapipe when
-#                                   there is no GPU; scripts/setup-vulkan.sh) for `wgpu`
+#                                   there is no GPU; scripts/setup-vulkan.sh) for `wgpu`, and
+#                                   the wasm target, wasm-bindgen-cli and Chromium for the
+#                                   browser test (scripts/setup-web.sh)
 set -euo pipefail
 
 need_rust="1.95.0"
@@ -24,4 +26,5 @@ echo "setup: rustc $have ok"
 if [ "${1:-}" = "--tests" ]; then
   bash "$(dirname "$0")/setup-torch.sh" >/dev/null
   bash "$(dirname "$0")/setup-vulkan.sh"
+  bash "$(dirname "$0")/setup-web.sh"
 fi

@@ -70,6 +70,9 @@ pub enum GenerateError {
     /// The tokenizer failed.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    /// Reading results back from the device failed.
+    #[error("reading results back from the device failed: {0}")]
+    Device(String),
     /// The model produced tokens the tokenizer does not know: they do not belong together.
     #[error(
         "the model (vocabulary {model}) and the tokenizer (vocabulary {tokenizer}) do not match"
@@ -183,22 +186,48 @@ impl<'a> Pipeline<'a> {
         chunk: usize,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<f32>, GenerateError> {
+        Ok(to_vec(self.prefill_tensor(tokens, state, chunk, progress)?))
+    }
+
+    /// [`Pipeline::prefill`] for targets that cannot block on the device (the browser): the
+    /// logits are read back asynchronously.
+    pub async fn prefill_async(
+        &self,
+        tokens: &[u32],
+        state: &mut State,
+        chunk: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<f32>, GenerateError> {
+        to_vec_async(self.prefill_tensor(tokens, state, chunk, progress)?).await
+    }
+
+    /// The model work of a prefill; the caller reads the returned last-position logits.
+    fn prefill_tensor(
+        &self,
+        tokens: &[u32],
+        state: &mut State,
+        chunk: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Tensor<2>, GenerateError> {
         self.model.check_tokens(tokens)?;
         let chunk = chunk.max(1);
         let mut done = 0;
-        let mut logits = Vec::new();
-        for part in tokens.chunks(chunk) {
+        let parts = tokens.len().div_ceil(chunk);
+        for (i, part) in tokens.chunks(chunk).enumerate() {
             let input = self.token_tensor(part, 1);
             done += part.len();
-            if done == tokens.len() {
-                logits = to_vec(self.model.forward_last(input, state));
-            } else {
-                // Only the state matters here: skip the head.
-                let _ = self.model.forward_hidden(input, state);
+            if i + 1 == parts {
+                let logits = self.model.forward_last(input, state);
+                progress(done);
+                return Ok(logits);
             }
+            // Only the state matters here. The head of one position is cheap next to a chunk;
+            // dropping `forward_hidden`'s output unread instead trips an index panic in Burn
+            // 0.22.1's fusion code generator on wgpu (RWKV-4, chunks of 5).
+            let _ = self.model.forward_last(input, state);
             progress(done);
         }
-        Ok(logits)
+        unreachable!("check_tokens rejects empty prompts")
     }
 
     /// Like [`Pipeline::prefill`] from a fresh state, but starts from the longest prefix of
@@ -238,6 +267,20 @@ impl<'a> Pipeline<'a> {
         self.decode(logits, state, options, on_text)
     }
 
+    /// [`Pipeline::generate`] with asynchronous read-back, for the browser.
+    pub async fn generate_async(
+        &self,
+        prompt: &[u32],
+        state: &mut State,
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation, GenerateError> {
+        let logits = self
+            .prefill_async(prompt, state, options.prefill_chunk, &mut |_| {})
+            .await?;
+        self.decode_async(logits, state, options, on_text).await
+    }
+
     /// Samples and feeds tokens one at a time, starting from the logits of the last input.
     pub fn decode(
         &self,
@@ -246,53 +289,48 @@ impl<'a> Pipeline<'a> {
         options: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation, GenerateError> {
-        let mut sampler = Sampler::new(options.sampler.clone());
-        let mut stream = TextStream::new(options.stop_strings.clone());
-        let mut tokens = Vec::new();
-        let stop = loop {
-            if tokens.len() >= options.max_tokens {
-                break StopReason::MaxTokens;
+        let mut decoding = Decoding::new(options);
+        loop {
+            match decoding.next(&logits, self, on_text)? {
+                Next::Feed(token) => {
+                    if let Some(out) = self.feed(token, state, decoding.wants_logits()) {
+                        logits = to_vec(out);
+                    }
+                }
+                Next::Done(stop) => return Ok(decoding.finish(stop, on_text)),
             }
-            let token = sampler.sample(&logits);
-            if options.stop_tokens.contains(&token) {
-                break StopReason::StopToken(token);
-            }
-            let bytes =
-                self.tokenizer
-                    .token_bytes(token)
-                    .map_err(|_| GenerateError::VocabMismatch {
-                        model: self.model.vocab_size(),
-                        tokenizer: self.tokenizer.vocab_size(),
-                    })?;
-            tokens.push(token);
-            let (shown, hit) = stream.push(&bytes);
-            let keep_going = on_text(&shown);
-            if let Some(stop) = hit {
-                break StopReason::StopString(stop);
-            }
-            if !keep_going {
-                break StopReason::Cancelled;
-            }
-            if tokens.len() < options.max_tokens {
-                logits = to_vec(
-                    self.model
-                        .forward_last(self.token_tensor(&[token], 1), state),
-                );
-            } else {
-                // Feed the last token too, so the state is ready for a follow-up turn.
-                let _ = self
-                    .model
-                    .forward_hidden(self.token_tensor(&[token], 1), state);
-            }
-        };
-        if !matches!(stop, StopReason::StopString(_)) {
-            on_text(&stream.finish());
         }
-        Ok(Generation {
-            tokens,
-            text: stream.text().to_string(),
-            stop,
-        })
+    }
+
+    /// [`Pipeline::decode`] with asynchronous read-back, for the browser.
+    pub async fn decode_async(
+        &self,
+        mut logits: Vec<f32>,
+        state: &mut State,
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation, GenerateError> {
+        let mut decoding = Decoding::new(options);
+        loop {
+            match decoding.next(&logits, self, on_text)? {
+                Next::Feed(token) => {
+                    if let Some(out) = self.feed(token, state, decoding.wants_logits()) {
+                        logits = to_vec_async(out).await?;
+                    }
+                }
+                Next::Done(stop) => return Ok(decoding.finish(stop, on_text)),
+            }
+        }
+    }
+
+    /// Runs one sampled token through the model; returns its logits when they are wanted.
+    /// (The last token is fed too, so the state is ready for a follow-up turn; see
+    /// `prefill_tensor` for why its head is computed anyway.)
+    fn feed(&self, token: u32, state: &mut State, want_logits: bool) -> Option<Tensor<2>> {
+        let logits = self
+            .model
+            .forward_last(self.token_tensor(&[token], 1), state);
+        want_logits.then_some(logits)
     }
 
     /// Generates for several prompts at once: each is read into its own state, then all decode
@@ -396,10 +434,98 @@ impl Lane {
     }
 }
 
+/// What decoding does next.
+enum Next {
+    /// Feed this token to the model.
+    Feed(u32),
+    /// Stop, for this reason.
+    Done(StopReason),
+}
+
+/// The bookkeeping of one sequence's decoding (sampling, stops, streamed text), shared by the
+/// blocking and the asynchronous loop so they cannot drift apart.
+struct Decoding<'o> {
+    options: &'o GenerateOptions,
+    sampler: Sampler,
+    stream: TextStream,
+    tokens: Vec<u32>,
+}
+
+impl<'o> Decoding<'o> {
+    fn new(options: &'o GenerateOptions) -> Self {
+        Self {
+            options,
+            sampler: Sampler::new(options.sampler.clone()),
+            stream: TextStream::new(options.stop_strings.clone()),
+            tokens: Vec::new(),
+        }
+    }
+
+    /// Samples from `logits` and streams the token's text; says whether to feed it.
+    fn next(
+        &mut self,
+        logits: &[f32],
+        pipeline: &Pipeline<'_>,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Next, GenerateError> {
+        if self.tokens.len() >= self.options.max_tokens {
+            return Ok(Next::Done(StopReason::MaxTokens));
+        }
+        let token = self.sampler.sample(logits);
+        if self.options.stop_tokens.contains(&token) {
+            return Ok(Next::Done(StopReason::StopToken(token)));
+        }
+        let bytes =
+            pipeline
+                .tokenizer
+                .token_bytes(token)
+                .map_err(|_| GenerateError::VocabMismatch {
+                    model: pipeline.model.vocab_size(),
+                    tokenizer: pipeline.tokenizer.vocab_size(),
+                })?;
+        self.tokens.push(token);
+        let (shown, hit) = self.stream.push(&bytes);
+        let keep_going = on_text(&shown);
+        if let Some(stop) = hit {
+            return Ok(Next::Done(StopReason::StopString(stop)));
+        }
+        if !keep_going {
+            return Ok(Next::Done(StopReason::Cancelled));
+        }
+        Ok(Next::Feed(token))
+    }
+
+    /// Whether the token just sampled needs its logits (not when it is the last one).
+    fn wants_logits(&self) -> bool {
+        self.tokens.len() < self.options.max_tokens
+    }
+
+    fn finish(mut self, stop: StopReason, on_text: &mut dyn FnMut(&str) -> bool) -> Generation {
+        if !matches!(stop, StopReason::StopString(_)) {
+            on_text(&self.stream.finish());
+        }
+        Generation {
+            tokens: self.tokens,
+            text: self.stream.text().to_string(),
+            stop,
+        }
+    }
+}
+
 fn to_vec(logits: Tensor<2>) -> Vec<f32> {
-    logits
-        .into_data()
-        .convert::<f32>()
+    f32_values(logits.into_data())
+}
+
+async fn to_vec_async(logits: Tensor<2>) -> Result<Vec<f32>, GenerateError> {
+    let data = logits
+        .into_data_async()
+        .await
+        .map_err(|e| GenerateError::Device(format!("{e:?}")))?;
+    Ok(f32_values(data))
+}
+
+fn f32_values(data: TensorData) -> Vec<f32> {
+    data.convert::<f32>()
         .try_into_vec::<f32>()
         .expect("f32 logits")
 }

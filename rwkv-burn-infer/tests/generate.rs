@@ -240,3 +240,70 @@ fn prefix_cache_resumes_from_the_longest_known_prefix() {
         assert!(close(&flat(&cached_state), &flat(&fresh)), "{name}: state");
     }
 }
+
+/// Runs a future to completion on this thread (the browser's event loop stands in for this
+/// there); wakes by unparking, so device read-backs that complete later are waited for.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park_timeout(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn asynchronous_generation_matches_the_blocking_one() {
+    for (name, device, model) in setups() {
+        let pipeline = Pipeline::new(&model, &ByteTokenizer, device.clone());
+        let prompt: Vec<u32> = b"In the beginning".iter().map(|&b| b as u32).collect();
+        let options = GenerateOptions {
+            max_tokens: 20,
+            sampler: SamplerConfig {
+                seed: 7,
+                ..SamplerConfig::default()
+            },
+            stop_tokens: vec![],
+            prefill_chunk: 5,
+            ..GenerateOptions::default()
+        };
+        let (mut blocking_state, mut async_state) = (
+            State::zeros(&model.config(), 1, &device),
+            State::zeros(&model.config(), 1, &device),
+        );
+        let (mut blocking_text, mut async_text) = (String::new(), String::new());
+        let blocking = pipeline
+            .generate(&prompt, &mut blocking_state, &options, &mut |t| {
+                blocking_text.push_str(t);
+                true
+            })
+            .unwrap();
+        let streamed =
+            block_on(
+                pipeline.generate_async(&prompt, &mut async_state, &options, &mut |t| {
+                    async_text.push_str(t);
+                    true
+                }),
+            )
+            .unwrap();
+        assert_eq!(blocking, streamed, "{name}");
+        assert_eq!(blocking_text, async_text, "{name}");
+        assert_eq!(streamed.tokens.len(), 20, "{name}");
+        // The states end in the same place too: the next token's logits agree (to float
+        // noise: GPU kernels need not sum in the same order twice).
+        let next = |state: &mut State| pipeline.prefill(&[1], state, 8, &mut |_| {}).unwrap();
+        let (a, b) = (next(&mut blocking_state), next(&mut async_state));
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-4 + 1e-4 * y.abs(), "{name}: {x} vs {y}");
+        }
+    }
+}

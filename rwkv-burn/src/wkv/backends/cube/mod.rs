@@ -33,13 +33,16 @@ fn empty(like: &CubeTensor, shape: impl Into<Shape>, dtype: DType) -> CubeTensor
     )
 }
 
-/// Whether a per-head kernel with `units` units and `floats` f32 of shared memory fits the
-/// device. Heads too large for it run the reference body instead.
-fn fits(like: &CubeTensor, units: usize, floats: usize) -> bool {
+/// Whether a kernel with `units` units per cube, `floats` f32 of shared memory and `buffers`
+/// tensor arguments fits the device. What does not fit runs the reference body or the
+/// tensor-op backward instead. (Browsers may allow as few as 8 storage buffers per kernel, so
+/// the backward kernels, with 16 to 19, fall back there.)
+fn fits(like: &CubeTensor, units: usize, floats: usize, buffers: usize) -> bool {
     let hardware = &like.client.properties().hardware;
     units <= hardware.max_units_per_cube as usize
         && units <= hardware.max_cube_dim.0 as usize
         && floats * 4 <= hardware.max_shared_memory_size
+        && buffers <= hardware.max_bindings as usize
 }
 
 impl WkvOps for CubeBackend {
@@ -50,6 +53,9 @@ impl WkvOps for CubeBackend {
         v: FloatTensor<Self>,
         state: Wkv4StatePrim<Self>,
     ) -> (FloatTensor<Self>, Wkv4StatePrim<Self>) {
+        if !fits(&k, 1, 0, wkv4::FORWARD_BUFFERS) {
+            return reference::wkv4::<Self>(w, u, k, v, state);
+        }
         wkv4::forward(w, u, k, v, state)
     }
 
@@ -62,7 +68,7 @@ impl WkvOps for CubeBackend {
         state: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let n = r.shape()[3];
-        if !fits(&r, n, 4 * n) {
+        if !fits(&r, n, 4 * n, wkv5::FORWARD_BUFFERS) {
             return reference::wkv5::<Self>(r, k, v, w, u, state);
         }
         wkv5::forward(r, k, v, w, u, state)
@@ -78,7 +84,7 @@ impl WkvOps for CubeBackend {
         state: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let n = r.shape()[3];
-        if !fits(&r, n, 5 * n) {
+        if !fits(&r, n, 5 * n, wkv7::FORWARD_BUFFERS) {
             return reference::wkv7::<Self>(r, w, k, v, a, b, state);
         }
         wkv7::forward(r, w, k, v, a, b, state)
@@ -93,6 +99,9 @@ impl WkvOps for CubeBackend {
         dy: FloatTensor<Self>,
         d_state: Wkv4StatePrim<Self>,
     ) -> Wkv4Grads<Self> {
+        if !fits(&k, 1, 0, wkv4::BACKWARD_BUFFERS) {
+            return backward::wkv4::<Self>(w, u, k, v, state, dy, d_state);
+        }
         wkv4::backward(w, u, k, v, state, dy, d_state)
     }
 
@@ -107,7 +116,7 @@ impl WkvOps for CubeBackend {
         ds: FloatTensor<Self>,
     ) -> Wkv5Grads<Self> {
         let n = r.shape()[3];
-        if !fits(&r, n, n * n + 6 * n) {
+        if !fits(&r, n, n * n + 6 * n, wkv5::BACKWARD_BUFFERS) {
             return backward::wkv5::<Self>(r, k, v, w, u, state, dy, ds);
         }
         wkv5::backward(r, k, v, w, u, state, dy, ds)
@@ -125,7 +134,7 @@ impl WkvOps for CubeBackend {
         ds: FloatTensor<Self>,
     ) -> Wkv7Grads<Self> {
         let n = r.shape()[3];
-        if !fits(&r, n, n * n + 9 * n) {
+        if !fits(&r, n, n * n + 9 * n, wkv7::BACKWARD_BUFFERS) {
             return backward::wkv7::<Self>(r, w, k, v, a, b, state, dy, ds);
         }
         wkv7::backward(r, w, k, v, a, b, state, dy, ds)

@@ -15,6 +15,10 @@ use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+/// Tensor arguments of the forward and backward kernels (storage buffers on wgpu).
+pub(super) const FORWARD_BUFFERS: usize = 9;
+pub(super) const BACKWARD_BUFFERS: usize = 19;
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn forward_kernel<F: Float>(
@@ -22,9 +26,7 @@ fn forward_kernel<F: Float>(
     u: &Tensor<F>,
     k: &Tensor<F>,
     v: &Tensor<F>,
-    aa0: &Tensor<F>,
-    bb0: &Tensor<F>,
-    pp0: &Tensor<F>,
+    state0: &Tensor<F>,
     y: &mut Tensor<F>,
     aa_out: &mut Tensor<F>,
     bb_out: &mut Tensor<F>,
@@ -42,9 +44,9 @@ fn forward_kernel<F: Float>(
     let c = idx % channels;
     let w_c = f32::cast_from(w[c]);
     let u_c = f32::cast_from(u[c]);
-    let mut aa = f32::cast_from(aa0[idx]);
-    let mut bb = f32::cast_from(bb0[idx]);
-    let mut pp = f32::cast_from(pp0[idx]);
+    let mut aa = f32::cast_from(state0[idx]);
+    let mut bb = f32::cast_from(state0[rows + idx]);
+    let mut pp = f32::cast_from(state0[2 * rows + idx]);
     for t in 0..len {
         let at = (batch * len + t) * channels + c;
         let kt = f32::cast_from(k[at]);
@@ -244,11 +246,25 @@ pub(super) fn forward(
     v: CubeTensor,
     state: Wkv4StatePrim<CubeBackend>,
 ) -> (CubeTensor, Wkv4StatePrim<CubeBackend>) {
-    let [w, u, k, v, aa, bb, pp] = dense([w, u, k, v, state.aa, state.bb, state.pp]);
+    // The initial state's three parts travel as one `[3, B·C]` buffer, so the kernel takes 9
+    // storage buffers (plus CubeCL's metadata one), within the 10 most browsers allow. (The
+    // outputs stay separate: slicing a packed output gave views that Burn's fusion
+    // mis-compiles downstream.)
+    let state_shape = state.aa.shape();
+    let state0 = CubeBackend::float_cat(
+        [state.aa, state.bb, state.pp]
+            .map(|p| {
+                let n = p.shape().num_elements();
+                CubeBackend::float_reshape(p, Shape::new([1, n]))
+            })
+            .into(),
+        0,
+    );
+    let [w, u, k, v, state0] = dense([w, u, k, v, state0]);
     let (len, channels, rows, count, dim) = grid(&k);
     let dtype = k.dtype;
     let y = empty(&k, k.shape(), dtype);
-    let [aa_out, bb_out, pp_out] = std::array::from_fn(|_| empty(&k, aa.shape(), dtype));
+    let [aa_out, bb_out, pp_out] = std::array::from_fn(|_| empty(&k, state_shape.clone(), dtype));
     forward_kernel::launch(
         &k.client.clone(),
         count,
@@ -257,9 +273,7 @@ pub(super) fn forward(
         u.into_tensor_arg(),
         k.into_tensor_arg(),
         v.into_tensor_arg(),
-        aa.into_tensor_arg(),
-        bb.into_tensor_arg(),
-        pp.into_tensor_arg(),
+        state0.into_tensor_arg(),
         y.clone().into_tensor_arg(),
         aa_out.clone().into_tensor_arg(),
         bb_out.clone().into_tensor_arg(),

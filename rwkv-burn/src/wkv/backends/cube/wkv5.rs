@@ -12,6 +12,10 @@ use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+/// Tensor arguments of the forward and backward kernels (storage buffers on wgpu).
+pub(super) const FORWARD_BUFFERS: usize = 8;
+pub(super) const BACKWARD_BUFFERS: usize = 16;
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn forward_kernel<F: Float>(

@@ -10,6 +10,10 @@ use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+/// Tensor arguments of the forward and backward kernels (storage buffers on wgpu).
+pub(super) const FORWARD_BUFFERS: usize = 9;
+pub(super) const BACKWARD_BUFFERS: usize = 19;
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn forward_kernel<F: Float>(

@@ -1,0 +1,229 @@
+//! rwkv-burn in the browser: a wasm-bindgen wrapper around the generation pipeline of
+//! `rwkv-burn-infer`, on WebGPU (Burn's wgpu backend compiled for the web) or, where the
+//! browser has no `navigator.gpu`, on the flex CPU backend. `index.html` is the page that uses
+//! it; `test.sh` drives that page in headless Chromium.
+//!
+//! Every read-back from the GPU is asynchronous in a browser, so the methods that run the
+//! model return promises and use the pipeline's `*_async` paths.
+#![cfg(target_arch = "wasm32")]
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rwkv_burn::load::{Checkpoint, load_checkpoint};
+use rwkv_burn::tokenizer::Tokenizer;
+use rwkv_burn::{Rwkv, State};
+use rwkv_burn_infer::generate::{GenerateOptions, Pipeline};
+use rwkv_burn_infer::sampler::SamplerConfig;
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+#[wasm_bindgen(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// A model, its tokenizer and the device it lives on.
+#[wasm_bindgen]
+pub struct Session {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    model: Rwkv,
+    tokenizer: Box<dyn Tokenizer>,
+    device: Device,
+    backend: &'static str,
+    about: String,
+}
+
+thread_local! {
+    /// Burn's WebGPU runtime can be initialised once per page; later sessions share it.
+    static WEBGPU: std::cell::RefCell<Option<Device>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Opens the device for `backend` (`"webgpu"` or `"cpu"`).
+async fn open_device(backend: &str) -> Result<(Device, &'static str), JsError> {
+    match backend {
+        "webgpu" => {
+            if let Some(device) = WEBGPU.with_borrow(Clone::clone) {
+                return Ok((device, "webgpu"));
+            }
+            let device = Device::wgpu_options()
+                .init_async()
+                .await
+                .map_err(|e| JsError::new(&format!("WebGPU initialisation failed: {e}")))?;
+            WEBGPU.set(Some(device.clone()));
+            Ok((device, "webgpu"))
+        }
+        "cpu" => Ok((Device::flex(), "cpu")),
+        other => Err(JsError::new(&format!(
+            "unknown backend '{other}' (known: webgpu, cpu)"
+        ))),
+    }
+}
+
+/// Loads a model on `backend`: the bytes of a safetensors file, or the embedded default
+/// model when `model` is `undefined`. `name` labels the file in error messages.
+#[wasm_bindgen(js_name = createSession)]
+pub async fn create_session(
+    backend: String,
+    model: Option<Vec<u8>>,
+    name: Option<String>,
+) -> Result<Session, JsError> {
+    let (device, backend) = open_device(&backend).await?;
+    let label = name.unwrap_or_else(|| "<embedded default model>".into());
+    let (config, model) = match model {
+        None => rwkv_burn_infer::embedded::load_default(&device),
+        Some(bytes) => {
+            if bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80) {
+                return Err(JsError::new(&format!(
+                    "{label} is a PyTorch .pth file; in the browser only safetensors can be \
+                     read: save the weights as safetensors first"
+                )));
+            }
+            Checkpoint::from_safetensors_bytes(bytes, &label)
+                .and_then(|checkpoint| load_checkpoint(&checkpoint, &device))
+        }
+    }
+    .map_err(|e| JsError::new(&e.to_string()))?;
+    let tokenizer = rwkv_burn_infer::vocab::choose(None, model.vocab_size())
+        .map_err(|e| JsError::new(&e.to_string()))?;
+    let about = format!(
+        "{label}: {}, {} layers, {} channels, vocabulary {}, on {backend}",
+        config.version,
+        config.n_layer,
+        config.n_embd,
+        model.vocab_size()
+    );
+    Ok(Session {
+        inner: Rc::new(Inner {
+            model,
+            tokenizer,
+            device,
+            backend,
+            about,
+        }),
+    })
+}
+
+#[wasm_bindgen]
+impl Session {
+    /// `"webgpu"` or `"cpu"`.
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        self.inner.backend.into()
+    }
+
+    /// One line describing the model.
+    #[wasm_bindgen(getter)]
+    pub fn about(&self) -> String {
+        self.inner.about.clone()
+    }
+
+    /// The token ids of `text`.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, JsError> {
+        self.inner
+            .tokenizer
+            .encode(text.as_bytes())
+            .map_err(|e| JsError::new(&e.to_string()))
+    }
+
+    /// Logits at every position of `tokens` from a fresh state, fed in sequence-mode calls
+    /// of the lengths in `chunks` (which add up to `tokens.length`; all ones = step mode).
+    /// Resolves to a `Float32Array` of `tokens.length × vocabulary` values.
+    pub fn logits(&self, tokens: Vec<u32>, chunks: Vec<u32>) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            inner
+                .model
+                .check_tokens(&tokens)
+                .map_err(|e| JsError::new(&e.to_string()))?;
+            let total: u64 = chunks.iter().map(|&c| u64::from(c)).sum();
+            if total != tokens.len() as u64 || chunks.contains(&0) {
+                return Err(JsError::new(&format!(
+                    "chunk lengths {chunks:?} do not split {} tokens",
+                    tokens.len()
+                ))
+                .into());
+            }
+            let mut state = State::zeros(&inner.model.config(), 1, &inner.device);
+            let mut out = Vec::with_capacity(tokens.len() * inner.model.vocab_size());
+            let mut rest = tokens.as_slice();
+            for &len in &chunks {
+                let (part, tail) = rest.split_at(len as usize);
+                rest = tail;
+                let ids: Vec<i64> = part.iter().map(|&t| i64::from(t)).collect();
+                let input: Tensor<2, Int> =
+                    Tensor::from_data(TensorData::new(ids, [1, part.len()]), &inner.device);
+                let data = inner
+                    .model
+                    .forward(input, &mut state)
+                    .into_data_async()
+                    .await
+                    .map_err(|e| JsError::new(&format!("{e:?}")))?;
+                out.extend(
+                    data.convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .map_err(|e| JsError::new(&format!("{e:?}")))?,
+                );
+            }
+            Ok(js_sys::Float32Array::from(out.as_slice()).into())
+        })
+    }
+
+    /// Generates up to `max_tokens` after `prompt`, calling `on_token(text)` once per
+    /// generated token with the text that became final (often empty mid-character). Resolves to
+    /// `{ text, tokens, stop }`.
+    pub fn generate(
+        &self,
+        prompt: String,
+        max_tokens: u32,
+        temperature: f32,
+        top_p: f32,
+        seed: u32,
+        on_token: js_sys::Function,
+    ) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let ids = inner
+                .tokenizer
+                .encode(prompt.as_bytes())
+                .map_err(|e| JsError::new(&e.to_string()))?;
+            let pipeline =
+                Pipeline::new(&inner.model, inner.tokenizer.as_ref(), inner.device.clone());
+            let options = GenerateOptions {
+                max_tokens: max_tokens as usize,
+                sampler: SamplerConfig {
+                    temperature,
+                    top_p,
+                    seed: u64::from(seed),
+                    ..SamplerConfig::default()
+                },
+                ..GenerateOptions::default()
+            };
+            let mut state = State::zeros(&inner.model.config(), 1, &inner.device);
+            let mut callback_error = None;
+            let result = pipeline
+                .generate_async(&ids, &mut state, &options, &mut |text| match on_token
+                    .call1(&JsValue::NULL, &JsValue::from_str(text))
+                {
+                    Ok(keep) => keep.as_bool() != Some(false),
+                    Err(e) => {
+                        callback_error = Some(e);
+                        false
+                    }
+                })
+                .await
+                .map_err(|e| JsError::new(&e.to_string()))?;
+            if let Some(e) = callback_error {
+                return Err(e);
+            }
+            let out = js_sys::Object::new();
+            let set = |k: &str, v: JsValue| js_sys::Reflect::set(&out, &k.into(), &v);
+            set("text", result.text.as_str().into())?;
+            set("tokens", result.tokens.len().into())?;
+            set("stop", format!("{:?}", result.stop).into())?;
+            Ok(out.into())
+        })
+    }
+}
