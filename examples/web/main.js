@@ -14,6 +14,7 @@ async function chooseBackend() {
     throw new Error(navigator.gpu ? "WebGPU: the browser offers no adapter" : "WebGPU: navigator.gpu is missing");
   }
   if (wanted === "cpu") return "cpu";
+  if (adapter) maxBufferBytes = adapter.limits.maxStorageBufferBindingSize;
   return adapter ? "webgpu" : "cpu";
 }
 
@@ -41,6 +42,7 @@ if (globalThis.GPUAdapter) {
 
 let backend = null;
 let session = null;
+let maxBufferBytes = undefined;  // the WebGPU adapter's maxStorageBufferBindingSize
 
 function showError(e) {
   $("status").innerHTML = "";
@@ -54,7 +56,7 @@ async function load(bytes, name) {
   $("go").disabled = true;
   $("status").textContent = `Loading ${name || "the embedded model"} on ${backend}…`;
   const t0 = performance.now();
-  session = await createSession(backend, bytes, name);
+  session = await createSession(backend, bytes, name, maxBufferBytes);
   $("status").textContent = `${session.about} (loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s)`;
   $("go").disabled = false;
   return session;
@@ -133,7 +135,7 @@ async function checkFixture(version) {
     fetch(`${dir}/meta.json`).then((r) => r.json()),
   ]);
   const expected = readSafetensors(expectedBytes);
-  const model = await createSession(backend, new Uint8Array(weights), `${version}/weights.safetensors`);
+  const model = await createSession(backend, new Uint8Array(weights), `${version}/weights.safetensors`, maxBufferBytes);
   const tokens = Uint32Array.from(expected.tokens.values);
   const modes = {
     full: [tokens.length],
@@ -173,8 +175,18 @@ window.rwkvTest = {
     const generation = await generate();
     // Again, now that every kernel is compiled (and autotuned): the speed a reader sees.
     const warm = await generate();
-    const ok = fixtures.every((f) => f.ok) && generation.text.length > 0 && warm.text === generation.text;
-    return { ok, backend, fixtures, generation, warm };
+    // A model with a tensor larger than one storage buffer is refused with a message (here
+    // with a pretend limit of 32 KiB, which the fixture's embedding exceeds).
+    let oversized = "not refused";
+    if (backend === "webgpu") {
+      const weights = await fetchBytes("fixtures/rwkv7/weights.safetensors");
+      oversized = await createSession(backend, new Uint8Array(weights), "big.safetensors", 32768)
+        .then((s) => { s.free(); return "not refused"; }, (e) => String(e.message || e));
+    }
+    const refused = backend !== "webgpu" || /big\.safetensors: tensor \S+ takes 64 KiB as f32, more than the 32 KiB/.test(oversized);
+    const ok = fixtures.every((f) => f.ok) && generation.text.length > 0 &&
+      warm.text === generation.text && refused;
+    return { ok, backend, fixtures, generation, warm, oversized };
   },
 };
 

@@ -7,7 +7,7 @@ use rwkv_burn::load::{Checkpoint, LoadError, load_checkpoint};
 use rwkv_burn::{Rwkv, RwkvConfig};
 
 /// The model file (official-format safetensors).
-pub const DEFAULT_MODEL: &[u8] = include_bytes!("../assets/default-model.safetensors");
+pub static DEFAULT_MODEL: &[u8] = include_bytes!("../assets/default-model.safetensors");
 
 /// Loads the embedded model onto `device`.
 pub fn load_default(device: &Device) -> Result<(RwkvConfig, Rwkv), LoadError> {

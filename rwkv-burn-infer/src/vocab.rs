@@ -7,7 +7,7 @@ use rwkv_burn::tokenizer::{
 use std::path::Path;
 
 /// The RWKV World vocabulary, embedded so World models run without a vocabulary file.
-pub const WORLD_VOCAB: &[u8] = include_bytes!("../assets/rwkv_vocab_v20230424.txt");
+pub static WORLD_VOCAB: &[u8] = include_bytes!("../assets/rwkv_vocab_v20230424.txt");
 
 /// The embedded World tokenizer.
 pub fn world() -> WorldTokenizer {

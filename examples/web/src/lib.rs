@@ -64,16 +64,20 @@ async fn open_device(backend: &str) -> Result<(Device, &'static str), JsError> {
 
 /// Loads a model on `backend`: the bytes of a safetensors file, or the embedded default
 /// model when `model` is `undefined`. `name` labels the file in error messages.
+/// `max_buffer_bytes` is the WebGPU adapter's `maxStorageBufferBindingSize`: a model with a
+/// larger tensor is refused with a message instead of failing inside the GPU.
 #[wasm_bindgen(js_name = createSession)]
 pub async fn create_session(
     backend: String,
     model: Option<Vec<u8>>,
     name: Option<String>,
+    max_buffer_bytes: Option<f64>,
 ) -> Result<Session, JsError> {
-    let (device, backend) = open_device(&backend).await?;
     let label = name.unwrap_or_else(|| "<embedded default model>".into());
-    let (config, model) = match model {
-        None => rwkv_burn_infer::embedded::load_default(&device),
+    let checkpoint = match model {
+        None => {
+            Checkpoint::from_safetensors_bytes(rwkv_burn_infer::embedded::DEFAULT_MODEL, &label)
+        }
         Some(bytes) => {
             if bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80) {
                 return Err(JsError::new(&format!(
@@ -82,10 +86,17 @@ pub async fn create_session(
                 )));
             }
             Checkpoint::from_safetensors_bytes(bytes, &label)
-                .and_then(|checkpoint| load_checkpoint(&checkpoint, &device))
         }
     }
     .map_err(|e| JsError::new(&e.to_string()))?;
+    if backend == "webgpu"
+        && let Some(limit) = max_buffer_bytes
+    {
+        check_buffer_sizes(&checkpoint, &label, limit)?;
+    }
+    let (device, backend) = open_device(&backend).await?;
+    let (config, model) =
+        load_checkpoint(&checkpoint, &device).map_err(|e| JsError::new(&e.to_string()))?;
     let tokenizer = rwkv_burn_infer::vocab::choose(None, model.vocab_size())
         .map_err(|e| JsError::new(&e.to_string()))?;
     let about = format!(
@@ -104,6 +115,30 @@ pub async fn create_session(
             about,
         }),
     })
+}
+
+/// Refuses a checkpoint with a tensor that, as f32, exceeds one WebGPU storage buffer.
+fn check_buffer_sizes(checkpoint: &Checkpoint, label: &str, limit: f64) -> Result<(), JsError> {
+    let size = |bytes: f64| {
+        if bytes >= f64::from(1u32 << 20) {
+            format!("{:.0} MiB", bytes / f64::from(1u32 << 20))
+        } else {
+            format!("{:.0} KiB", bytes / 1024.0)
+        }
+    };
+    for name in checkpoint.names() {
+        let elements: usize = checkpoint.shape(name).unwrap_or(&[]).iter().product();
+        let bytes = elements as f64 * 4.0;
+        if bytes > limit {
+            return Err(JsError::new(&format!(
+                "{label}: tensor {name} takes {} as f32, more than the {} this browser's \
+                 WebGPU allows in one buffer; run it on the CPU (?backend=cpu)",
+                size(bytes),
+                size(limit)
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[wasm_bindgen]
