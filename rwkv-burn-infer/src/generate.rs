@@ -267,18 +267,23 @@ impl<'a> Pipeline<'a> {
         self.decode(logits, state, options, on_text)
     }
 
-    /// [`Pipeline::generate`] with asynchronous read-back, for the browser.
-    pub async fn generate_async(
+    /// [`Pipeline::generate`] with asynchronous read-back, for the browser. `pause` is
+    /// awaited after each token's text is out: a page passes one that yields to its event
+    /// loop now and then, so text shows as it streams even when read-backs complete at once
+    /// (CPU backends); elsewhere `|| std::future::ready(())`.
+    pub async fn generate_async<P: Future<Output = ()>>(
         &self,
         prompt: &[u32],
         state: &mut State,
         options: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
+        pause: impl FnMut() -> P,
     ) -> Result<Generation, GenerateError> {
         let logits = self
             .prefill_async(prompt, state, options.prefill_chunk, &mut |_| {})
             .await?;
-        self.decode_async(logits, state, options, on_text).await
+        self.decode_async(logits, state, options, on_text, pause)
+            .await
     }
 
     /// Samples and feeds tokens one at a time, starting from the logits of the last input.
@@ -302,18 +307,21 @@ impl<'a> Pipeline<'a> {
         }
     }
 
-    /// [`Pipeline::decode`] with asynchronous read-back, for the browser.
-    pub async fn decode_async(
+    /// [`Pipeline::decode`] with asynchronous read-back, for the browser; `pause` as in
+    /// [`Pipeline::generate_async`].
+    pub async fn decode_async<P: Future<Output = ()>>(
         &self,
         mut logits: Vec<f32>,
         state: &mut State,
         options: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
+        mut pause: impl FnMut() -> P,
     ) -> Result<Generation, GenerateError> {
         let mut decoding = Decoding::new(options);
         loop {
             match decoding.next(&logits, self, on_text)? {
                 Next::Feed(token) => {
+                    pause().await;
                     if let Some(out) = self.feed(token, state, decoding.wants_logits()) {
                         logits = to_vec_async(out).await?;
                     }

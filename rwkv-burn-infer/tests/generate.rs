@@ -287,14 +287,24 @@ fn asynchronous_generation_matches_the_blocking_one() {
                 true
             })
             .unwrap();
-        let streamed =
-            block_on(
-                pipeline.generate_async(&prompt, &mut async_state, &options, &mut |t| {
-                    async_text.push_str(t);
-                    true
-                }),
-            )
-            .unwrap();
+        let mut pauses = 0;
+        let mut collect = |t: &str| {
+            async_text.push_str(t);
+            true
+        };
+        let pause = || {
+            pauses += 1;
+            std::future::ready(())
+        };
+        let streamed = block_on(pipeline.generate_async(
+            &prompt,
+            &mut async_state,
+            &options,
+            &mut collect,
+            pause,
+        ))
+        .unwrap();
+        assert_eq!(pauses, 20, "{name}: one pause per generated token");
         assert_eq!(blocking, streamed, "{name}");
         assert_eq!(blocking_text, async_text, "{name}");
         assert_eq!(streamed.tokens.len(), 20, "{name}");

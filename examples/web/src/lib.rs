@@ -141,6 +141,31 @@ fn check_buffer_sizes(checkpoint: &Checkpoint, label: &str, limit: f64) -> Resul
     Ok(())
 }
 
+/// How long generation may hold the page's main thread between two yields.
+const FRAME_MS: f64 = 30.0;
+
+/// Resolves in the event loop's next task (after the page has had a chance to paint) when
+/// `now`, immediately otherwise.
+async fn next_task(now: bool) {
+    if !now {
+        return;
+    }
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let set_timeout = js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        match set_timeout {
+            Some(set_timeout) => {
+                let _ = set_timeout.call2(&JsValue::NULL, &resolve, &JsValue::from(0));
+            }
+            None => {
+                let _ = resolve.call0(&JsValue::NULL);
+            }
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
 #[wasm_bindgen]
 impl Session {
     /// `"webgpu"` or `"cpu"`.
@@ -238,16 +263,25 @@ impl Session {
             };
             let mut state = State::zeros(&inner.model.config(), 1, &inner.device);
             let mut callback_error = None;
+            let mut on_text = |text: &str| match on_token.call1(&JsValue::NULL, &text.into()) {
+                Ok(keep) => keep.as_bool() != Some(false),
+                Err(e) => {
+                    callback_error = Some(e);
+                    false
+                }
+            };
+            let mut last_yield = js_sys::Date::now();
+            // Let the page paint about every frame: on the CPU nothing else returns to the
+            // event loop while tokens are generated.
+            let pause = || {
+                let due = js_sys::Date::now() - last_yield > FRAME_MS;
+                if due {
+                    last_yield = js_sys::Date::now();
+                }
+                next_task(due)
+            };
             let result = pipeline
-                .generate_async(&ids, &mut state, &options, &mut |text| match on_token
-                    .call1(&JsValue::NULL, &JsValue::from_str(text))
-                {
-                    Ok(keep) => keep.as_bool() != Some(false),
-                    Err(e) => {
-                        callback_error = Some(e);
-                        false
-                    }
-                })
+                .generate_async(&ids, &mut state, &options, &mut on_text, pause)
                 .await
                 .map_err(|e| JsError::new(&e.to_string()))?;
             if let Some(e) = callback_error {
