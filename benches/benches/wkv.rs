@@ -1,6 +1,6 @@
 //! WKV operators at the 0.1B-class shape (768 channels; 12 heads of 64), on each compiled
 //! device. For RWKV-5/6 the token-by-token and chunked reference forms run side by side; on
-//! devices with WKV kernels (wgpu), kernels run against the reference body.
+//! devices with WKV kernels (wgpu, libtorch-cuda), kernels run against the reference body.
 
 use burn::backend::Flex;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -191,9 +191,9 @@ fn bench_wkv7_backward(c: &mut Criterion) {
     group.finish();
 }
 
-/// CubeCL kernels against the reference body on the same device, for every compiled device
-/// that runs WKV kernels (wgpu, vulkan): RWKV-7, RWKV-5/6 and RWKV-4, forward, and forward +
-/// backward under autodiff.
+/// WKV kernels against the reference body on the same device, for every device that runs
+/// kernels (wgpu and vulkan: CubeCL; libtorch-cuda when a GPU is present: CUDA): RWKV-7,
+/// RWKV-5/6 and RWKV-4, forward, and forward + backward under autodiff.
 /// `RWKV_BENCH_LENGTHS=64,512` narrows the lengths (the reference body is slow on lavapipe).
 fn bench_kernels(c: &mut Criterion) {
     use burn::backend::Dispatch;
@@ -201,7 +201,11 @@ fn bench_kernels(c: &mut Criterion) {
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![64, 512, 4096]);
-    let kernel_devices = [DeviceSpec::Wgpu, DeviceSpec::Vulkan];
+    let kernel_devices = [
+        DeviceSpec::Wgpu,
+        DeviceSpec::Vulkan,
+        DeviceSpec::LibTorchCuda(0),
+    ];
     let mut group = c.benchmark_group("wkv_kernels");
     group.sample_size(10);
     for spec in DeviceSpec::available() {

@@ -16,8 +16,9 @@ pub enum DeviceSpec {
     NdArray,
     /// burn-tch on the CPU: libtorch (deprecated upstream, kept behind the `tch` feature).
     LibTorch,
-    /// burn-tch on the first CUDA GPU (needs a CUDA build of libtorch and a GPU).
-    LibTorchCuda,
+    /// burn-tch on the CUDA GPU with this ordinal (needs a CUDA build of libtorch and a GPU);
+    /// written `libtorch-cuda` (GPU 0) or `libtorch-cuda:N`.
+    LibTorchCuda(usize),
     /// burn-wgpu on the adapter wgpu prefers (a high-power GPU when there is one; Mesa's
     /// lavapipe on a machine without a GPU). WGSL shaders, or SPIR-V on Vulkan when the
     /// `vulkan` feature is on. `CUBECL_WGPU_DEFAULT_DEVICE` overrides the choice.
@@ -32,7 +33,7 @@ impl DeviceSpec {
         DeviceSpec::Flex,
         DeviceSpec::NdArray,
         DeviceSpec::LibTorch,
-        DeviceSpec::LibTorchCuda,
+        DeviceSpec::LibTorchCuda(0),
         DeviceSpec::Wgpu,
         DeviceSpec::Vulkan,
     ];
@@ -43,7 +44,7 @@ impl DeviceSpec {
             DeviceSpec::Flex => "flex",
             DeviceSpec::NdArray => "ndarray",
             DeviceSpec::LibTorch => "libtorch",
-            DeviceSpec::LibTorchCuda => "libtorch-cuda",
+            DeviceSpec::LibTorchCuda(_) => "libtorch-cuda",
             DeviceSpec::Wgpu => "wgpu",
             DeviceSpec::Vulkan => "vulkan",
         }
@@ -53,7 +54,7 @@ impl DeviceSpec {
     /// wgpu does not: with no GPU it runs on a software Vulkan driver (Mesa's lavapipe, which
     /// `scripts/setup.sh --tests` installs).
     pub fn needs_gpu(self) -> bool {
-        matches!(self, DeviceSpec::LibTorchCuda)
+        matches!(self, DeviceSpec::LibTorchCuda(_))
     }
 
     /// The cargo feature that compiles this device in.
@@ -61,7 +62,7 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Flex => "flex",
             DeviceSpec::NdArray => "ndarray",
-            DeviceSpec::LibTorch | DeviceSpec::LibTorchCuda => "tch",
+            DeviceSpec::LibTorch | DeviceSpec::LibTorchCuda(_) => "tch",
             DeviceSpec::Wgpu => "wgpu",
             DeviceSpec::Vulkan => "vulkan",
         }
@@ -72,19 +73,32 @@ impl DeviceSpec {
         match self {
             DeviceSpec::Flex => cfg!(feature = "flex"),
             DeviceSpec::NdArray => cfg!(feature = "ndarray"),
-            DeviceSpec::LibTorch | DeviceSpec::LibTorchCuda => cfg!(feature = "tch"),
+            DeviceSpec::LibTorch | DeviceSpec::LibTorchCuda(_) => cfg!(feature = "tch"),
             DeviceSpec::Wgpu => cfg!(feature = "wgpu"),
             DeviceSpec::Vulkan => cfg!(feature = "vulkan"),
         }
     }
 
-    /// The devices compiled into this build that need no GPU: those that always work (tests
-    /// iterate them; wgpu counts, as it runs on lavapipe).
+    /// Whether the device can run on this machine now: compiled in and, for a GPU device, a
+    /// GPU present (`libtorch-cuda`: libtorch sees a CUDA device).
+    pub fn is_present(self) -> bool {
+        if !self.is_available() {
+            return false;
+        }
+        match self {
+            #[cfg(feature = "tch")]
+            DeviceSpec::LibTorchCuda(ordinal) => {
+                tch::Cuda::is_available() && ordinal < tch::Cuda::device_count() as usize
+            }
+            other => !other.needs_gpu(),
+        }
+    }
+
+    /// The devices compiled into this build that work on this machine: every CPU device and
+    /// wgpu (on lavapipe when there is no GPU), plus `libtorch-cuda` when a CUDA GPU is
+    /// present. Tests and benchmarks iterate them, so on a GPU machine they cover the GPU too.
     pub fn available() -> Vec<DeviceSpec> {
-        Self::ALL
-            .into_iter()
-            .filter(|d| d.is_available() && !d.needs_gpu())
-            .collect()
+        Self::ALL.into_iter().filter(|d| d.is_present()).collect()
     }
 
     /// Builds the Burn device.
@@ -105,7 +119,7 @@ impl DeviceSpec {
             DeviceSpec::LibTorch => Ok(Device::libtorch()),
             #[cfg(feature = "tch")]
             #[allow(deprecated)]
-            DeviceSpec::LibTorchCuda => Ok(Device::libtorch_cuda(0)),
+            DeviceSpec::LibTorchCuda(ordinal) => Ok(Device::libtorch_cuda(ordinal)),
             #[cfg(feature = "wgpu")]
             DeviceSpec::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
             #[cfg(feature = "vulkan")]
@@ -121,7 +135,12 @@ impl DeviceSpec {
 
 impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            DeviceSpec::LibTorchCuda(ordinal) if *ordinal > 0 => {
+                write!(f, "{}:{ordinal}", self.name())
+            }
+            _ => f.write_str(self.name()),
+        }
     }
 }
 
@@ -129,10 +148,21 @@ impl FromStr for DeviceSpec {
     type Err = DeviceError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
+        let unknown = || DeviceError::Unknown(s.to_string());
+        let (name, ordinal) = match s.trim().split_once(':') {
+            Some((name, ordinal)) => (name, Some(ordinal.parse::<usize>().map_err(|_| unknown())?)),
+            None => (s.trim(), None),
+        };
+        let spec = Self::ALL
             .into_iter()
-            .find(|d| d.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| DeviceError::Unknown(s.to_string()))
+            .find(|d| d.name().eq_ignore_ascii_case(name))
+            .ok_or_else(unknown)?;
+        match (spec, ordinal) {
+            (_, None) => Ok(spec),
+            (DeviceSpec::LibTorchCuda(_), Some(ordinal)) => Ok(DeviceSpec::LibTorchCuda(ordinal)),
+            // Only CUDA devices are numbered.
+            _ => Err(unknown()),
+        }
     }
 }
 
@@ -140,7 +170,9 @@ impl FromStr for DeviceSpec {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DeviceError {
     /// Not a device name at all.
-    #[error("unknown device '{0}' (known: flex, ndarray, libtorch, libtorch-cuda, wgpu, vulkan)")]
+    #[error(
+        "unknown device '{0}' (known: flex, ndarray, libtorch, libtorch-cuda[:N], wgpu, vulkan)"
+    )]
     Unknown(String),
     /// A known device whose backend is not compiled into this build.
     #[error(
@@ -166,6 +198,23 @@ mod tests {
             "cuda9".parse::<DeviceSpec>(),
             Err(DeviceError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn cuda_devices_take_an_ordinal() {
+        let cuda = |s: &str| s.parse::<DeviceSpec>();
+        assert_eq!(cuda("libtorch-cuda"), Ok(DeviceSpec::LibTorchCuda(0)));
+        assert_eq!(cuda("libtorch-cuda:3"), Ok(DeviceSpec::LibTorchCuda(3)));
+        assert_eq!(DeviceSpec::LibTorchCuda(3).to_string(), "libtorch-cuda:3");
+        assert_eq!(DeviceSpec::LibTorchCuda(0).to_string(), "libtorch-cuda");
+        for bad in [
+            "libtorch-cuda:",
+            "libtorch-cuda:x",
+            "flex:1",
+            "libtorch-cuda:-1",
+        ] {
+            assert!(matches!(cuda(bad), Err(DeviceError::Unknown(_))), "{bad}");
+        }
     }
 
     #[test]

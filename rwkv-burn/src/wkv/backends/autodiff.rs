@@ -232,17 +232,37 @@ mod tests {
     use burn::backend::Dispatch;
     use burn::tensor::{Device, Tensor, TensorData};
 
-    /// The devices whose hand-written backward is checked: flex (tensor ops) and, when
-    /// compiled in, wgpu and vulkan (CubeCL kernels). The oracle is always autodiff of the reference
-    /// body on flex.
-    fn devices() -> Vec<Device> {
-        #[allow(unused_mut)]
-        let mut devices = vec![Device::flex()];
-        #[cfg(feature = "wgpu")]
-        devices.push(crate::DeviceSpec::Wgpu.device().unwrap());
-        #[cfg(feature = "vulkan")]
-        devices.push(crate::DeviceSpec::Vulkan.device().unwrap());
+    /// The devices whose hand-written backward is checked: flex and libtorch on the CPU
+    /// (tensor ops), wgpu and vulkan (CubeCL kernels) and libtorch-cuda (CUDA kernels), those
+    /// compiled in and present, plus libtorch's CPU through the CPU emulation of the CUDA
+    /// kernels (the `bool`). The oracle is always autodiff of the reference body on flex.
+    fn devices() -> Vec<(Device, bool)> {
+        use crate::DeviceSpec;
+        let mut devices: Vec<_> = [
+            DeviceSpec::Flex,
+            DeviceSpec::LibTorch,
+            DeviceSpec::LibTorchCuda(0),
+            DeviceSpec::Wgpu,
+            DeviceSpec::Vulkan,
+        ]
+        .into_iter()
+        .filter(|spec| spec.is_present())
+        .map(|spec| (spec.device().unwrap(), false))
+        .collect();
+        if cfg!(feature = "tch") {
+            devices.push((DeviceSpec::LibTorch.device().unwrap(), true));
+        }
         devices
+    }
+
+    /// Runs `f`, through the emulated CUDA kernels when `emulated`.
+    fn on<R>(emulated: bool, f: impl FnOnce() -> R) -> R {
+        #[cfg(feature = "tch")]
+        if emulated {
+            return crate::wkv::backends::tch::emulator::with_emulation(f);
+        }
+        assert!(!emulated, "emulation needs the tch feature");
+        f()
     }
 
     /// The forward outputs and every input gradient of one call, on the host.
@@ -480,9 +500,10 @@ mod tests {
         ];
         for (len, spread) in [(1, 1.0), (29, 1.0), (64, 8.0), (4096, 1.0)] {
             let oracle = wkv4_grads(&Device::flex(), false, len, spread);
-            for device in devices() {
-                let ours = wkv4_grads(&device, true, len, spread);
-                assert_close(&names, &ours, &oracle, &format!("{device:?}, T = {len}"));
+            for (device, emulated) in devices() {
+                let ours = on(emulated, || wkv4_grads(&device, true, len, spread));
+                let what = format!("{device:?} (emulated: {emulated}), T = {len}");
+                assert_close(&names, &ours, &oracle, &what);
             }
         }
     }
@@ -498,14 +519,10 @@ mod tests {
             (4096, 8, (0.95, 1.0)),
         ] {
             let oracle = wkv5_grads(&Device::flex(), false, len, n, decay);
-            for device in devices() {
-                let ours = wkv5_grads(&device, true, len, n, decay);
-                assert_close(
-                    &names,
-                    &ours,
-                    &oracle,
-                    &format!("{device:?}, T = {len}, N = {n}"),
-                );
+            for (device, emulated) in devices() {
+                let ours = on(emulated, || wkv5_grads(&device, true, len, n, decay));
+                let what = format!("{device:?} (emulated: {emulated}), T = {len}, N = {n}");
+                assert_close(&names, &ours, &oracle, &what);
             }
         }
     }
@@ -521,14 +538,10 @@ mod tests {
             (4096, 8, (0.95, 1.0)),
         ] {
             let oracle = wkv7_grads(&Device::flex(), false, len, n, decay);
-            for device in devices() {
-                let ours = wkv7_grads(&device, true, len, n, decay);
-                assert_close(
-                    &names,
-                    &ours,
-                    &oracle,
-                    &format!("{device:?}, T = {len}, N = {n}"),
-                );
+            for (device, emulated) in devices() {
+                let ours = on(emulated, || wkv7_grads(&device, true, len, n, decay));
+                let what = format!("{device:?} (emulated: {emulated}), T = {len}, N = {n}");
+                assert_close(&names, &ours, &oracle, &what);
             }
         }
     }

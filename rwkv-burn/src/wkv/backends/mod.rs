@@ -14,3 +14,8 @@ mod flex;
 mod ndarray;
 #[cfg(feature = "tch")]
 mod tch;
+
+/// Time steps between two state checkpoints in the backward kernels (CubeCL and CUDA): the
+/// recomputed states of one chunk live in a scratch buffer of `CHUNK + 1` states per head.
+#[cfg(any(feature = "wgpu", feature = "tch"))]
+const CHUNK: usize = 16;

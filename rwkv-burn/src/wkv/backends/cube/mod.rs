@@ -19,10 +19,6 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-/// Time steps between two state checkpoints in the backward kernels: the recomputed states
-/// of one chunk live in a scratch buffer of `CHUNK + 1` states per head.
-pub(super) const CHUNK: usize = 16;
-
 /// A new uninitialised tensor on `like`'s device.
 fn empty(like: &CubeTensor, shape: impl Into<Shape>, dtype: DType) -> CubeTensor {
     empty_device_dtype(

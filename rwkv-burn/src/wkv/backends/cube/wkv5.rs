@@ -298,7 +298,7 @@ pub(super) fn backward(
     let [dr, dk, dv, dw] = std::array::from_fn(|_| empty(&r, seq.clone(), dtype));
     let du = empty(&r, [batch, heads, n], dtype);
     let d_state = empty(&r, state.shape(), dtype);
-    let chunk = super::CHUNK.min(len.max(1));
+    let chunk = super::super::CHUNK.min(len.max(1));
     let checkpoints = empty(
         &r,
         [batch * heads * len.div_ceil(chunk).max(1), n, n],

@@ -345,7 +345,7 @@ pub(super) fn backward(
     let seq = r.shape();
     let [dr, dw, dk, dv, da, db] = std::array::from_fn(|_| empty(&r, seq.clone(), dtype));
     let d_state = empty(&r, state.shape(), dtype);
-    let chunk = super::CHUNK.min(len.max(1));
+    let chunk = super::super::CHUNK.min(len.max(1));
     let checkpoints = empty(
         &r,
         [batch * heads * len.div_ceil(chunk).max(1), n, n],
