@@ -16,7 +16,7 @@ use crate::state::State;
 use burn::module::Module;
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::{Int, Tensor};
-use layers::project;
+use layers::{on_worker, project};
 
 /// An RWKV language model, on whatever device its tensors live.
 ///
@@ -82,23 +82,31 @@ impl Rwkv {
     /// If the state's batch size differs from B or a token id is outside the vocabulary (check
     /// ids with [`Rwkv::check_tokens`] when they come from users).
     pub fn forward(&self, tokens: Tensor<2, Int>, state: &mut State) -> Tensor<3> {
-        let hidden = self.forward_hidden(tokens, state);
-        project(&self.head, self.ln_out.forward(hidden))
+        on_worker(&tokens.device(), || {
+            let hidden = self.hidden(tokens, state);
+            project(&self.head, self.ln_out.forward(hidden))
+        })
     }
 
     /// Logits of the last position only (`[B, V]`): what decoding needs, without paying for
     /// the head at every position.
     pub fn forward_last(&self, tokens: Tensor<2, Int>, state: &mut State) -> Tensor<2> {
-        let hidden = self.forward_hidden(tokens, state);
-        let [batch, len, channels] = hidden.dims();
-        let last = hidden
-            .slice([0..batch, len - 1..len, 0..channels])
-            .reshape([batch, channels]);
-        project(&self.head, self.ln_out.forward(last))
+        on_worker(&tokens.device(), || {
+            let hidden = self.hidden(tokens, state);
+            let [batch, len, channels] = hidden.dims();
+            let last = hidden
+                .slice([0..batch, len - 1..len, 0..channels])
+                .reshape([batch, channels]);
+            project(&self.head, self.ln_out.forward(last))
+        })
     }
 
     /// The residual stream after the last block (`[B, T, C]`), before `ln_out` and the head.
     pub fn forward_hidden(&self, tokens: Tensor<2, Int>, state: &mut State) -> Tensor<3> {
+        on_worker(&tokens.device(), || self.hidden(tokens, state))
+    }
+
+    fn hidden(&self, tokens: Tensor<2, Int>, state: &mut State) -> Tensor<3> {
         assert_eq!(
             state.layers.len(),
             self.blocks.len(),
