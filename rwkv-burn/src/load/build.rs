@@ -209,19 +209,24 @@ impl Weights<'_> {
         Ok(norm)
     }
 
-    /// A torch `nn.Linear` weight `[out, in]`, transposed on the host into Burn's `[in, out]`.
+    /// A torch `nn.Linear` weight `[out, in]` as Burn's `[in, out]`. On flex the checkpoint's
+    /// layout is kept and Burn gets a transposed view: decode's matrix-vector products then
+    /// stream weight rows (`model/matvec.rs`). Elsewhere it is transposed on the host, as
+    /// backends may copy strided operands on every product.
     fn linear(&self, name: &str, out: usize, input: usize) -> Result<Linear, LoadError> {
         let (values, stored) = self.read(name, &[out, input], Role::Matrix)?;
-        let mut transposed = vec![0f32; values.len()];
-        for (o, row) in values.chunks_exact(input).enumerate() {
-            for (i, v) in row.iter().enumerate() {
-                transposed[i * out + o] = *v;
+        let weight = if crate::model::is_flex(self.device) {
+            Tensor::<2>::from_data(TensorData::new(values, [out, input]), self.device).transpose()
+        } else {
+            let mut transposed = vec![0f32; values.len()];
+            for (o, row) in values.chunks_exact(input).enumerate() {
+                for (i, v) in row.iter().enumerate() {
+                    transposed[i * out + o] = *v;
+                }
             }
-        }
-        let mut layer = linear(Tensor::from_data(
-            TensorData::new(transposed, [input, out]),
-            self.device,
-        ));
+            Tensor::from_data(TensorData::new(transposed, [input, out]), self.device)
+        };
+        let mut layer = linear(weight);
         layer.weight.id = Self::stable_id(name);
         self.record(name, layer.weight.id, stored, 2, Layout::Transposed);
         Ok(layer)

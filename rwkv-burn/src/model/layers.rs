@@ -26,48 +26,30 @@ pub fn linear(weight_in_out: Tensor<2>) -> Linear {
     }
 }
 
-/// Weights below this many elements are multiplied on one thread: splitting costs more than
-/// it saves on them.
-const SPLIT_MIN_ELEMENTS: usize = 1 << 19;
-
-/// `x @ W` through a bias-free Linear. On flex, for a single row (decode at batch 1), the two
-/// halves of the contraction run on two threads and are summed: one core does not saturate
-/// memory bandwidth on a matrix-vector product, and flex's gemm runs matrix-vector products on
-/// one thread (measured: 1.3x on 768×3072, 1.7x on the 768×50277 head; decode of the 4-169m
-/// shape 58 -> 73 tok/s). Slicing the weight by rows takes a view, so nothing is copied.
-/// ndarray and libtorch thread their own products and measured slower split, so they are left
-/// alone.
+/// `x @ W` through a bias-free Linear.
+///
+/// On flex, a few rows (decode at batch 1 to 4) go through `matvec`, which reads each weight
+/// row once for all of them on two threads, and more rows through a 2-D `matmul` (gemm with
+/// its own threads). Measured side by side on 2 cores against gemm on dense `[in, out]`
+/// weights split over two threads (`rwkv bench --preset P --prefill 256 --decode 200 --batch
+/// 4`, alternating runs): batch-4 decode 110 -> 192 tok/s (4-169m) and 99 -> 157 (7-0.1b),
+/// batch 1 and prefill unchanged. Other backends thread their own products.
 pub fn project<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
     let dims = x.dims();
     let inputs = dims[D - 1];
     let rows: usize = dims[..D - 1].iter().product();
-    let weight = linear.weight.val();
-    let [_, outputs] = weight.dims();
-    if rows != 1
-        || linear.bias.is_some()
-        || inputs * outputs < SPLIT_MIN_ELEMENTS
-        || rayon::current_num_threads() < 2
-        || !on_flex(&x)
-    {
+    if linear.bias.is_some() || !on_flex(&x) {
         return linear.forward(x);
     }
-    let half = inputs / 2;
-    let x = x.reshape([1, inputs]);
-    let (low, high) = rayon::join(
-        || {
-            x.clone()
-                .slice([0..1, 0..half])
-                .matmul(weight.clone().slice([0..half, 0..outputs]))
-        },
-        || {
-            x.clone()
-                .slice([0..1, half..inputs])
-                .matmul(weight.clone().slice([half..inputs, 0..outputs]))
-        },
-    );
+    let weight = linear.weight.val();
     let mut out = dims;
-    out[D - 1] = outputs;
-    (low + high).reshape(out)
+    out[D - 1] = weight.dims()[1];
+    let x = x.reshape([rows, inputs]);
+    #[cfg(feature = "flex")]
+    if let Some(y) = super::matvec::small_rows(&x, &weight) {
+        return y.reshape(out);
+    }
+    x.matmul(weight).reshape(out)
 }
 
 /// Whether `x` lives on the flex device (without autodiff: training keeps the plain path).
@@ -75,7 +57,8 @@ fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
     is_flex(&x.device())
 }
 
-fn is_flex(device: &Device) -> bool {
+/// Whether `device` is flex (without autodiff).
+pub(crate) fn is_flex(device: &Device) -> bool {
     #[cfg(feature = "flex")]
     {
         *device == Device::flex()

@@ -2,6 +2,8 @@
 
 mod block;
 mod layers;
+#[cfg(feature = "flex")]
+mod matvec;
 mod token_shift;
 pub mod v4;
 pub mod v5;
@@ -9,6 +11,7 @@ pub mod v6;
 pub mod v7;
 
 pub use block::{Block, ChannelMix, TimeMix};
+pub(crate) use layers::is_flex;
 pub use layers::{layer_norm, linear, ln_x};
 
 use crate::config::RwkvConfig;
