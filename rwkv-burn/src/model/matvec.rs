@@ -78,25 +78,39 @@ fn dispatch<const M: usize>(x: &[f32], w: &[f32], k: usize, cols: Range<usize>, 
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for.
-        unsafe { dots_avx2::<M>(x, w, k, cols, y) };
+        unsafe {
+            if M <= 3 {
+                dots_avx2::<M, 32>(x, w, k, cols, y)
+            } else {
+                dots_avx2::<M, 16>(x, w, k, cols, y)
+            }
+        };
         return;
     }
-    dots::<M, false>(x, w, k, cols, y);
+    dots::<M, false, 16>(x, w, k, cols, y);
 }
 
+/// With AVX2, `LANES` accumulators per input row are `LANES / 8` vectors, independent add
+/// chains: four for up to three rows, two for four (what 16 vector registers hold). Measured
+/// (`rwkv bench --preset 4-169m --batch N`): with two chains, batch 2 and 3 decoded no faster
+/// in total than batch 1 (69 tok/s; the compiler's code for those shapes streams poorly),
+/// with four 120 and 170; batch 1 gains ~3%.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn dots_avx2<const M: usize>(x: &[f32], w: &[f32], k: usize, cols: Range<usize>, y: &mut [f32]) {
-    dots::<M, true>(x, w, k, cols, y);
+fn dots_avx2<const M: usize, const LANES: usize>(
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    cols: Range<usize>,
+    y: &mut [f32],
+) {
+    dots::<M, true, LANES>(x, w, k, cols, y);
 }
-
-/// Accumulator lanes per input row: two AVX vectors, for two independent add chains.
-const LANES: usize = 16;
 
 /// `y[r, o - cols.start] += x[r, :] · w[o, :]` for `o` in `cols`. The contraction runs in
 /// tiles, so that the tile of every input row stays in L1 while weight rows stream past.
 #[inline(always)]
-fn dots<const M: usize, const FMA: bool>(
+fn dots<const M: usize, const FMA: bool, const LANES: usize>(
     x: &[f32],
     w: &[f32],
     k: usize,
