@@ -102,9 +102,52 @@ fn launch(
         .unwrap_or_else(|e| panic!("WKV kernel {name}: {e}"));
 }
 
-/// The backward kernels' dynamic shared memory: `vectors` vectors and one state.
-fn shared_bytes(vectors: usize, n: usize) -> usize {
-    (vectors * n + n * n) * 4
+/// Shape, launch and scratch of the per-head (RWKV-5/6 and RWKV-7) backward kernels.
+struct PerHeadBackward {
+    dims: Vec<i64>,
+    batch: i64,
+    len: i64,
+    heads: i64,
+    n: usize,
+    /// Tokens between two state checkpoints.
+    chunk: i64,
+    /// Dynamic shared memory: `vectors` vectors of N and one N × N state.
+    shared: usize,
+    kernels: &'static dyn Launcher,
+}
+
+impl PerHeadBackward {
+    /// For inputs like `r` (`[B, T, H, N]`) and a kernel keeping `vectors` vectors in shared
+    /// memory; `None` where the kernels do not run (the caller uses the tensor-op backward).
+    fn new(r: &TchTensor, vectors: usize) -> Option<Self> {
+        let dims = r.tensor.size();
+        let (batch, len, heads, n) = (dims[0], dims[1], dims[2], dims[3] as usize);
+        let chunk = super::CHUNK.min(len.max(1) as usize) as i64;
+        let shared = (vectors * n + n * n) * 4;
+        let kernels = cuda_kernels(r, n, batch * heads, &[len, heads, chunk])
+            .filter(|k| k.fits_shared(shared))?;
+        Some(Self {
+            dims,
+            batch,
+            len,
+            heads,
+            n,
+            chunk,
+            shared,
+            kernels,
+        })
+    }
+
+    /// The checkpoints (one state every `chunk` tokens) and the recomputed states of one
+    /// chunk, per (sequence, head), on `like`'s device.
+    fn scratch(&self, like: &Tensor) -> [Tensor; 2] {
+        let (bh, n) = (self.batch * self.heads, self.n as i64);
+        let chunks = ((self.len + self.chunk - 1) / self.chunk).max(1);
+        [
+            empty(&[bh * chunks, n, n], like),
+            empty(&[bh * (self.chunk + 1), n, n], like),
+        ]
+    }
 }
 
 impl WkvOps for LibTorch {
@@ -314,24 +357,25 @@ impl WkvOps for LibTorch {
         dy: TchTensor,
         ds: TchTensor,
     ) -> Wkv5Grads<Self> {
-        let dims = r.tensor.size();
-        let (batch, len, heads, n) = (dims[0], dims[1], dims[2], dims[3] as usize);
-        let chunk = super::CHUNK.min(len.max(1) as usize) as i64;
-        let chunks = (len + chunk - 1) / chunk;
-        let checkpoint_dims = [batch * heads * chunks.max(1), n as i64, n as i64];
-        let shared = shared_bytes(6, n);
-        let kernels = cuda_kernels(&r, n, batch * heads, &[len, heads, chunk])
-            .filter(|k| k.fits_shared(shared));
-        let Some(kernels) = kernels else {
+        let Some(plan) = PerHeadBackward::new(&r, 6) else {
             return backward::wkv5::<Self>(r, k, v, w, u, state, dy, ds);
         };
+        let [checkpoints, states] = plan.scratch(&r.tensor);
+        let PerHeadBackward {
+            dims,
+            batch,
+            len,
+            heads,
+            n,
+            chunk,
+            shared,
+            kernels,
+        } = plan;
         let kind = r.tensor.kind();
         let [r, k, v, w, u, s0, dy, ds] = [&r, &k, &v, &w, &u, &state, &dy, &ds].map(dense);
         let [dr, dk, dv, dw] = std::array::from_fn(|_| empty(&dims, &r));
         let du = empty(&[batch, heads, n as i64], &r);
         let ds0 = empty(&s0.size(), &r);
-        let checkpoints = empty(&checkpoint_dims, &r);
-        let states = empty(&[batch * heads * (chunk + 1), n as i64, n as i64], &r);
         launch(
             kernels,
             "wkv5_backward",
@@ -382,23 +426,24 @@ impl WkvOps for LibTorch {
         dy: TchTensor,
         ds: TchTensor,
     ) -> Wkv7Grads<Self> {
-        let dims = r.tensor.size();
-        let (batch, len, heads, n) = (dims[0], dims[1], dims[2], dims[3] as usize);
-        let chunk = super::CHUNK.min(len.max(1) as usize) as i64;
-        let chunks = (len + chunk - 1) / chunk;
-        let checkpoint_dims = [batch * heads * chunks.max(1), n as i64, n as i64];
-        let shared = shared_bytes(9, n);
-        let kernels = cuda_kernels(&r, n, batch * heads, &[len, heads, chunk])
-            .filter(|k| k.fits_shared(shared));
-        let Some(kernels) = kernels else {
+        let Some(plan) = PerHeadBackward::new(&r, 9) else {
             return backward::wkv7::<Self>(r, w, k, v, a, b, state, dy, ds);
         };
+        let [checkpoints, states] = plan.scratch(&r.tensor);
+        let PerHeadBackward {
+            dims,
+            batch,
+            len,
+            heads,
+            n,
+            chunk,
+            shared,
+            kernels,
+        } = plan;
         let kind = r.tensor.kind();
         let [r, w, k, v, a, b, s0, dy, ds] = [&r, &w, &k, &v, &a, &b, &state, &dy, &ds].map(dense);
         let [dr, dw, dk, dv, da, db] = std::array::from_fn(|_| empty(&dims, &r));
         let ds0 = empty(&s0.size(), &r);
-        let checkpoints = empty(&checkpoint_dims, &r);
-        let states = empty(&[batch * heads * (chunk + 1), n as i64, n as i64], &r);
         let sas = empty(&[batch * heads * chunk, n as i64], &r);
         launch(
             kernels,
