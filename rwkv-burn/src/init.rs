@@ -34,6 +34,10 @@ impl WeightSource for RandomWeights {
         true
     }
 
+    fn stores_shapes(&self) -> bool {
+        false
+    }
+
     fn read(
         &self,
         name: &str,
@@ -99,6 +103,10 @@ impl WeightSource for TrainingInit {
 
     fn contains(&self, _: &str) -> bool {
         true
+    }
+
+    fn stores_shapes(&self) -> bool {
+        false
     }
 
     fn read(

@@ -275,6 +275,29 @@ fn export_to_pth_and_half_precision_reloads_exactly() {
     }
 }
 
+/// A model initialised for training (no checkpoint behind it) names and shapes every tensor
+/// as the official checkpoint of the same configuration does, so its exports load in tools
+/// that check shapes (RWKV-LM's `load_state_dict`, rwkv.cpp's converter).
+#[test]
+fn fresh_models_have_the_official_shapes() {
+    let device = burn::tensor::Device::flex();
+    for version in ["rwkv4", "rwkv5", "rwkv6", "rwkv7"] {
+        let source = fixtures().join(version).join("weights.pth");
+        let (config, _, official) = rwkv_burn::load::load_model_named(&source, &device).unwrap();
+        let (_, fresh) = rwkv_burn::init::training_model(&config, 1, &device).unwrap();
+        let shapes = |names: &rwkv_burn::load::ParamNames| {
+            let mut v: Vec<(String, Vec<usize>)> = names
+                .0
+                .iter()
+                .map(|p| (p.name.clone(), p.stored_shape.clone()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(shapes(&fresh), shapes(&official), "{version}");
+    }
+}
+
 #[test]
 fn export_refuses_an_unknown_extension() {
     let err = rwkv_burn::export::write_official(

@@ -45,6 +45,12 @@ pub trait WeightSource {
     fn path(&self) -> &Path;
     /// Whether a tensor exists (for tensors some checkpoints carry and others do not).
     fn contains(&self, name: &str) -> bool;
+    /// Whether [`read`](Self::read) reports shapes a file stored. Sources that make values up
+    /// (random and freshly initialised models) say no, and their tensors get the shapes of
+    /// official checkpoints, so that exports of them load in every RWKV tool.
+    fn stores_shapes(&self) -> bool {
+        true
+    }
     /// The values (row-major f32) and stored shape of a tensor; `expected` is the shape the
     /// model needs, which the caller checks the stored shape against.
     fn read(
@@ -102,6 +108,7 @@ pub struct ParamNames(pub Vec<NamedParam>);
 /// name of every parameter it creates.
 struct Weights<'a> {
     source: &'a dyn WeightSource,
+    version: Version,
     device: &'a Device,
     names: RefCell<Vec<NamedParam>>,
 }
@@ -114,7 +121,10 @@ impl Weights<'_> {
         expected: &[usize],
         role: Role,
     ) -> Result<(Vec<f32>, Vec<usize>), LoadError> {
-        let (values, shape) = self.source.read(name, expected, role)?;
+        let (values, mut shape) = self.source.read(name, expected, role)?;
+        if !self.source.stores_shapes() {
+            shape = official_shape(self.version, role, expected);
+        }
         // Vectors are stored as [C], [1, C] or [1, 1, C] depending on the producer.
         let squeezed: Vec<usize> = match expected.len() {
             1 => shape.iter().copied().filter(|&d| d != 1).collect(),
@@ -215,16 +225,20 @@ impl Weights<'_> {
     /// backends may copy strided operands on every product.
     fn linear(&self, name: &str, out: usize, input: usize) -> Result<Linear, LoadError> {
         let (values, stored) = self.read(name, &[out, input], Role::Matrix)?;
-        let weight = if crate::model::is_flex(self.device) {
-            Tensor::<2>::from_data(TensorData::new(values, [out, input]), self.device).transpose()
-        } else {
-            let mut transposed = vec![0f32; values.len()];
-            for (o, row) in values.chunks_exact(input).enumerate() {
-                for (i, v) in row.iter().enumerate() {
-                    transposed[i * out + o] = *v;
-                }
+        let weight = match () {
+            #[cfg(feature = "flex")]
+            () if crate::model::is_flex(self.device) => {
+                crate::model::weight_rows(&values, out, input, self.device)
             }
-            Tensor::from_data(TensorData::new(transposed, [input, out]), self.device)
+            () => {
+                let mut transposed = vec![0f32; values.len()];
+                for (o, row) in values.chunks_exact(input).enumerate() {
+                    for (i, v) in row.iter().enumerate() {
+                        transposed[i * out + o] = *v;
+                    }
+                }
+                Tensor::from_data(TensorData::new(transposed, [input, out]), self.device)
+            }
         };
         let mut layer = linear(weight);
         layer.weight.id = Self::stable_id(name);
@@ -252,6 +266,18 @@ pub fn build(
     build_named(source, config, device).map(|(model, _)| model)
 }
 
+/// The shape official checkpoints (RWKV-LM's `nn.Parameter`s) give a tensor of model shape
+/// `expected`: token-shift mixes, decays and RWKV-7's biases are `[1, 1, C]`, except RWKV-4's
+/// decay, which is `[C]` like norms; everything else keeps its shape. Tools such as RWKV-LM's
+/// `load_state_dict` and rwkv.cpp's converter refuse other shapes.
+fn official_shape(version: Version, role: Role, expected: &[usize]) -> Vec<usize> {
+    match (expected, role) {
+        ([_], Role::Decay) if version == Version::V4 => expected.to_vec(),
+        ([len], Role::Mix | Role::Decay | Role::Bias) => vec![1, 1, *len],
+        _ => expected.to_vec(),
+    }
+}
+
 /// Like [`build`], also returning the official name of every parameter.
 pub fn build_named(
     source: &dyn WeightSource,
@@ -260,6 +286,7 @@ pub fn build_named(
 ) -> Result<(Rwkv, ParamNames), LoadError> {
     let w = Weights {
         source,
+        version: config.version,
         device,
         names: RefCell::new(Vec::new()),
     };

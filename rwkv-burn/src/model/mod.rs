@@ -13,6 +13,8 @@ pub mod v7;
 pub use block::{Block, ChannelMix, TimeMix};
 pub(crate) use layers::is_flex;
 pub use layers::{layer_norm, linear, ln_x};
+#[cfg(feature = "flex")]
+pub(crate) use matvec::weight_rows;
 
 use crate::config::RwkvConfig;
 use crate::state::State;

@@ -1,7 +1,7 @@
 //! RWKV-4 time-mix and channel-mix (the paper's architecture).
 
 use super::layers::project;
-use super::token_shift::{lerp, token_shift};
+use super::token_shift::{Blend, token_shift};
 use crate::wkv::{Wkv4State, wkv4};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
@@ -41,18 +41,10 @@ impl TimeMix4 {
     ) -> Tensor<3> {
         let (prev, last) = token_shift(x.clone(), shift.clone());
         *shift = last;
-        let k = project(
-            &self.key,
-            lerp(x.clone(), prev.clone(), self.time_mix_k.val()),
-        );
-        let v = project(
-            &self.value,
-            lerp(x.clone(), prev.clone(), self.time_mix_v.val()),
-        );
-        let r = sigmoid(project(
-            &self.receptance,
-            lerp(x, prev, self.time_mix_r.val()),
-        ));
+        let blend = Blend::new(x, prev);
+        let k = project(&self.key, blend.mix(self.time_mix_k.val()));
+        let v = project(&self.value, blend.mix(self.time_mix_v.val()));
+        let r = sigmoid(project(&self.receptance, blend.mix(self.time_mix_r.val())));
         let w = self.time_decay.val().exp().neg();
         let (y, state) = wkv4(w, self.time_first.val(), k, v, wkv_state.clone());
         *wkv_state = state;
@@ -85,14 +77,9 @@ impl ChannelMix4 {
     pub fn forward(&self, x: Tensor<3>, shift: &mut Tensor<2>) -> Tensor<3> {
         let (prev, last) = token_shift(x.clone(), shift.clone());
         *shift = last;
-        let k = project(
-            &self.key,
-            lerp(x.clone(), prev.clone(), self.time_mix_k.val()),
-        );
-        let r = sigmoid(project(
-            &self.receptance,
-            lerp(x, prev, self.time_mix_r.val()),
-        ));
+        let blend = Blend::new(x, prev);
+        let k = project(&self.key, blend.mix(self.time_mix_k.val()));
+        let r = sigmoid(project(&self.receptance, blend.mix(self.time_mix_r.val())));
         let k = relu(k);
         r * project(&self.value, k.clone() * k)
     }

@@ -3,7 +3,7 @@
 
 use super::layers::project;
 use super::layers::{apply_ln_x, merge_heads, split_heads};
-use super::token_shift::{lerp, token_shift};
+use super::token_shift::{Blend, token_shift};
 use crate::wkv::wkv5;
 use burn::module::{Module, Param};
 use burn::nn::{GroupNorm, Linear};
@@ -46,7 +46,8 @@ impl TimeMix5 {
         *shift = last;
         let [heads, _] = self.time_decay.dims();
         let [batch, len, _] = x.dims();
-        let mix = |m: &Param<Tensor<1>>| lerp(x.clone(), prev.clone(), m.val());
+        let blend = Blend::new(x, prev);
+        let mix = |m: &Param<Tensor<1>>| blend.mix(m.val());
         let r = split_heads(project(&self.receptance, mix(&self.time_mix_r)), heads);
         let k = split_heads(project(&self.key, mix(&self.time_mix_k)), heads);
         let v = split_heads(project(&self.value, mix(&self.time_mix_v)), heads);
