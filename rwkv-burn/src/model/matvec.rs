@@ -40,6 +40,7 @@ pub(crate) fn weight_rows(values: &[f32], out: usize, input: usize, device: &Dev
     }
     let pad = ALIGN_BYTES / size_of::<f32>();
     let mut buffer = Vec::<f32>::with_capacity(values.len() + pad);
+    advise_huge_pages(&mut buffer);
     // Elements before the boundary; the buffer is never reallocated after this (its length
     // stays within the capacity), so the boundary stays where it is.
     let offset = buffer.as_ptr().align_offset(ALIGN_BYTES).min(pad);
@@ -53,6 +54,35 @@ pub(crate) fn weight_rows(values: &[f32], out: usize, input: usize, device: &Dev
         offset,
     ));
     Tensor::<2>::from_primitive::<Flex>(view)
+}
+
+/// Asks Linux to back the (not yet touched) capacity of `buffer` with 2 MiB pages where it
+/// can, before the first write faults it in: decode streams every weight once per token, and
+/// with 4 KiB pages that is a TLB miss every 4 KiB. Transparent huge pages are often in
+/// `madvise` mode, so without asking there are none. Measured with a standalone loop over
+/// the 4-169m token's matrices on one thread: 39.6 -> 40.9 GB/s. Best effort: an error
+/// (THP off, another kernel) changes nothing but speed.
+fn advise_huge_pages(buffer: &mut Vec<f32>) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = buffer.as_mut_ptr() as usize;
+        let end = start + buffer.capacity() * size_of::<f32>();
+        let (first, last) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
+        if last > first {
+            // SAFETY: the range lies inside this vector's allocation, and MADV_HUGEPAGE only
+            // changes how the kernel backs it, never its contents.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buffer;
 }
 
 /// `x [M, K] @ weight [K, N]` when both live on flex in f32, `M <= MAX_ROWS`, and the weight
