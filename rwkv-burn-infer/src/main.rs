@@ -24,6 +24,25 @@ use std::time::Instant;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// CPU threads for the flex and ndarray devices [default: one per core, or
+    /// RAYON_NUM_THREADS]. libtorch follows OMP_NUM_THREADS instead.
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+}
+
+/// Sizes the thread pool every CPU product and WKV pass runs on (rayon's global pool, which
+/// Burn's CPU backends use too); must run before any model work.
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    let Some(threads) = threads else {
+        return Ok(());
+    };
+    if threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("setting up the thread pool")
 }
 
 #[derive(Subcommand)]
@@ -462,9 +481,14 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         let mut value = serde_json::to_value(&result)?;
         value["model"] = label.into();
         value["device"] = args.device.name().into();
+        value["threads"] = rayon::current_num_threads().into();
         println!("{value}");
     } else {
-        println!("model {label} on {}", args.device);
+        println!(
+            "model {label} on {} ({} CPU threads)",
+            args.device,
+            rayon::current_num_threads()
+        );
         println!(
             "prefill ({} tokens):      {:>9.1} tokens/s",
             result.prefill_tokens, result.prefill_tokens_per_s
@@ -548,6 +572,10 @@ fn logits(args: LogitsArgs) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(err) = set_threads(cli.threads) {
+        eprintln!("error: {err:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Generate(args) => generate(args),
         Command::Chat(args) => chat(args),

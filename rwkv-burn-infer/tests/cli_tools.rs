@@ -166,6 +166,8 @@ fn info_eval_and_bench_report() {
             "--batch",
             "2",
             "--json",
+            "--threads",
+            "1",
         ],
         None,
     );
@@ -177,6 +179,14 @@ fn info_eval_and_bench_report() {
     ] {
         assert!(value[key].as_f64().unwrap() > 0.0, "{key}: {value}");
     }
+    assert_eq!(value["threads"], 1, "{value}");
+
+    let zero = Command::new(env!("CARGO_BIN_EXE_rwkv"))
+        .args(["info", "--model", &model("rwkv4"), "--threads", "0"])
+        .output()
+        .unwrap();
+    assert!(!zero.status.success());
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("--threads must be at least 1"));
 }
 
 #[test]

@@ -79,7 +79,8 @@ pub async fn create_session(
             Checkpoint::from_safetensors_bytes(rwkv_burn_infer::embedded::DEFAULT_MODEL, &label)
         }
         Some(bytes) => {
-            if bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80) {
+            let len = Some(bytes.len() as u64);
+            if rwkv_burn::load::sniff(&bytes, len) == Some(rwkv_burn::load::Format::Pth) {
                 return Err(JsError::new(&format!(
                     "{label} is a PyTorch .pth file; in the browser only safetensors can be \
                      read: save the weights as safetensors first"

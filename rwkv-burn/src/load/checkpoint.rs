@@ -100,11 +100,11 @@ impl Checkpoint {
                 reason: "the file is empty".into(),
             });
         }
-        if head.starts_with(ZIP_MAGIC) || head[0] == PICKLE_PROTO {
-            return Self::open_pth(path);
-        }
-        if head.len() == 9 && head[8] == b'{' {
-            return Self::open_safetensors(path, file);
+        let len = file.metadata().ok().map(|m| m.len());
+        match sniff(head, len) {
+            Some(Format::Safetensors) => return Self::open_safetensors(path, file),
+            Some(Format::Pth) => return Self::open_pth(path),
+            _ => {}
         }
         Err(LoadError::NotACheckpoint {
             path: path.to_path_buf(),
@@ -354,6 +354,25 @@ fn strip_wrapper_prefix(entries: BTreeMap<String, Entry>) -> BTreeMap<String, En
     entries
 }
 
+/// The format of a weights file from its first bytes (at least 9 for safetensors) and, when
+/// known, its length: [`Format::Safetensors`], [`Format::Pth`] (zip or legacy pickle), or
+/// `None`.
+///
+/// The first byte of safetensors is the low byte of its header length, which is 0x80,
+/// pickle's protocol opcode, for one header length in 256: a file that could be either is
+/// safetensors when its header length fits in the file. Otherwise a `{` at byte 8 means
+/// safetensors (truncated ones included, so that loading reports the truncation).
+pub fn sniff(head: &[u8], len: Option<u64>) -> Option<Format> {
+    let pth = head.starts_with(ZIP_MAGIC) || head.first() == Some(&PICKLE_PROTO);
+    if head.len() >= 9 && head[8] == b'{' {
+        let header = u64::from_le_bytes(head[..8].try_into().expect("eight bytes"));
+        if !pth || len.is_none_or(|len| header.saturating_add(8) <= len) {
+            return Some(Format::Safetensors);
+        }
+    }
+    pth.then_some(Format::Pth)
+}
+
 fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
@@ -363,4 +382,50 @@ fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::safetensors_io::{NamedTensor, write};
+    use burn::tensor::TensorData;
+
+    /// A safetensors header whose length ends in the byte 0x80 (pickle's protocol opcode) is
+    /// still read as safetensors.
+    #[test]
+    fn a_header_length_ending_in_0x80_is_safetensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let mut found = false;
+        for pad in 0..256 {
+            let name = format!("blocks.0.att.x_{}", "r".repeat(pad));
+            let data = TensorData::new(vec![1.5f32, -2.0], [1, 1, 2]);
+            write(&path, &[NamedTensor::new(name.clone(), data)]).unwrap();
+            if std::fs::read(&path).unwrap()[0] != 0x80 {
+                continue;
+            }
+            found = true;
+            let checkpoint = Checkpoint::open_file(&path).unwrap();
+            assert_eq!(checkpoint.format(), Format::Safetensors);
+            let (values, shape) = checkpoint.read_f32(&name).unwrap();
+            assert_eq!((values, shape), (vec![1.5, -2.0], vec![1, 1, 2]));
+            break;
+        }
+        assert!(found, "no name length gave a header length ending in 0x80");
+    }
+
+    #[test]
+    fn sniffs_pytorch_files_and_refuses_the_rest() {
+        assert_eq!(sniff(b"PK\x03\x04\0\0\0\0\0", Some(100)), Some(Format::Pth));
+        assert_eq!(
+            sniff(&[0x80, 2, 0x8a, 10, 0, 0, 0, 0, 0], None),
+            Some(Format::Pth)
+        );
+        // Truncated safetensors is still safetensors, unless it could be a pickle.
+        let safetensors = Some(Format::Safetensors);
+        assert_eq!(sniff(b"\x40\0\0\0\0\0\0\0{", Some(20)), safetensors);
+        assert_eq!(sniff(b"\x80\0\0\0\0\0\0\0{", Some(200)), safetensors);
+        assert_eq!(sniff(b"\x80\0\0\0\0\0\0\0{", Some(20)), Some(Format::Pth));
+        assert_eq!(sniff(b"hello", None), None);
+    }
 }

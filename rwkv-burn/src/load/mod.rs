@@ -11,7 +11,7 @@ mod error;
 pub mod hf;
 
 pub use build::{Layout, NamedParam, ParamNames, Role, WeightSource, build, build_named};
-pub use checkpoint::{Checkpoint, Format};
+pub use checkpoint::{Checkpoint, Format, sniff};
 pub use detect::{count_layers, detect_config, detect_version};
 pub use error::LoadError;
 
