@@ -368,18 +368,7 @@ mod tests {
                 let w = rng.vec(n * k, 1.0);
                 // Outputs 1.. of n: the column range does not start at 0.
                 let got = columns(kernel, m, &x, &w, k, 1..n);
-                for r in 0..m {
-                    for o in 1..n {
-                        let want: f64 = (0..k)
-                            .map(|i| x[r * k + i] as f64 * w[o * k + i] as f64)
-                            .sum();
-                        let g = got[r * (n - 1) + o - 1] as f64;
-                        assert!(
-                            (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{kernel:?} {m}x{k}x{n} [{r},{o}]: {g} vs {want}"
-                        );
-                    }
-                }
+                assert_product(&got, &x, &w, [m, k, n], 1, &format!("{kernel:?}"));
             }
         }
     }
@@ -430,17 +419,30 @@ mod tests {
                 .expect("takes the fast path")
                 .into_data();
             let got = got.as_slice::<f32>().unwrap();
-            for r in 0..m {
-                for o in 0..n {
-                    let want: f64 = (0..k)
-                        .map(|i| x[r * k + i] as f64 * w_out_in[o * k + i] as f64)
-                        .sum();
-                    let g = got[r * n + o] as f64;
-                    assert!(
-                        (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "{m}x{k}x{n} [{r},{o}]: {g} vs {want}"
-                    );
-                }
+            assert_product(got, &x, &w_out_in, [m, k, n], 0, "small_rows");
+        }
+    }
+
+    /// `got [m, n - from]` against `x [m, k] · w[o, :]` for outputs `o` in `from..n`, in f64.
+    fn assert_product(
+        got: &[f32],
+        x: &[f32],
+        w: &[f32],
+        [m, k, n]: [usize; 3],
+        from: usize,
+        what: &str,
+    ) {
+        let width = n - from;
+        for r in 0..m {
+            for o in from..n {
+                let want: f64 = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[o * k + i] as f64)
+                    .sum();
+                let g = got[r * width + o - from] as f64;
+                assert!(
+                    (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "{what} {m}x{k}x{n} [{r},{o}]: {g} vs {want}"
+                );
             }
         }
     }
