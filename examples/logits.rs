@@ -5,7 +5,7 @@
 //! ```
 
 use anyhow::{Context, Result};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use rwkv_burn::{State, load_model};
 
 fn main() -> Result<()> {
@@ -23,8 +23,7 @@ fn main() -> Result<()> {
     );
     model.check_tokens(&tokens)?;
 
-    let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-    let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &device);
+    let input = rwkv_burn::model::token_tensor(&tokens, 1, &device);
     let mut state = State::zeros(&config, 1, &device);
     let logits = model.forward_last(input, &mut state);
 

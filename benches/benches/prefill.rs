@@ -1,8 +1,8 @@
 //! Whole-model sequence-mode (prefill) throughput on random models of released shapes.
 
-use burn::tensor::{Int, Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rwkv_burn::init::random_model;
+use rwkv_burn::model::token_tensor;
 use rwkv_burn::presets::preset;
 use rwkv_burn::{DeviceSpec, State};
 
@@ -19,8 +19,8 @@ fn bench_prefill(c: &mut Criterion) {
         for name in presets.split(',') {
             let config = preset(name).expect("known preset");
             let model = random_model(&config, 1, &device).unwrap();
-            let ids: Vec<i64> = (0..LEN as i64).map(|i| (i * 31 + 7) % 5000).collect();
-            let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, LEN]), &device);
+            let ids: Vec<u32> = (0..LEN as u32).map(|i| (i * 31 + 7) % 5000).collect();
+            let tokens = token_tensor(&ids, 1, &device);
             group.bench_with_input(BenchmarkId::new(spec.name(), name), name, |b, _| {
                 b.iter(|| {
                     let mut state = State::zeros(&config, 1, &device);

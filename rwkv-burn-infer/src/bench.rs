@@ -1,7 +1,8 @@
 //! Throughput measurements behind `rwkv bench`: prefill, decode at batch 1 and batch N, peak
 //! memory.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
+use rwkv_burn::model::token_tensor;
 use rwkv_burn::{Rwkv, State};
 use serde::Serialize;
 use std::time::Instant;
@@ -34,14 +35,13 @@ pub fn run(
     batch: usize,
 ) -> BenchResult {
     let config = model.config();
-    let vocab = config.vocab_size as i64;
-    let tokens = |n: usize, salt: i64| -> Vec<i64> {
-        (0..n as i64).map(|i| (i * 7919 + salt) % vocab).collect()
+    let vocab = config.vocab_size as u64;
+    let tokens = |n: usize, salt: u64| -> Vec<u32> {
+        (0..n as u64)
+            .map(|i| ((i * 7919 + salt) % vocab) as u32)
+            .collect()
     };
-    let input = |ids: Vec<i64>, b: usize| {
-        let len = ids.len() / b;
-        Tensor::<2, Int>::from_data(TensorData::new(ids, [b, len]), device)
-    };
+    let input = |ids: Vec<u32>, b: usize| token_tensor(&ids, b, device);
 
     // Warm-up: first calls allocate and (on some backends) compile.
     let mut state = State::zeros(&config, 1, device);
@@ -63,7 +63,7 @@ pub fn run(
             .into_data();
         let start = Instant::now();
         for step in 0..decode {
-            let logits = model.forward_last(input(tokens(b, 11 + step as i64), b), &mut state);
+            let logits = model.forward_last(input(tokens(b, 11 + step as u64), b), &mut state);
             let _ = logits.into_data();
         }
         (decode * b) as f64 / start.elapsed().as_secs_f64()

@@ -3,14 +3,19 @@
 //! the King James Genesis and Exodus (see `assets/default-model.md` for the exact command).
 
 use burn::tensor::Device;
-use rwkv_burn::load::{Checkpoint, LoadError, load_checkpoint};
+use rwkv_burn::LoadError;
+use rwkv_burn::load::{Checkpoint, load_checkpoint};
 use rwkv_burn::{Rwkv, RwkvConfig};
 
 /// The model file (official-format safetensors).
 pub static DEFAULT_MODEL: &[u8] = include_bytes!("../assets/default-model.safetensors");
 
+/// The embedded model as an opened checkpoint.
+pub fn default_checkpoint() -> Result<Checkpoint, LoadError> {
+    Checkpoint::from_safetensors_bytes(DEFAULT_MODEL, "<embedded default model>")
+}
+
 /// Loads the embedded model onto `device`.
 pub fn load_default(device: &Device) -> Result<(RwkvConfig, Rwkv), LoadError> {
-    let checkpoint = Checkpoint::from_safetensors_bytes(DEFAULT_MODEL, "<embedded default model>")?;
-    load_checkpoint(&checkpoint, device)
+    load_checkpoint(&default_checkpoint()?, device)
 }

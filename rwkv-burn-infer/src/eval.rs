@@ -1,8 +1,8 @@
 //! Perplexity and bits per byte of a text, streamed through the state so any length fits.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use rwkv_burn::model::TokenError;
+use burn::tensor::{Device, Tensor};
+use rwkv_burn::model::{TokenError, token_tensor};
 use rwkv_burn::{Rwkv, State};
 
 /// How well a model predicts a text.
@@ -38,23 +38,17 @@ pub fn evaluate(
     let mut total_nll = 0.0f64;
     let mut previous: Option<Tensor<2>> = None; // log-probs after the last token of the last chunk
     for (index, part) in tokens.chunks(chunk.max(1)).enumerate() {
-        let ids: Vec<i64> = part.iter().map(|&t| i64::from(t)).collect();
-        let input =
-            Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, part.len()]), device);
-        let logits = model.forward(input, &mut state);
+        let logits = model.forward(token_tensor(part, 1, device), &mut state);
         let [_, len, vocab] = logits.dims();
         let log_probs = log_softmax(logits.reshape([len, vocab]), 1);
         // Position 0 of this chunk is predicted by the previous chunk's last row.
         if let Some(prev) = previous.take() {
-            let target = Tensor::<2, Int>::from_data(TensorData::new(vec![ids[0]], [1, 1]), device);
+            let target = token_tensor(&part[..1], 1, device);
             total_nll -= f64::from(prev.gather(1, target).into_scalar::<f32>());
         }
         if len > 1 {
             let rows = log_probs.clone().slice([0..len - 1, 0..vocab]);
-            let targets = Tensor::<2, Int>::from_data(
-                TensorData::new(ids[1..].to_vec(), [len - 1, 1]),
-                device,
-            );
+            let targets = token_tensor(&part[1..], len - 1, device);
             total_nll -= f64::from(rows.gather(1, targets).sum().into_scalar::<f32>());
         }
         previous = Some(log_probs.slice([len - 1..len, 0..vocab]));

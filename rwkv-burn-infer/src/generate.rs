@@ -2,13 +2,11 @@
 //! streamed text, for one sequence or a batch with a state each.
 
 use crate::sampler::{Sampler, SamplerConfig};
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use rwkv_burn::model::TokenError;
+use burn::tensor::{Device, Tensor, TensorData};
+use rwkv_burn::model::{TokenError, token_tensor};
+pub use rwkv_burn::tokenizer::END_OF_TEXT;
 use rwkv_burn::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
 use rwkv_burn::{Rwkv, State};
-
-/// End-of-text id of RWKV World and Pile vocabularies.
-pub const END_OF_TEXT: u32 = 0;
 
 /// Settings of one generation.
 #[derive(Debug, Clone)]
@@ -214,7 +212,7 @@ impl<'a> Pipeline<'a> {
         let mut done = 0;
         let parts = tokens.len().div_ceil(chunk);
         for (i, part) in tokens.chunks(chunk).enumerate() {
-            let input = self.token_tensor(part, 1);
+            let input = token_tensor(part, 1, &self.device);
             done += part.len();
             if i + 1 == parts {
                 let logits = self.model.forward_last(input, state);
@@ -222,8 +220,8 @@ impl<'a> Pipeline<'a> {
                 return Ok(logits);
             }
             // Only the state matters here. The head of one position is cheap next to a chunk;
-            // dropping `forward_hidden`'s output unread instead trips an index panic in Burn
-            // 0.22.1's fusion code generator on wgpu (RWKV-4, chunks of 5).
+            // dropping the hidden states unread instead trips an index panic in Burn 0.22.1's
+            // fusion code generator on wgpu (RWKV-4, chunks of 5).
             let _ = self.model.forward_last(input, state);
             progress(done);
         }
@@ -268,9 +266,9 @@ impl<'a> Pipeline<'a> {
     }
 
     /// [`Pipeline::generate`] with asynchronous read-back, for the browser. `pause` is
-    /// awaited after each token's text is out: a page passes one that yields to its event
-    /// loop now and then, so text shows as it streams even when read-backs complete at once
-    /// (CPU backends); elsewhere `|| std::future::ready(())`.
+    /// awaited after each token is fed: a page passes one that yields to its event loop now
+    /// and then, so text shows as it streams even when read-backs complete at once (CPU
+    /// backends); elsewhere `|| std::future::ready(())`.
     pub async fn generate_async<P: Future<Output = ()>>(
         &self,
         prompt: &[u32],
@@ -286,59 +284,42 @@ impl<'a> Pipeline<'a> {
             .await
     }
 
-    /// Samples and feeds tokens one at a time, starting from the logits of the last input.
+    /// Samples and feeds tokens one at a time, starting from the logits of the last input:
+    /// a batch of one for [`Batch`].
     pub fn decode(
         &self,
-        mut logits: Vec<f32>,
+        logits: Vec<f32>,
         state: &mut State,
         options: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation, GenerateError> {
-        let mut decoding = Decoding::new(options);
-        loop {
-            match decoding.next(&logits, self, on_text)? {
-                Next::Feed(token) => {
-                    if let Some(out) = self.feed(token, state, decoding.wants_logits()) {
-                        logits = to_vec(out);
-                    }
-                }
-                Next::Done(stop) => return Ok(decoding.finish(stop, on_text)),
+        let mut batch = Batch::new(vec![Decoding::new(options.clone())], vec![logits]);
+        while let Some(fed) = batch.advance(self, state, &mut |_, text| on_text(text))? {
+            if batch.wants_logits() {
+                batch.receive(to_vec(fed));
             }
         }
+        Ok(batch.finish(&mut |_, text| on_text(text)).remove(0))
     }
 
     /// [`Pipeline::decode`] with asynchronous read-back, for the browser; `pause` as in
     /// [`Pipeline::generate_async`].
     pub async fn decode_async<P: Future<Output = ()>>(
         &self,
-        mut logits: Vec<f32>,
+        logits: Vec<f32>,
         state: &mut State,
         options: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
         mut pause: impl FnMut() -> P,
     ) -> Result<Generation, GenerateError> {
-        let mut decoding = Decoding::new(options);
-        loop {
-            match decoding.next(&logits, self, on_text)? {
-                Next::Feed(token) => {
-                    pause().await;
-                    if let Some(out) = self.feed(token, state, decoding.wants_logits()) {
-                        logits = to_vec_async(out).await?;
-                    }
-                }
-                Next::Done(stop) => return Ok(decoding.finish(stop, on_text)),
+        let mut batch = Batch::new(vec![Decoding::new(options.clone())], vec![logits]);
+        while let Some(fed) = batch.advance(self, state, &mut |_, text| on_text(text))? {
+            pause().await;
+            if batch.wants_logits() {
+                batch.receive(to_vec_async(fed).await?);
             }
         }
-    }
-
-    /// Runs one sampled token through the model; returns its logits when they are wanted.
-    /// (The last token is fed too, so the state is ready for a follow-up turn; see
-    /// `prefill_tensor` for why its head is computed anyway.)
-    fn feed(&self, token: u32, state: &mut State, want_logits: bool) -> Option<Tensor<2>> {
-        let logits = self
-            .model
-            .forward_last(self.token_tensor(&[token], 1), state);
-        want_logits.then_some(logits)
+        Ok(batch.finish(&mut |_, text| on_text(text)).remove(0))
     }
 
     /// Generates for several prompts at once: each is read into its own state, then all decode
@@ -348,6 +329,18 @@ impl<'a> Pipeline<'a> {
         prompts: &[Vec<u32>],
         options: &GenerateOptions,
     ) -> Result<Vec<Generation>, GenerateError> {
+        self.generate_batch_streaming(prompts, options, &mut |_, _| true)
+    }
+
+    /// [`Pipeline::generate_batch`], streaming: `on_text(i, text)` receives sequence `i`'s
+    /// text as it becomes final, and returning `false` stops that sequence alone
+    /// ([`StopReason::Cancelled`]) while the others go on.
+    pub fn generate_batch_streaming(
+        &self,
+        prompts: &[Vec<u32>],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(usize, &str) -> bool,
+    ) -> Result<Vec<Generation>, GenerateError> {
         let config = self.model.config();
         let mut states = Vec::with_capacity(prompts.len());
         let mut logits = Vec::with_capacity(prompts.len());
@@ -356,132 +349,80 @@ impl<'a> Pipeline<'a> {
             logits.push(self.prefill(prompt, &mut state, options.prefill_chunk, &mut |_| {})?);
             states.push(state);
         }
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut state = State::stack(states);
-        let mut lanes: Vec<Lane> = (0..prompts.len())
-            .map(|i| Lane {
-                sampler: Sampler::new(SamplerConfig {
-                    seed: options.sampler.seed.wrapping_add(i as u64),
-                    ..options.sampler.clone()
-                }),
-                stream: TextStream::new(options.stop_strings.clone()),
-                tokens: Vec::new(),
-                stop: None,
+        let lanes = (0..prompts.len())
+            .map(|i| {
+                let mut options = options.clone();
+                options.sampler.seed = options.sampler.seed.wrapping_add(i as u64);
+                Decoding::new(options)
             })
             .collect();
-        while lanes.iter().any(|l| l.stop.is_none()) {
-            let mut next = Vec::with_capacity(lanes.len());
-            for (lane, logits) in lanes.iter_mut().zip(&logits) {
-                next.push(lane.step(logits, options, self.tokenizer)?);
+        let mut batch = Batch::new(lanes, logits);
+        while let Some(fed) = batch.advance(self, &mut state, on_text)? {
+            if batch.wants_logits() {
+                batch.receive(to_vec(fed));
             }
-            if lanes.iter().all(|l| l.stop.is_some()) {
-                break;
-            }
-            let out = self
-                .model
-                .forward_last(self.token_tensor(&next, lanes.len()), &mut state);
-            let vocab = self.model.vocab_size();
-            let flat = to_vec(out);
-            logits = flat.chunks(vocab).map(<[f32]>::to_vec).collect();
         }
-        Ok(lanes
-            .into_iter()
-            .map(|mut lane| {
-                if !matches!(lane.stop, Some(StopReason::StopString(_))) {
-                    lane.stream.finish();
-                }
-                Generation {
-                    text: lane.stream.text().to_string(),
-                    tokens: lane.tokens,
-                    stop: lane.stop.unwrap_or(StopReason::MaxTokens),
-                }
-            })
-            .collect())
-    }
-
-    fn token_tensor(&self, tokens: &[u32], batch: usize) -> Tensor<2, Int> {
-        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-        let len = ids.len() / batch;
-        Tensor::from_data(TensorData::new(ids, [batch, len]), &self.device)
+        Ok(batch.finish(on_text))
     }
 }
 
-/// One sequence of a batched generation.
-struct Lane {
+/// What decoding a sequence does after a sample.
+enum Next {
+    /// Feed this token to the model.
+    Feed(u32),
+    /// The sequence has ended.
+    Done,
+}
+
+/// One sequence's decoding: its sampler, stops and streamed text. A [`Batch`] steps any
+/// number of them together; single-sequence generation is a batch of one, so the two cannot
+/// drift apart.
+#[derive(Debug, Clone)]
+pub struct Decoding {
+    options: GenerateOptions,
     sampler: Sampler,
     stream: TextStream,
     tokens: Vec<u32>,
     stop: Option<StopReason>,
 }
 
-impl Lane {
-    /// Samples this lane's next token, or returns a filler token once it has stopped.
-    fn step(
-        &mut self,
-        logits: &[f32],
-        options: &GenerateOptions,
-        tokenizer: &dyn Tokenizer,
-    ) -> Result<u32, GenerateError> {
-        if self.stop.is_some() {
-            return Ok(END_OF_TEXT);
-        }
-        if self.tokens.len() >= options.max_tokens {
-            self.stop = Some(StopReason::MaxTokens);
-            return Ok(END_OF_TEXT);
-        }
-        let token = self.sampler.sample(logits);
-        if options.stop_tokens.contains(&token) {
-            self.stop = Some(StopReason::StopToken(token));
-            return Ok(END_OF_TEXT);
-        }
-        self.tokens.push(token);
-        let (_, hit) = self.stream.push(&tokenizer.token_bytes(token)?);
-        if let Some(stop) = hit {
-            self.stop = Some(StopReason::StopString(stop));
-        }
-        Ok(token)
-    }
-}
-
-/// What decoding does next.
-enum Next {
-    /// Feed this token to the model.
-    Feed(u32),
-    /// Stop, for this reason.
-    Done(StopReason),
-}
-
-/// The bookkeeping of one sequence's decoding (sampling, stops, streamed text), shared by the
-/// blocking and the asynchronous loop so they cannot drift apart.
-struct Decoding<'o> {
-    options: &'o GenerateOptions,
-    sampler: Sampler,
-    stream: TextStream,
-    tokens: Vec<u32>,
-}
-
-impl<'o> Decoding<'o> {
-    fn new(options: &'o GenerateOptions) -> Self {
+impl Decoding {
+    /// A sequence decoding with `options`.
+    pub fn new(options: GenerateOptions) -> Self {
         Self {
-            options,
             sampler: Sampler::new(options.sampler.clone()),
             stream: TextStream::new(options.stop_strings.clone()),
             tokens: Vec::new(),
+            stop: None,
+            options,
         }
     }
 
-    /// Samples from `logits` and streams the token's text; says whether to feed it.
-    fn next(
+    /// Samples from `logits`, streams the token's text through `on_text` and says whether
+    /// to feed it. A token that ends the sequence (a stop token, one completing a stop
+    /// string, one after which `on_text` asked to stop) is not fed; the last of `max_tokens`
+    /// is, so the state is ready for a follow-up turn.
+    fn step(
         &mut self,
         logits: &[f32],
         pipeline: &Pipeline<'_>,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Next, GenerateError> {
+        if self.stop.is_some() {
+            return Ok(Next::Done);
+        }
         if self.tokens.len() >= self.options.max_tokens {
-            return Ok(Next::Done(StopReason::MaxTokens));
+            self.stop = Some(StopReason::MaxTokens);
+            return Ok(Next::Done);
         }
         let token = self.sampler.sample(logits);
         if self.options.stop_tokens.contains(&token) {
-            return Ok(Next::Done(StopReason::StopToken(token)));
+            self.stop = Some(StopReason::StopToken(token));
+            return Ok(Next::Done);
         }
         let bytes =
             pipeline
@@ -495,20 +436,24 @@ impl<'o> Decoding<'o> {
         let (shown, hit) = self.stream.push(&bytes);
         let keep_going = on_text(&shown);
         if let Some(stop) = hit {
-            return Ok(Next::Done(StopReason::StopString(stop)));
+            self.stop = Some(StopReason::StopString(stop));
+        } else if !keep_going {
+            self.stop = Some(StopReason::Cancelled);
         }
-        if !keep_going {
-            return Ok(Next::Done(StopReason::Cancelled));
-        }
-        Ok(Next::Feed(token))
+        Ok(match self.stop {
+            Some(_) => Next::Done,
+            None => Next::Feed(token),
+        })
     }
 
-    /// Whether the token just sampled needs its logits (not when it is the last one).
+    /// Whether the next step samples (and so needs the logits of the token just fed).
     fn wants_logits(&self) -> bool {
-        self.tokens.len() < self.options.max_tokens
+        self.stop.is_none() && self.tokens.len() < self.options.max_tokens
     }
 
-    fn finish(mut self, stop: StopReason, on_text: &mut dyn FnMut(&str) -> bool) -> Generation {
+    /// The result, releasing held-back text through `on_text` unless a stop string ended it.
+    fn finish(mut self, on_text: &mut dyn FnMut(&str) -> bool) -> Generation {
+        let stop = self.stop.unwrap_or(StopReason::MaxTokens);
         if !matches!(stop, StopReason::StopString(_)) {
             on_text(&self.stream.finish());
         }
@@ -517,6 +462,84 @@ impl<'o> Decoding<'o> {
             text: self.stream.text().to_string(),
             stop,
         }
+    }
+}
+
+/// Sequences decoding together, each with a row of one batched state: every step samples
+/// each running sequence, drops the rows of those that ended, and feeds the rest in one call.
+/// [`Pipeline::decode`], [`Pipeline::decode_async`] and [`Pipeline::generate_batch`] drive
+/// it, reading the fed call's logits back as they can (blocking or asynchronously).
+pub struct Batch {
+    lanes: Vec<Decoding>,
+    /// The lanes whose rows the state holds, in row order.
+    running: Vec<usize>,
+    /// Logits per row of the state, from the last call.
+    logits: Vec<Vec<f32>>,
+}
+
+impl Batch {
+    /// Sequences about to sample from `logits` (one per lane, matching the state's rows).
+    pub fn new(lanes: Vec<Decoding>, logits: Vec<Vec<f32>>) -> Self {
+        let running = (0..lanes.len()).collect();
+        Self {
+            lanes,
+            running,
+            logits,
+        }
+    }
+
+    /// Samples every running sequence (streaming text through `on_text(lane, text)`), keeps
+    /// the state rows of those that go on, and feeds their tokens in one call. Returns that
+    /// call's logits to read back, or `None` when every sequence has ended (the state then
+    /// holds the rows of the last call).
+    pub fn advance(
+        &mut self,
+        pipeline: &Pipeline<'_>,
+        state: &mut State,
+        on_text: &mut dyn FnMut(usize, &str) -> bool,
+    ) -> Result<Option<Tensor<2>>, GenerateError> {
+        let mut feed = Vec::with_capacity(self.running.len());
+        let mut kept = Vec::with_capacity(self.running.len());
+        for (row, &lane) in self.running.iter().enumerate() {
+            let logits = self.logits.get(row).map_or(&[][..], Vec::as_slice);
+            let next = self.lanes[lane].step(logits, pipeline, &mut |text| on_text(lane, text))?;
+            if let Next::Feed(token) = next {
+                feed.push(token);
+                kept.push(row);
+            }
+        }
+        if feed.is_empty() {
+            return Ok(None);
+        }
+        if kept.len() < self.running.len() {
+            *state = state.select(&kept);
+            self.running = kept.iter().map(|&row| self.running[row]).collect();
+        }
+        let input = token_tensor(&feed, feed.len(), &pipeline.device);
+        Ok(Some(pipeline.model.forward_last(input, state)))
+    }
+
+    /// Whether a running sequence will sample from the logits of the call just made.
+    pub fn wants_logits(&self) -> bool {
+        self.running
+            .iter()
+            .any(|&lane| self.lanes[lane].wants_logits())
+    }
+
+    /// The logits of the call [`Batch::advance`] made, `[rows, vocabulary]` flattened.
+    pub fn receive(&mut self, flat: Vec<f32>) {
+        let rows = self.running.len().max(1);
+        let vocab = flat.len() / rows;
+        self.logits = flat.chunks(vocab.max(1)).map(<[f32]>::to_vec).collect();
+    }
+
+    /// Every sequence's result, in lane order.
+    pub fn finish(self, on_text: &mut dyn FnMut(usize, &str) -> bool) -> Vec<Generation> {
+        self.lanes
+            .into_iter()
+            .enumerate()
+            .map(|(lane, decoding)| decoding.finish(&mut |text| on_text(lane, text)))
+            .collect()
     }
 }
 

@@ -9,4 +9,3 @@ pub mod generate;
 pub mod logits;
 pub mod prefix_cache;
 pub mod sampler;
-pub mod vocab;

@@ -1,8 +1,8 @@
 //! Logits of a token sequence from a fresh state, in sequence, step or chunked mode: the
 //! computation behind `rwkv logits`, which other tools use to check parity.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use rwkv_burn::model::TokenError;
+use burn::tensor::{Device, Tensor, TensorData};
+use rwkv_burn::model::{TokenError, token_tensor};
 use rwkv_burn::safetensors_io::NamedTensor;
 use rwkv_burn::{Rwkv, RwkvConfig, State};
 
@@ -34,6 +34,9 @@ pub enum RunError {
     /// A chunk of length zero.
     #[error("chunk lengths must be positive")]
     EmptyChunk,
+    /// Reading the logits back from the device failed.
+    #[error("reading the logits back from the device failed: {0}")]
+    Device(String),
 }
 
 impl RunMode {
@@ -46,7 +49,8 @@ impl RunMode {
                 if chunks.contains(&0) {
                     return Err(RunError::EmptyChunk);
                 }
-                let sum = chunks.iter().sum();
+                // Saturating: lengths from a user may add up past usize::MAX.
+                let sum = chunks.iter().fold(0usize, |sum, &c| sum.saturating_add(c));
                 if sum != len {
                     return Err(RunError::ChunkSum { sum, tokens: len });
                 }
@@ -81,25 +85,50 @@ pub fn run_logits(
     mode: &RunMode,
     device: &Device,
 ) -> Result<LogitsRun, RunError> {
+    let (logits, state) = run(model, config, tokens, mode, device)?;
+    Ok(LogitsRun {
+        logits: logits.into_data(),
+        state,
+    })
+}
+
+/// [`run_logits`] for targets that cannot block on the device (the browser): the logits are
+/// read back asynchronously.
+pub async fn run_logits_async(
+    model: &Rwkv,
+    config: &RwkvConfig,
+    tokens: &[u32],
+    mode: &RunMode,
+    device: &Device,
+) -> Result<LogitsRun, RunError> {
+    let (logits, state) = run(model, config, tokens, mode, device)?;
+    let logits = logits
+        .into_data_async()
+        .await
+        .map_err(|e| RunError::Device(format!("{e:?}")))?;
+    Ok(LogitsRun { logits, state })
+}
+
+/// The model work of a run: the logits `[T, V]`, not yet read back, and the final state.
+fn run(
+    model: &Rwkv,
+    config: &RwkvConfig,
+    tokens: &[u32],
+    mode: &RunMode,
+    device: &Device,
+) -> Result<(Tensor<2>, State), RunError> {
     model.check_tokens(tokens)?;
     let chunks = mode.chunk_lengths(tokens.len())?;
     let mut state = State::zeros(config, 1, device);
     let mut parts = Vec::with_capacity(chunks.len());
     let mut start = 0;
     for len in chunks {
-        let ids: Vec<i64> = tokens[start..start + len]
-            .iter()
-            .map(|&t| t as i64)
-            .collect();
-        let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, len]), device);
+        let input = token_tensor(&tokens[start..start + len], 1, device);
         let logits = model.forward(input, &mut state);
         parts.push(logits.reshape([len, config.vocab_size]));
         start += len;
     }
-    Ok(LogitsRun {
-        logits: Tensor::cat(parts, 0).into_data(),
-        state,
-    })
+    Ok((Tensor::cat(parts, 0), state))
 }
 
 #[cfg(test)]
@@ -117,6 +146,13 @@ mod tests {
         assert_eq!(
             RunMode::Chunks(vec![0, 5]).chunk_lengths(5),
             Err(RunError::EmptyChunk)
+        );
+        assert_eq!(
+            RunMode::Chunks(vec![usize::MAX, 2]).chunk_lengths(5),
+            Err(RunError::ChunkSum {
+                sum: usize::MAX,
+                tokens: 5
+            })
         );
     }
 }

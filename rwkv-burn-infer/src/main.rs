@@ -1,9 +1,9 @@
 //! The `rwkv` command-line tool.
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use rwkv_burn::load::Checkpoint;
 use rwkv_burn::presets::{PRESET_NAMES, preset};
 use rwkv_burn::tokenizer::Tokenizer;
 use rwkv_burn::{DeviceSpec, Rwkv, RwkvConfig, State, load_model, safetensors_io};
@@ -11,7 +11,7 @@ use rwkv_burn_infer::chat::ChatSession;
 use rwkv_burn_infer::generate::{GenerateOptions, Pipeline};
 use rwkv_burn_infer::logits::{RunMode, run_logits};
 use rwkv_burn_infer::sampler::SamplerConfig;
-use rwkv_burn_infer::{bench, eval, vocab};
+use rwkv_burn_infer::{bench, embedded, eval};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +20,7 @@ use std::time::Instant;
 /// Run RWKV language models (v4 to v7; official .pth, safetensors, Hugging Face folders) with
 /// Burn, on the CPU or any compiled backend.
 #[derive(Parser)]
-#[command(name = "rwkv", version, about, long_about = None)]
+#[command(name = "rwkv", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -237,8 +237,9 @@ struct BenchArgs {
 #[derive(Args)]
 struct InfoArgs {
     /// Checkpoint: an official .pth, a safetensors file, or a Hugging Face model folder.
+    /// Default: the small byte-level RWKV-7 built into this binary.
     #[arg(long, value_name = "PATH")]
-    model: PathBuf,
+    model: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -287,8 +288,17 @@ fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     Ok(spec)
 }
 
+/// The devices this build has, for `--help`. Compiled in, not probed: asking libtorch whether a
+/// GPU is present costs every invocation about half a second, `--help` included.
 fn device_help() -> String {
-    let names: Vec<_> = DeviceSpec::available().iter().map(|d| d.name()).collect();
+    let names: Vec<_> = DeviceSpec::ALL
+        .into_iter()
+        .filter(|d| d.is_available())
+        .map(|d| match d {
+            DeviceSpec::LibTorchCuda(_) => "libtorch-cuda[:N] (NVIDIA GPU)",
+            other => other.name(),
+        })
+        .collect();
     format!("Device to run on; this build has: {}", names.join(", "))
 }
 
@@ -307,13 +317,16 @@ fn load(args: &ModelArgs) -> Result<(RwkvConfig, Rwkv, burn::tensor::Device)> {
             bar.finish_and_clear();
             loaded
         }
-        None => rwkv_burn_infer::embedded::load_default(&device)?,
+        None => embedded::load_default(&device)?,
     };
     Ok((config, model, device))
 }
 
 fn tokenizer(vocab: &VocabArgs, config: &RwkvConfig) -> Result<Box<dyn Tokenizer>> {
-    Ok(vocab::choose(vocab.vocab.as_deref(), config.vocab_size)?)
+    Ok(rwkv_burn::tokenizer::choose(
+        vocab.vocab.as_deref(),
+        config.vocab_size,
+    )?)
 }
 
 /// Reads a prompt, with a progress bar while a long one is read into the state.
@@ -455,7 +468,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             let config = preset(name).context("unknown preset")?;
             let bar = spinner(format!("building a random {name} model"));
             let weights = rwkv_burn::init::RandomWeights::new(0);
-            let (model, names) = rwkv_burn::load::build_named(&weights, &config, &device)?;
+            let (model, names) = rwkv_burn::model::build_named(&weights, &config, &device)?;
             bar.finish_and_clear();
             if let Some(path) = &args.save_model {
                 let tensors = rwkv_burn::export::official_tensors(&model, &names);
@@ -510,7 +523,10 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
 }
 
 fn info(args: InfoArgs) -> Result<()> {
-    let checkpoint = rwkv_burn::load::Checkpoint::open(&args.model)?;
+    let checkpoint = match &args.model {
+        Some(path) => Checkpoint::open(path)?,
+        None => embedded::default_checkpoint()?,
+    };
     let version = rwkv_burn::load::detect_version(&checkpoint)?;
     println!("file:        {}", checkpoint.path().display());
     println!("format:      {:?}", checkpoint.format());
@@ -525,9 +541,13 @@ fn info(args: InfoArgs) -> Result<()> {
     if !version.is_supported() {
         return Ok(());
     }
-    let config = rwkv_burn::load::detect_config(&checkpoint)?;
-    let dtypes = checkpoint.dtypes();
-    let (_, model) = rwkv_burn::load::load_checkpoint(&checkpoint, &burn::tensor::Device::flex())?;
+    let config = rwkv_burn::load::read_config(&checkpoint, version)?;
+    // Every tensor of a checkpoint is a parameter of the model it holds.
+    let parameters: usize = checkpoint
+        .names()
+        .filter_map(|name| checkpoint.shape(name))
+        .map(|shape| shape.iter().product::<usize>())
+        .sum();
     println!("layers:      {}", config.n_layer);
     println!("embedding:   {}", config.n_embd);
     println!("attention:   {}", config.dim_att);
@@ -536,22 +556,22 @@ fn info(args: InfoArgs) -> Result<()> {
     if let Some(n) = config.head_size {
         println!("heads:       {} x {n}", config.n_head());
     }
-    println!("parameters:  {}", model.num_params());
-    println!("stored as:   {dtypes} (computed in f32)");
+    println!("parameters:  {parameters}");
+    println!("stored as:   {} (computed in f32)", checkpoint.dtypes());
     Ok(())
 }
 
 fn tokenize(args: TokenizeArgs) -> Result<()> {
     let bytes =
         std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
-    let tokenizer = vocab::choose(Some(&args.vocab), 0)?;
+    let tokenizer = rwkv_burn::tokenizer::choose(Some(&args.vocab), 0)?;
     let ids = tokenizer.encode(&bytes)?;
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())
 }
 
 fn detokenize(args: DetokenizeArgs) -> Result<()> {
-    let tokenizer = vocab::choose(Some(&args.vocab), 0)?;
+    let tokenizer = rwkv_burn::tokenizer::choose(Some(&args.vocab), 0)?;
     let bytes = tokenizer.decode_bytes(&args.ids)?;
     std::io::stdout().write_all(&bytes)?;
     Ok(())

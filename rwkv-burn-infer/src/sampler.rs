@@ -1,6 +1,7 @@
 //! Choosing the next token from logits: temperature, top-k, top-p, min-p, ChatRWKV-style
 //! presence/frequency penalties with decay, banned tokens, and a seedable generator.
 
+use rwkv_burn::random::SplitMix64;
 use std::collections::HashMap;
 
 /// Sampling settings.
@@ -66,7 +67,7 @@ pub struct Sampler {
 impl Sampler {
     /// A fresh sampler.
     pub fn new(config: SamplerConfig) -> Self {
-        let rng = SplitMix64(config.seed);
+        let rng = SplitMix64::new(config.seed);
         Self {
             config,
             rng,
@@ -146,21 +147,6 @@ impl Sampler {
             }
         }
         ranked.last().map_or(0, |r| r.0)
-    }
-}
-
-/// splitmix64: small, fast, and identical on every platform.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32
     }
 }
 

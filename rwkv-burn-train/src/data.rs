@@ -2,6 +2,7 @@
 //! windows of `ctx + 1` tokens.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rwkv_burn::random::Lcg;
 
 /// A tokenized corpus with a held-out tail for validation.
 #[derive(Debug, Clone)]
@@ -114,11 +115,10 @@ impl WindowSampler {
     }
 
     fn next_index(&mut self, bound: usize) -> usize {
-        self.state = self
-            .state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.state >> 33) as usize) % bound.max(1)
+        let mut rng = Lcg::from_state(self.state);
+        let bits = rng.next_u64();
+        self.state = rng.state();
+        ((bits >> 33) as usize) % bound.max(1)
     }
 
     /// The next `batch` windows of `tokens`.

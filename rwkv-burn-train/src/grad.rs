@@ -6,8 +6,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, TensorData};
 use rwkv_burn::Rwkv;
 use rwkv_burn::export::to_official;
-use rwkv_burn::load::{NamedParam, ParamNames};
 use rwkv_burn::safetensors_io::NamedTensor;
+use rwkv_burn::weights::{NamedParam, ParamNames};
 
 /// The mean next-token loss of a batch and `d loss / d parameter` for every parameter.
 #[derive(Debug, Clone)]

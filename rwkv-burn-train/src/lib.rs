@@ -7,4 +7,5 @@ pub mod grad;
 pub mod loss;
 pub mod optimizer;
 pub mod plot;
+pub mod run;
 pub mod trainer;

@@ -1,16 +1,17 @@
 //! The `rwkv-train` command-line tool.
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 use clap::{Args, Parser, Subcommand};
 use rwkv_burn::{DeviceSpec, Rwkv, load_model, safetensors_io};
+use rwkv_burn_train::run::{MetricsRow, RunDir, curves, parse_metrics};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Train RWKV models with Burn: prepare data, train from scratch or continue a checkpoint,
 /// compute losses and gradients of a batch, and export to the official formats.
 #[derive(Parser)]
-#[command(name = "rwkv-train", version, about, long_about = None)]
+#[command(name = "rwkv-train", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,20 +63,6 @@ struct ExportArgs {
     device: DeviceSpec,
 }
 
-/// A `train` output folder stands for its latest checkpoint; anything else is itself.
-fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
-    let latest = path.join("checkpoints").join("latest");
-    if !latest.is_file() {
-        return Ok(path.to_path_buf());
-    }
-    let name = std::fs::read_to_string(&latest)
-        .with_context(|| format!("reading {}", latest.display()))?;
-    Ok(path
-        .join("checkpoints")
-        .join(name.trim())
-        .join("model.safetensors"))
-}
-
 /// `--precision` of `train`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Precision {
@@ -105,7 +92,7 @@ fn export(args: ExportArgs) -> Result<()> {
             args.out.display()
         );
     }
-    let source = resolve_checkpoint(&args.model)?;
+    let source = RunDir::resolve_model(&args.model)?;
     let device = args.device.device()?;
     let (config, model, names) = rwkv_burn::load::load_model_named(&source, &device)?;
     let tensors = rwkv_burn::export::official_tensors(&model, &names);
@@ -122,29 +109,10 @@ fn export(args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-/// (step, loss) points of a curve.
-type Curve = Vec<(usize, f32)>;
-
-/// Training and validation curves of a metrics.csv's lines (no header).
-fn curve_points<'a>(lines: impl Iterator<Item = &'a str>) -> (Curve, Curve) {
-    let (mut train, mut valid) = (Vec::new(), Vec::new());
-    for line in lines {
-        let cols: Vec<&str> = line.split(',').collect();
-        let step = cols.first().and_then(|c| c.parse().ok());
-        if let (Some(step), Some(loss)) = (step, cols.get(1).and_then(|c| c.parse().ok())) {
-            train.push((step, loss));
-            if let Some(v) = cols.get(3).and_then(|c| c.parse().ok()) {
-                valid.push((step, v));
-            }
-        }
-    }
-    (train, valid)
-}
-
 fn plot(args: PlotArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.metrics)
         .with_context(|| format!("reading {}", args.metrics.display()))?;
-    let (train, valid) = curve_points(text.lines().skip(1));
+    let (train, valid) = curves(&parse_metrics(&text));
     if train.is_empty() {
         bail!("{}: no metrics lines", args.metrics.display());
     }
@@ -158,8 +126,8 @@ struct PrepareArgs {
     /// document.
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
-    /// Tokenizer: `bytes` or a vocabulary file (`rwkv_vocab_v20230424.txt`,
-    /// `20B_tokenizer.json`).
+    /// Tokenizer: `bytes` (byte-level), `world` (the embedded RWKV World vocabulary), or a
+    /// vocabulary file (`rwkv_vocab_v20230424.txt`, `20B_tokenizer.json`).
     #[arg(long, default_value = "bytes")]
     vocab: String,
     /// Output prefix: writes PREFIX.bin and PREFIX.idx.
@@ -173,7 +141,9 @@ struct TrainArgs {
     /// --valid-fraction is held out for validation.
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
-    /// Tokenizer: `bytes` (byte-level, vocabulary 256), `world`, or a vocabulary file.
+    /// Tokenizer: `bytes` (byte-level, vocabulary 256), `world` (the embedded RWKV World
+    /// vocabulary; models of 65536 tokens), or a vocabulary file. A fresh model's vocabulary
+    /// is the tokenizer's, rounded up to a multiple of 64.
     #[arg(long, default_value = "bytes")]
     vocab: String,
     /// Continue from this checkpoint instead of a fresh model.
@@ -286,52 +256,6 @@ impl TrainArgs {
     }
 }
 
-/// Writes a checkpoint folder, then points `checkpoints/latest` at it (atomically), then
-/// removes all but the newest `keep` checkpoints. A run killed at any moment leaves `latest`
-/// naming a complete checkpoint.
-fn save_checkpoint(
-    out: &Path,
-    model: &Rwkv,
-    names: &rwkv_burn::load::ParamNames,
-    trainer: &rwkv_burn_train::trainer::Trainer,
-    fingerprint: &str,
-    keep: usize,
-) -> Result<()> {
-    let root = out.join("checkpoints");
-    let name = format!("step-{:08}", trainer.step);
-    let dir = root.join(&name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    rwkv_burn::export::save_official(model, names, &dir.join("model.safetensors"))?;
-    safetensors_io::write_atomic(&dir.join("optimizer.bpk"), &trainer.optimizer_bytes())?;
-    let meta = serde_json::json!({
-        "step": trainer.step,
-        "sampler_state": trainer.sampler_state(),
-        "fingerprint": fingerprint,
-    });
-    safetensors_io::write_atomic(&dir.join("trainer.json"), meta.to_string().as_bytes())?;
-    safetensors_io::write_atomic(&root.join("latest"), name.as_bytes())?;
-    // The final model also sits at the top of the output folder.
-    std::fs::copy(
-        dir.join("model.safetensors"),
-        out.join("model.safetensors.tmp"),
-    )?;
-    std::fs::rename(
-        out.join("model.safetensors.tmp"),
-        out.join("model.safetensors"),
-    )?;
-    let mut older: Vec<_> = std::fs::read_dir(&root)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("step-") && *n != name)
-        .collect();
-    older.sort();
-    let excess = older.len().saturating_sub(keep.saturating_sub(1));
-    for old in &older[..excess] {
-        let _ = std::fs::remove_dir_all(root.join(old));
-    }
-    Ok(())
-}
-
 #[derive(Args)]
 struct BatchArgs {
     /// Checkpoint: an official .pth, a safetensors file, or a Hugging Face model folder.
@@ -367,7 +291,7 @@ fn read_batch(
             .find(|t| t.name == name)
             .with_context(|| format!("{}: no tensor '{name}'", path.display()))?;
         let shape = t.data.shape().to_vec();
-        let [b, len] = shape[..] else {
+        let [batch, _] = shape[..] else {
             bail!("{}: '{name}' must be [B, T], is {shape:?}", path.display());
         };
         let values = t
@@ -383,7 +307,7 @@ fn read_batch(
         model
             .check_tokens(&as_u32)
             .with_context(|| format!("'{name}'"))?;
-        Ok(Tensor::from_data(TensorData::new(values, [b, len]), device))
+        Ok(rwkv_burn::model::token_tensor(&as_u32, batch, device))
     };
     let (inputs, targets) = (ids("train_input_ids")?, ids("train_targets")?);
     if inputs.dims() != targets.dims() {
@@ -449,42 +373,21 @@ fn train(args: TrainArgs) -> Result<()> {
     use indicatif::{ProgressBar, ProgressStyle};
     use rwkv_burn_train::data::TokenCorpus;
     use rwkv_burn_train::trainer::{TrainConfig, Trainer};
-    use std::io::Write;
 
     let device = args.device.device()?.autodiff();
     let tokenizer = tokenizer(&args.vocab)?;
     let fingerprint = args.fingerprint();
+    let run = RunDir::new(&args.out);
     // A resumed run restarts from its latest complete checkpoint.
-    let resume = if args.resume {
-        let root = args.out.join("checkpoints");
-        let latest = std::fs::read_to_string(root.join("latest"))
-            .with_context(|| format!("no checkpoint to resume in {}", root.display()))?;
-        let dir = root.join(latest.trim());
-        let meta: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("trainer.json"))?)
-                .with_context(|| format!("{}: invalid trainer.json", dir.display()))?;
-        if meta["fingerprint"].as_str() != Some(fingerprint.as_str()) {
-            bail!(
-                "--resume needs the same settings as the interrupted run ({})",
-                meta["fingerprint"]
-            );
-        }
-        let step = meta["step"].as_u64().context("trainer.json: no step")? as usize;
-        let sampler = meta["sampler_state"]
-            .as_u64()
-            .context("trainer.json: no sampler_state")?;
-        let optimizer = std::fs::read(dir.join("optimizer.bpk"))?;
-        Some((dir, step, sampler, optimizer))
-    } else {
-        None
+    let resume = match args.resume {
+        true => Some(run.resume(&fingerprint)?),
+        false => None,
     };
     let (config, model, names) = match (&resume, &args.init_from) {
-        (Some((dir, ..)), _) => {
-            rwkv_burn::load::load_model_named(dir.join("model.safetensors"), &device)?
-        }
+        (Some(resume), _) => rwkv_burn::load::load_model_named(resume.model_path(), &device)?,
         (None, Some(path)) => rwkv_burn::load::load_model_named(path, &device)?,
         (None, None) => {
-            let vocab = if args.vocab == "bytes" { 256 } else { 65536 };
+            let vocab = rwkv_burn::tokenizer::model_vocab(tokenizer.as_ref());
             let config = fresh_config(&args, vocab)?;
             let (model, names) = rwkv_burn::init::training_model(&config, args.seed, &device)?;
             (config, model, names)
@@ -499,31 +402,8 @@ fn train(args: TrainArgs) -> Result<()> {
         tokenizer.encode(&text)?
     };
     let corpus = TokenCorpus::split(tokens, args.valid_fraction, args.ctx, config.vocab_size)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let model_path = args.out.join("model.safetensors");
-    let metrics_path = args.out.join("metrics.csv");
     // Metrics up to the checkpoint survive a resume; later lines are recomputed.
-    let kept: Vec<String> = match &resume {
-        Some((_, step, ..)) => std::fs::read_to_string(&metrics_path)
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-            .filter(|l| {
-                l.split(',')
-                    .next()
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .is_some_and(|n| n <= *step)
-            })
-            .map(str::to_string)
-            .collect(),
-        None => Vec::new(),
-    };
-    let mut metrics = std::fs::File::create(&metrics_path)?;
-    writeln!(metrics, "step,loss,lr,valid_loss,tokens_per_s")?;
-    for line in &kept {
-        writeln!(metrics, "{line}")?;
-    }
+    let (mut metrics, kept) = run.start_metrics(resume.as_ref())?;
     let train_config = TrainConfig {
         steps: args.steps,
         batch: args.batch,
@@ -560,9 +440,15 @@ fn train(args: TrainArgs) -> Result<()> {
         .expect("valid template"),
     );
     let mut trainer = match resume {
-        Some((_, step, sampler, optimizer)) => {
-            eprintln!("resuming at step {step}");
-            Trainer::resume(train_config, &names, optimizer, sampler, step)?
+        Some(resume) => {
+            eprintln!("resuming at step {}", resume.step);
+            Trainer::resume(
+                train_config,
+                &names,
+                resume.optimizer,
+                resume.sampler_state,
+                resume.step,
+            )?
         }
         None => Trainer::new(train_config, &names)?,
     };
@@ -572,18 +458,11 @@ fn train(args: TrainArgs) -> Result<()> {
     let tokens_per_step = (args.batch * args.ctx * args.accumulate.max(1)) as f64;
     let mut failure: Option<anyhow::Error> = None;
     let mut last_valid = None;
-    // The curve so far (kept lines of a resumed run included), redrawn at every checkpoint.
-    let history = std::cell::RefCell::new(curve_points(kept.iter().map(String::as_str)));
+    // The rows so far (kept rows of a resumed run included), redrawn at every checkpoint.
+    let history = std::cell::RefCell::new(kept);
     let mut report = |r: &rwkv_burn_train::trainer::StepReport| {
-        {
-            let mut h = history.borrow_mut();
-            h.0.push((r.step, r.loss));
-            if let Some(v) = r.valid_loss {
-                h.1.push((r.step, v));
-            }
-        }
         let done = (r.step - first_step) as f64;
-        let rate = tokens_per_step * done / start.elapsed().as_secs_f64();
+        let row = MetricsRow::new(r, tokens_per_step * done / start.elapsed().as_secs_f64());
         if let Some(v) = r.valid_loss {
             last_valid = Some(v);
         }
@@ -592,36 +471,22 @@ fn train(args: TrainArgs) -> Result<()> {
             r.loss,
             last_valid.map_or("-".into(), |v| format!("{v:.4}")),
             r.lr,
-            rate
+            row.tokens_per_s
         ));
         bar.inc(1);
-        let line = writeln!(
-            metrics,
-            "{},{},{},{},{:.1}",
-            r.step,
-            r.loss,
-            r.lr,
-            r.valid_loss.map_or(String::new(), |v| v.to_string()),
-            rate
-        );
-        if let Err(e) = line {
+        if let Err(e) = metrics.write(&row) {
             failure.get_or_insert(e.into());
         }
+        history.borrow_mut().push(row);
     };
     let mut save_failure: Option<anyhow::Error> = None;
     let mut checkpoint = |model: &Rwkv, trainer: &Trainer| {
-        if let Err(e) = save_checkpoint(
-            &args.out,
-            model,
-            &names,
-            trainer,
-            &fingerprint,
-            args.keep_last,
-        ) {
-            save_failure.get_or_insert(e);
+        let saved = run.save_checkpoint(model, &names, trainer, &fingerprint, args.keep_last);
+        if let Err(e) = saved {
+            save_failure.get_or_insert(e.into());
         }
-        let h = history.borrow();
-        let curve = rwkv_burn_train::plot::write_loss_curve(&args.out.join("loss.png"), &h.0, &h.1);
+        let (train, valid) = curves(&history.borrow());
+        let curve = rwkv_burn_train::plot::write_loss_curve(&run.curve_path(), &train, &valid);
         if let Err(e) = curve {
             save_failure.get_or_insert(e.into());
         }
@@ -632,16 +497,13 @@ fn train(args: TrainArgs) -> Result<()> {
         return Err(e);
     }
     drop(model);
-    eprintln!("saved {}", model_path.display());
+    eprintln!("saved {}", run.model_path().display());
     Ok(())
 }
 
+/// `--vocab` of `prepare` and `train`.
 fn tokenizer(vocab: &str) -> Result<Box<dyn rwkv_burn::tokenizer::Tokenizer>> {
-    Ok(match vocab {
-        "bytes" => Box::new(rwkv_burn::tokenizer::ByteTokenizer),
-        "world" => bail!("--vocab world needs the vocabulary file path (rwkv_vocab_v20230424.txt)"),
-        path => rwkv_burn::tokenizer::load_tokenizer(path)?,
-    })
+    Ok(rwkv_burn::tokenizer::choose(Some(vocab), 0)?)
 }
 
 fn prepare(args: PrepareArgs) -> Result<()> {
@@ -678,7 +540,7 @@ fn prepare(args: PrepareArgs) -> Result<()> {
             })?;
             // Documents end with the end-of-text token, as RWKV-LM's data does.
             let mut ids = tokenizer.encode(doc.as_bytes())?;
-            ids.push(0);
+            ids.push(rwkv_burn::tokenizer::END_OF_TEXT);
             documents.push(ids);
         }
         bar.finish_and_clear();

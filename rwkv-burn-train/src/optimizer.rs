@@ -9,7 +9,7 @@ use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use rwkv_burn::Rwkv;
-use rwkv_burn::load::ParamNames;
+use rwkv_burn::weights::ParamNames;
 
 /// Whether RWKV-LM decays a parameter: a `.weight` with at least two dimensions larger than
 /// one (embedding, head and projection matrices; not norms, mixes, decays or LoRA factors).

@@ -12,7 +12,7 @@ use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::optim::lr_scheduler::sequential::SequentialLrSchedulerConfig;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bytes, Device, FloatDType};
-use rwkv_burn::load::ParamNames;
+use rwkv_burn::weights::ParamNames;
 use rwkv_burn::{Rwkv, State};
 
 /// Settings of a training run.

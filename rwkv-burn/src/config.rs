@@ -28,11 +28,6 @@ impl Version {
             Version::V4 | Version::V5 { minor: 2 } | Version::V6 | Version::V7
         )
     }
-
-    /// Whether the WKV state is a matrix per head (RWKV-5 and later).
-    pub fn has_matrix_state(self) -> bool {
-        !matches!(self, Version::V4)
-    }
 }
 
 impl fmt::Display for Version {
@@ -69,18 +64,19 @@ pub struct RwkvConfig {
 }
 
 /// Inner widths of the low-rank (LoRA-style) projections that RWKV-6 and RWKV-7 use to make
-/// decay, mixing, learning rate, value residual and gate data-dependent.
+/// decay, mixing, learning rate, value residual and gate data-dependent (each version's page
+/// in `model/` says which tensors carry them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoraRanks {
-    /// Decay: RWKV-6 `time_decay_w1`, RWKV-7 `w1`.
+    /// Decay (RWKV-6 and 7).
     pub decay: usize,
-    /// RWKV-6 token-shift mix (`time_maa_w1` has 5 times this many columns).
+    /// Token-shift mix, per mixed input (RWKV-6).
     pub mix: usize,
-    /// RWKV-7 in-context learning rate (`a1`).
+    /// In-context learning rate (RWKV-7).
     pub a: usize,
-    /// RWKV-7 value residual (`v1`).
+    /// Value residual (RWKV-7).
     pub value: usize,
-    /// RWKV-7 output gate (`g1`).
+    /// Output gate (RWKV-7).
     pub gate: usize,
 }
 

@@ -22,23 +22,28 @@
 //! checkpoints are recognised and refused with [`LoadError::UnsupportedVersion`].
 
 pub mod config;
+mod cpu;
 pub mod device;
+pub mod dtype;
 pub mod export;
 pub mod init;
 pub mod load;
 pub mod model;
 pub mod parity;
 pub mod presets;
+pub mod random;
 pub mod safetensors_io;
 pub mod state;
 pub mod tokenizer;
+pub mod weights;
 pub mod wkv;
 
 pub use config::{RwkvConfig, Version};
 pub use device::DeviceSpec;
-pub use load::{LoadError, load_model};
+pub use load::load_model;
 pub use model::Rwkv;
 pub use state::{State, StateError};
+pub use weights::LoadError;
 
 #[cfg(test)]
 pub(crate) mod test_util;

@@ -115,7 +115,7 @@ pub fn read(path: &Path) -> Result<Vec<NamedTensor>, IoError> {
     for (name, view) in file.tensors() {
         let shape = view.shape().to_vec();
         let data = match view.dtype() {
-            Dtype::I64 => TensorData::new(crate::load::dtype::le_i64(view.data()), shape),
+            Dtype::I64 => TensorData::new(crate::dtype::le_i64(view.data()), shape),
             Dtype::I32 => TensorData::new(
                 view.data()
                     .chunks_exact(4)
@@ -125,7 +125,7 @@ pub fn read(path: &Path) -> Result<Vec<NamedTensor>, IoError> {
             ),
             dtype => {
                 let source =
-                    crate::load::dtype::SourceDType::from_safetensors(dtype).ok_or_else(|| {
+                    crate::dtype::SourceDType::from_safetensors(dtype).ok_or_else(|| {
                         format_err(format!("tensor {name} has unsupported dtype {dtype:?}"))
                     })?;
                 TensorData::new(source.to_f32(view.data()), shape)

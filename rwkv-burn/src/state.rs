@@ -6,13 +6,10 @@
 
 use crate::config::{RwkvConfig, Version};
 use crate::safetensors_io::{self, NamedTensor};
+pub use crate::wkv::V4_EMPTY_MAX;
 use crate::wkv::Wkv4State;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use std::path::Path;
-
-/// Value the official package puts in a fresh RWKV-4 `att_pp`: "minus infinity" that stays
-/// finite in f32 arithmetic.
-pub const V4_EMPTY_MAX: f32 = -1e30;
 
 /// Per-layer recurrent state of a batch of sequences.
 #[derive(Debug, Clone)]
@@ -73,6 +70,202 @@ pub enum StateError {
     Io(#[from] safetensors_io::IoError),
 }
 
+/// One state tensor of a layer, batch first: `[B, C]` or `[B, H, N, N]`.
+#[derive(Debug, Clone)]
+enum Part {
+    Rows(Tensor<2>),
+    Heads(Tensor<4>),
+}
+
+impl Part {
+    /// A fresh `[batch, ...per_sequence]` tensor filled with `value`.
+    fn full(batch: usize, per_sequence: &[usize], value: f32, device: &Device) -> Self {
+        match *per_sequence {
+            [c] => Part::Rows(Tensor::full([batch, c], value, device)),
+            [h, n, m] => Part::Heads(Tensor::full([batch, h, n, m], value, device)),
+            _ => unreachable!("the schema has vectors and per-head matrices only"),
+        }
+    }
+
+    /// Batch-first values (`[B, ...per_sequence]`).
+    fn from_data(data: TensorData, device: &Device) -> Self {
+        match data.shape().len() {
+            2 => Part::Rows(Tensor::from_data(data, device)),
+            4 => Part::Heads(Tensor::from_data(data, device)),
+            _ => unreachable!("the schema has vectors and per-head matrices only"),
+        }
+    }
+
+    fn to_data(&self) -> TensorData {
+        match self {
+            Part::Rows(t) => t.to_data(),
+            Part::Heads(t) => t.to_data(),
+        }
+    }
+
+    /// The parts' sequences one after another.
+    fn cat(parts: Vec<Part>) -> Self {
+        match &parts[0] {
+            Part::Rows(_) => {
+                Part::Rows(Tensor::cat(parts.into_iter().map(Part::rows).collect(), 0))
+            }
+            Part::Heads(_) => {
+                Part::Heads(Tensor::cat(parts.into_iter().map(Part::heads).collect(), 0))
+            }
+        }
+    }
+
+    /// The listed sequences, in that order.
+    fn select(&self, indices: &Tensor<1, Int>) -> Self {
+        match self {
+            Part::Rows(t) => Part::Rows(t.clone().select(0, indices.clone())),
+            Part::Heads(t) => Part::Heads(t.clone().select(0, indices.clone())),
+        }
+    }
+
+    fn rows(self) -> Tensor<2> {
+        match self {
+            Part::Rows(t) => t,
+            Part::Heads(_) => panic!("mixed state versions"),
+        }
+    }
+
+    fn heads(self) -> Tensor<4> {
+        match self {
+            Part::Heads(t) => t,
+            Part::Rows(_) => panic!("mixed state versions"),
+        }
+    }
+}
+
+/// One tensor of a layer's state as the official package names and shapes it.
+struct Field {
+    /// The official name is `state.{layer}.{suffix}`.
+    suffix: &'static str,
+    /// Shape per sequence.
+    shape: fn(&RwkvConfig) -> Vec<usize>,
+    /// Value in a fresh sequence.
+    fresh: f32,
+}
+
+/// The state layout of one kind of WKV memory: the official tensors of a layer, in the
+/// official order, and how they make up a [`LayerState`]. Every state operation (fresh
+/// states, batching, official names, files) is driven by these tables, so the interchange
+/// format with the official package cannot drift between them.
+struct Schema {
+    fields: &'static [Field],
+    /// The layer's tensors in `fields` order.
+    parts: fn(&LayerState) -> Vec<Part>,
+    /// A layer from its tensors in `fields` order.
+    assemble: fn(Vec<Part>) -> LayerState,
+}
+
+const ATT_X: Field = Field {
+    suffix: "att_x",
+    shape: |c| vec![c.n_embd],
+    fresh: 0.0,
+};
+const FFN_X: Field = Field {
+    suffix: "ffn_x",
+    shape: |c| vec![c.n_embd],
+    fresh: 0.0,
+};
+
+/// RWKV-4: numerator, denominator and running maximum per attention channel.
+const V4_SCHEMA: Schema = Schema {
+    fields: &[
+        ATT_X,
+        Field {
+            suffix: "att_aa",
+            shape: |c| vec![c.dim_att],
+            fresh: 0.0,
+        },
+        Field {
+            suffix: "att_bb",
+            shape: |c| vec![c.dim_att],
+            fresh: 0.0,
+        },
+        Field {
+            suffix: "att_pp",
+            shape: |c| vec![c.dim_att],
+            fresh: V4_EMPTY_MAX,
+        },
+        FFN_X,
+    ],
+    parts: |l| match &l.wkv {
+        WkvState::V4(s) => vec![
+            Part::Rows(l.att_x.clone()),
+            Part::Rows(s.aa.clone()),
+            Part::Rows(s.bb.clone()),
+            Part::Rows(s.pp.clone()),
+            Part::Rows(l.ffn_x.clone()),
+        ],
+        WkvState::Matrix(_) => panic!("mixed state versions"),
+    },
+    assemble: |parts| {
+        let [att_x, aa, bb, pp, ffn_x] = <[Part; 5]>::try_from(parts)
+            .unwrap_or_else(|_| unreachable!("five fields"))
+            .map(Part::rows);
+        LayerState {
+            att_x,
+            ffn_x,
+            wkv: WkvState::V4(Wkv4State { aa, bb, pp }),
+        }
+    },
+};
+
+/// RWKV-5 and later: one `N x N` matrix per head (`[key, value]` for 5/6, `[value, key]` for
+/// 7, as each version's official code holds it).
+const MATRIX_SCHEMA: Schema = Schema {
+    fields: &[
+        ATT_X,
+        Field {
+            suffix: "att_kv",
+            shape: |c| {
+                let n = c.head_size.unwrap_or(1);
+                vec![c.dim_att / n, n, n]
+            },
+            fresh: 0.0,
+        },
+        FFN_X,
+    ],
+    parts: |l| match &l.wkv {
+        WkvState::Matrix(kv) => vec![
+            Part::Rows(l.att_x.clone()),
+            Part::Heads(kv.clone()),
+            Part::Rows(l.ffn_x.clone()),
+        ],
+        WkvState::V4(_) => panic!("mixed state versions"),
+    },
+    assemble: |parts| {
+        let [att_x, kv, ffn_x] =
+            <[Part; 3]>::try_from(parts).unwrap_or_else(|_| unreachable!("three fields"));
+        LayerState {
+            att_x: att_x.rows(),
+            ffn_x: ffn_x.rows(),
+            wkv: WkvState::Matrix(kv.heads()),
+        }
+    },
+};
+
+impl Schema {
+    /// The layout of `config`'s version.
+    fn of(config: &RwkvConfig) -> &'static Schema {
+        match config.head_size {
+            None => &V4_SCHEMA,
+            Some(_) => &MATRIX_SCHEMA,
+        }
+    }
+
+    /// The layout of a layer's state.
+    fn of_layer(layer: &LayerState) -> &'static Schema {
+        match layer.wkv {
+            WkvState::V4(_) => &V4_SCHEMA,
+            WkvState::Matrix(_) => &MATRIX_SCHEMA,
+        }
+    }
+}
+
 impl State {
     /// The state of a fresh sequence (what the official package starts from), for `batch`
     /// sequences.
@@ -85,19 +278,16 @@ impl State {
             "{} state is not supported by this build",
             config.version
         );
-        let (c, a) = (config.n_embd, config.dim_att);
+        let schema = Schema::of(config);
         let layers = (0..config.n_layer)
-            .map(|_| LayerState {
-                att_x: Tensor::zeros([batch, c], device),
-                ffn_x: Tensor::zeros([batch, c], device),
-                wkv: match config.head_size {
-                    None => WkvState::V4(Wkv4State {
-                        aa: Tensor::zeros([batch, a], device),
-                        bb: Tensor::zeros([batch, a], device),
-                        pp: Tensor::full([batch, a], V4_EMPTY_MAX, device),
-                    }),
-                    Some(n) => WkvState::Matrix(Tensor::zeros([batch, a / n, n, n], device)),
-                },
+            .map(|_| {
+                (schema.assemble)(
+                    schema
+                        .fields
+                        .iter()
+                        .map(|f| Part::full(batch, &(f.shape)(config), f.fresh, device))
+                        .collect(),
+                )
             })
             .collect();
         Self { layers }
@@ -109,77 +299,60 @@ impl State {
     /// If `states` is empty or the states belong to different model shapes.
     pub fn stack(states: Vec<State>) -> State {
         let n_layer = states[0].layers.len();
-        let mut per_layer: Vec<Vec<LayerState>> = (0..n_layer).map(|_| Vec::new()).collect();
-        for state in states {
-            for (slot, layer) in per_layer.iter_mut().zip(state.layers) {
-                slot.push(layer);
+        let mut per_layer: Vec<Vec<Vec<Part>>> = (0..n_layer).map(|_| Vec::new()).collect();
+        let mut schemas = Vec::with_capacity(n_layer);
+        for state in &states {
+            for (i, layer) in state.layers.iter().enumerate() {
+                if schemas.len() <= i {
+                    schemas.push(Schema::of_layer(layer));
+                }
+                per_layer[i].push((schemas[i].parts)(layer));
             }
         }
         let layers = per_layer
             .into_iter()
-            .map(|parts| {
-                let att_x = Tensor::cat(parts.iter().map(|p| p.att_x.clone()).collect(), 0);
-                let ffn_x = Tensor::cat(parts.iter().map(|p| p.ffn_x.clone()).collect(), 0);
-                let wkv = match &parts[0].wkv {
-                    WkvState::V4(_) => {
-                        let pick = |f: fn(&Wkv4State) -> &Tensor<2>| {
-                            Tensor::cat(
-                                parts
-                                    .iter()
-                                    .map(|p| match &p.wkv {
-                                        WkvState::V4(s) => f(s).clone(),
-                                        WkvState::Matrix(_) => panic!("mixed state versions"),
-                                    })
-                                    .collect(),
-                                0,
-                            )
-                        };
-                        WkvState::V4(Wkv4State {
-                            aa: pick(|s| &s.aa),
-                            bb: pick(|s| &s.bb),
-                            pp: pick(|s| &s.pp),
-                        })
+            .zip(schemas)
+            .map(|(states, schema)| {
+                let fields = schema.fields.len();
+                let mut columns: Vec<Vec<Part>> = (0..fields).map(|_| Vec::new()).collect();
+                for parts in states {
+                    for (column, part) in columns.iter_mut().zip(parts) {
+                        column.push(part);
                     }
-                    WkvState::Matrix(_) => WkvState::Matrix(Tensor::cat(
-                        parts
-                            .iter()
-                            .map(|p| match &p.wkv {
-                                WkvState::Matrix(kv) => kv.clone(),
-                                WkvState::V4(_) => panic!("mixed state versions"),
-                            })
-                            .collect(),
-                        0,
-                    )),
-                };
-                LayerState { att_x, ffn_x, wkv }
+                }
+                (schema.assemble)(columns.into_iter().map(Part::cat).collect())
             })
             .collect();
         State { layers }
     }
 
-    /// The state of sequence `index` alone (a batch of one).
-    pub fn select(&self, index: usize) -> State {
-        let rows2 = |t: &Tensor<2>| {
-            let [_, w] = t.dims();
-            t.clone().slice([index..index + 1, 0..w])
+    /// The state of the listed sequences of this batch, in that order (e.g. the sequences of a
+    /// batched generation that are still going).
+    ///
+    /// # Panics
+    /// If an index is not below the batch size.
+    pub fn select(&self, indices: &[usize]) -> State {
+        let batch = self.batch_size();
+        assert!(
+            indices.iter().all(|&i| i < batch),
+            "sequences {indices:?} of a batch of {batch}"
+        );
+        let Some(device) = self.layers.first().map(|l| l.att_x.device()) else {
+            return self.clone();
         };
+        let ids: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+        let indices = Tensor::<1, Int>::from_data(TensorData::new(ids, [indices.len()]), &device);
         let layers = self
             .layers
             .iter()
-            .map(|l| LayerState {
-                att_x: rows2(&l.att_x),
-                ffn_x: rows2(&l.ffn_x),
-                wkv: match &l.wkv {
-                    WkvState::V4(s) => WkvState::V4(Wkv4State {
-                        aa: rows2(&s.aa),
-                        bb: rows2(&s.bb),
-                        pp: rows2(&s.pp),
-                    }),
-                    WkvState::Matrix(kv) => {
-                        let [_, h, n, m] = kv.dims();
-                        WkvState::Matrix(kv.clone().slice([index..index + 1, 0..h, 0..n, 0..m]))
-                    }
-                },
+            .map(|layer| {
+                let schema = Schema::of_layer(layer);
+                (schema.assemble)(
+                    (schema.parts)(layer)
+                        .iter()
+                        .map(|p| p.select(&indices))
+                        .collect(),
+                )
             })
             .collect();
         State { layers }
@@ -195,19 +368,13 @@ impl State {
     pub fn to_official(&self) -> Vec<NamedTensor> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            let mut push = |name: &str, data: TensorData| {
-                out.push(NamedTensor::new(format!("state.{i}.{name}"), data));
-            };
-            push("att_x", layer.att_x.to_data());
-            match &layer.wkv {
-                WkvState::V4(s) => {
-                    push("att_aa", s.aa.to_data());
-                    push("att_bb", s.bb.to_data());
-                    push("att_pp", s.pp.to_data());
-                }
-                WkvState::Matrix(kv) => push("att_kv", kv.to_data()),
+            let schema = Schema::of_layer(layer);
+            for (field, part) in schema.fields.iter().zip((schema.parts)(layer)) {
+                out.push(NamedTensor::new(
+                    format!("state.{i}.{}", field.suffix),
+                    part.to_data(),
+                ));
             }
-            push("ffn_x", layer.ffn_x.to_data());
         }
         out
     }
@@ -282,23 +449,18 @@ impl State {
             full.extend_from_slice(per_sequence);
             Ok(TensorData::new(values, full))
         };
-        let (c, a) = (config.n_embd, config.dim_att);
+        let schema = Schema::of(config);
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
-            let att_x = Tensor::from_data(get(format!("state.{i}.att_x"), &[c])?, device);
-            let wkv = match config.head_size {
-                None => WkvState::V4(Wkv4State {
-                    aa: Tensor::from_data(get(format!("state.{i}.att_aa"), &[a])?, device),
-                    bb: Tensor::from_data(get(format!("state.{i}.att_bb"), &[a])?, device),
-                    pp: Tensor::from_data(get(format!("state.{i}.att_pp"), &[a])?, device),
-                }),
-                Some(n) => WkvState::Matrix(Tensor::from_data(
-                    get(format!("state.{i}.att_kv"), &[a / n, n, n])?,
-                    device,
-                )),
-            };
-            let ffn_x = Tensor::from_data(get(format!("state.{i}.ffn_x"), &[c])?, device);
-            layers.push(LayerState { att_x, ffn_x, wkv });
+            let mut parts = Vec::with_capacity(schema.fields.len());
+            for field in schema.fields {
+                let data = get(
+                    format!("state.{i}.{}", field.suffix),
+                    &(field.shape)(config),
+                )?;
+                parts.push(Part::from_data(data, device));
+            }
+            layers.push((schema.assemble)(parts));
         }
         Ok(Self { layers })
     }
@@ -345,6 +507,16 @@ mod tests {
         }
     }
 
+    /// A matrix-state (RWKV-7) config of the same widths.
+    fn matrix_config() -> RwkvConfig {
+        RwkvConfig {
+            version: Version::V7,
+            head_size: Some(2),
+            dim_att: 4,
+            ..config()
+        }
+    }
+
     #[test]
     fn zero_state_matches_the_official_start() {
         for device in test_devices() {
@@ -366,12 +538,7 @@ mod tests {
     #[test]
     fn save_and_load_round_trip_for_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let matrix = RwkvConfig {
-            version: Version::V7,
-            head_size: Some(2),
-            dim_att: 4,
-            ..config()
-        };
+        let matrix = matrix_config();
         for device in test_devices() {
             for (config, batch) in [
                 (config(), 1),
@@ -387,6 +554,32 @@ mod tests {
                 let back = State::load(&path, &config, &device).unwrap();
                 assert_eq!(back.batch_size(), batch);
                 assert_eq!(state.to_official(), back.to_official());
+            }
+        }
+    }
+
+    /// Selecting sequences of a batch gives exactly their states, in the order asked for.
+    #[test]
+    fn select_keeps_the_listed_sequences() {
+        let matrix = matrix_config();
+        for device in test_devices() {
+            for config in [config(), matrix.clone()] {
+                let single = |value: f32| {
+                    let mut state = State::zeros(&config, 1, &device);
+                    state.layers[0].att_x = Tensor::<2>::full([1, 4], value, &device);
+                    state
+                };
+                let batch = State::stack(vec![single(1.0), single(2.0), single(3.0)]);
+                let picked = batch.select(&[2, 0]);
+                assert_eq!(picked.batch_size(), 2);
+                assert_eq!(
+                    picked.sequence_official(0),
+                    single(3.0).sequence_official(0)
+                );
+                assert_eq!(
+                    picked.sequence_official(1),
+                    single(1.0).sequence_official(0)
+                );
             }
         }
     }

@@ -7,11 +7,12 @@
 //! model return promises and use the pipeline's `*_async` paths.
 #![cfg(target_arch = "wasm32")]
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use rwkv_burn::load::{Checkpoint, load_checkpoint};
 use rwkv_burn::tokenizer::Tokenizer;
 use rwkv_burn::{Rwkv, State};
 use rwkv_burn_infer::generate::{GenerateOptions, Pipeline};
+use rwkv_burn_infer::logits::{RunMode, run_logits_async};
 use rwkv_burn_infer::sampler::SamplerConfig;
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
@@ -75,9 +76,7 @@ pub async fn create_session(
 ) -> Result<Session, JsError> {
     let label = name.unwrap_or_else(|| "<embedded default model>".into());
     let checkpoint = match model {
-        None => {
-            Checkpoint::from_safetensors_bytes(rwkv_burn_infer::embedded::DEFAULT_MODEL, &label)
-        }
+        None => rwkv_burn_infer::embedded::default_checkpoint(),
         Some(bytes) => {
             let len = Some(bytes.len() as u64);
             if rwkv_burn::load::sniff(&bytes, len) == Some(rwkv_burn::load::Format::Pth) {
@@ -98,7 +97,7 @@ pub async fn create_session(
     let (device, backend) = open_device(&backend).await?;
     let (config, model) =
         load_checkpoint(&checkpoint, &device).map_err(|e| JsError::new(&e.to_string()))?;
-    let tokenizer = rwkv_burn_infer::vocab::choose(None, model.vocab_size())
+    let tokenizer = rwkv_burn::tokenizer::choose(None, model.vocab_size())
         .map_err(|e| JsError::new(&e.to_string()))?;
     let about = format!(
         "{label}: {}, {} layers, {} channels, vocabulary {}, on {backend}",
@@ -195,40 +194,17 @@ impl Session {
     pub fn logits(&self, tokens: Vec<u32>, chunks: Vec<u32>) -> js_sys::Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
-            inner
-                .model
-                .check_tokens(&tokens)
+            let mode = RunMode::Chunks(chunks.iter().map(|&c| c as usize).collect());
+            let config = inner.model.config();
+            let run = run_logits_async(&inner.model, &config, &tokens, &mode, &inner.device)
+                .await
                 .map_err(|e| JsError::new(&e.to_string()))?;
-            let total: u64 = chunks.iter().map(|&c| u64::from(c)).sum();
-            if total != tokens.len() as u64 || chunks.contains(&0) {
-                return Err(JsError::new(&format!(
-                    "chunk lengths {chunks:?} do not split {} tokens",
-                    tokens.len()
-                ))
-                .into());
-            }
-            let mut state = State::zeros(&inner.model.config(), 1, &inner.device);
-            let mut out = Vec::with_capacity(tokens.len() * inner.model.vocab_size());
-            let mut rest = tokens.as_slice();
-            for &len in &chunks {
-                let (part, tail) = rest.split_at(len as usize);
-                rest = tail;
-                let ids: Vec<i64> = part.iter().map(|&t| i64::from(t)).collect();
-                let input: Tensor<2, Int> =
-                    Tensor::from_data(TensorData::new(ids, [1, part.len()]), &inner.device);
-                let data = inner
-                    .model
-                    .forward(input, &mut state)
-                    .into_data_async()
-                    .await
-                    .map_err(|e| JsError::new(&format!("{e:?}")))?;
-                out.extend(
-                    data.convert::<f32>()
-                        .try_into_vec::<f32>()
-                        .map_err(|e| JsError::new(&format!("{e:?}")))?,
-                );
-            }
-            Ok(js_sys::Float32Array::from(out.as_slice()).into())
+            let values = run
+                .logits
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| JsError::new(&format!("{e:?}")))?;
+            Ok(js_sys::Float32Array::from(values.as_slice()).into())
         })
     }
 

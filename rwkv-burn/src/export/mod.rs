@@ -4,9 +4,9 @@
 
 mod pth;
 
-use crate::load::{Layout, NamedParam, ParamNames};
 use crate::model::Rwkv;
 use crate::safetensors_io::{self, IoError, NamedTensor};
+use crate::weights::{Layout, NamedParam, ParamNames};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 use std::collections::HashMap;

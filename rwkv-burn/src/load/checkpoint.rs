@@ -1,10 +1,11 @@
-//! A checkpoint opened for reading: tensor names (official RWKV naming), shapes, and lazy
-//! access to the values, whatever the file format.
+//! The container readers: one safetensors or PyTorch file opened for reading, its tensor
+//! names, shapes and element types, and lazy access to the values. Nothing here knows RWKV's
+//! names or folders (`hf.rs` and `mod.rs` sit above).
 
-use super::dtype::SourceDType;
-use super::error::LoadError;
-use super::hf;
+use crate::dtype::SourceDType;
+use crate::weights::{LoadError, Role, StoredData, StoredTensor, TensorIndex, WeightSource};
 use memmap2::Mmap;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,7 @@ enum Source {
 }
 
 #[derive(Clone)]
-pub(super) struct Entry {
+struct Entry {
     shape: Vec<usize>,
     dtype: Result<SourceDType, String>,
     source: Source,
@@ -65,27 +66,9 @@ const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 const PICKLE_PROTO: u8 = 0x80;
 
 impl Checkpoint {
-    /// Opens a `.pth` file, a safetensors file or a Hugging Face folder. The format is
-    /// recognised from the content, not the file name.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, LoadError> {
-        let path = path.as_ref();
-        let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => LoadError::NotFound {
-                path: path.to_path_buf(),
-            },
-            _ => LoadError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
-        if meta.is_dir() {
-            return hf::open_folder(path);
-        }
-        Ok(Self::open_file(path)?.official_names())
-    }
-
-    /// Opens one weights file (no folder handling, no renaming).
-    pub(super) fn open_file(path: &Path) -> Result<Self, LoadError> {
+    /// Opens one weights file, safetensors or `.pth` (recognised by content, not by name), with
+    /// the names it stores.
+    pub fn open_file(path: &Path) -> Result<Self, LoadError> {
         let io_err = |source| LoadError::Io {
             path: path.to_path_buf(),
             source,
@@ -122,22 +105,13 @@ impl Checkpoint {
         Self::from_safetensors_buffer(Arc::new(map), path)
     }
 
-    /// A safetensors checkpoint already in memory (an embedded model, a browser upload);
-    /// `label` names it in errors.
-    pub fn from_safetensors_bytes(
+    /// A safetensors file already in memory (an embedded model, a browser upload), with the
+    /// names it stores; `label` names it in errors.
+    pub fn read_safetensors_bytes(
         bytes: impl AsRef<[u8]> + Send + Sync + 'static,
         label: impl AsRef<Path>,
     ) -> Result<Self, LoadError> {
-        Ok(Self::from_safetensors_buffer(Arc::new(bytes), label.as_ref())?.official_names())
-    }
-
-    /// Renames transformers' keys to the official ones when the file uses them.
-    fn official_names(self) -> Self {
-        if self.entries.keys().any(|k| hf::is_hf_name(k)) {
-            self.renamed(hf::rename)
-        } else {
-            self
-        }
+        Self::from_safetensors_buffer(Arc::new(bytes), label.as_ref())
     }
 
     fn from_safetensors_buffer(buffer: Buffer, path: &Path) -> Result<Self, LoadError> {
@@ -228,12 +202,12 @@ impl Checkpoint {
         self
     }
 
-    /// Applies a renaming of the whole key set.
-    pub(super) fn renamed(
-        mut self,
-        rename: impl FnOnce(BTreeMap<String, Entry>) -> BTreeMap<String, Entry>,
-    ) -> Self {
-        self.entries = rename(std::mem::take(&mut self.entries));
+    /// The same tensors under the names `rename` gives them.
+    pub(super) fn renamed(mut self, rename: impl Fn(&str) -> String) -> Self {
+        self.entries = std::mem::take(&mut self.entries)
+            .into_iter()
+            .map(|(name, entry)| (rename(&name), entry))
+            .collect();
         self
     }
 
@@ -283,8 +257,9 @@ impl Checkpoint {
         self.entries.get(name).map(|e| e.shape.as_slice())
     }
 
-    /// Reads a tensor as f32 values (row-major) and its shape, converting f16/bf16/f64.
-    pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), LoadError> {
+    /// A tensor's stored shape and values, in the stored element type (borrowed from the
+    /// memory map for safetensors files).
+    pub fn read(&self, name: &str) -> Result<StoredTensor<'_>, LoadError> {
         let entry = self
             .entries
             .get(name)
@@ -300,31 +275,41 @@ impl Checkpoint {
                 name: name.to_string(),
                 dtype,
             })?;
-        let count: usize = entry.shape.iter().product();
-        let values = match &entry.source {
-            Source::Mapped { map, start, end } => {
-                let bytes = &(**map).as_ref()[*start..*end];
-                self.check_len(name, bytes.len(), count * dtype.size())?;
-                dtype.to_f32(bytes)
-            }
-            Source::Pth(tensor) => {
-                let bytes = tensor.read().map_err(|e| match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => {
-                        LoadError::Truncated {
-                            path: self.path.clone(),
-                            detail: e.to_string(),
-                        }
-                    }
-                    _ => LoadError::Io {
+        let want = entry
+            .shape
+            .iter()
+            .try_fold(dtype.size(), |n, &d| n.checked_mul(d))
+            .ok_or_else(|| LoadError::Truncated {
+                path: self.path.clone(),
+                detail: format!("tensor '{name}' has an impossible shape {:?}", entry.shape),
+            })?;
+        let bytes = match &entry.source {
+            Source::Mapped { map, start, end } => Cow::Borrowed(&(**map).as_ref()[*start..*end]),
+            Source::Pth(tensor) => Cow::Owned(tensor.read().map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => {
+                    LoadError::Truncated {
                         path: self.path.clone(),
-                        source: e,
-                    },
-                })?;
-                self.check_len(name, bytes.len(), count * dtype.size())?;
-                dtype.to_f32(&bytes)
-            }
+                        detail: e.to_string(),
+                    }
+                }
+                _ => LoadError::Io {
+                    path: self.path.clone(),
+                    source: e,
+                },
+            })?),
         };
-        Ok((values, entry.shape.clone()))
+        self.check_len(name, bytes.len(), want)?;
+        Ok(StoredTensor {
+            shape: entry.shape.clone(),
+            data: StoredData::Bytes { dtype, bytes },
+        })
+    }
+
+    /// Reads a tensor as f32 values (row-major) and its shape, converting f16/bf16/f64.
+    pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), LoadError> {
+        let tensor = self.read(name)?;
+        let shape = tensor.shape.clone();
+        Ok((tensor.into_f32(), shape))
     }
 
     fn check_len(&self, name: &str, got: usize, want: usize) -> Result<(), LoadError> {
@@ -336,6 +321,34 @@ impl Checkpoint {
                 detail: format!("tensor '{name}' has {got} bytes, its shape needs {want}"),
             })
         }
+    }
+}
+
+impl TensorIndex for Checkpoint {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        Box::new(Checkpoint::names(self))
+    }
+
+    fn shape(&self, name: &str) -> Option<&[usize]> {
+        Checkpoint::shape(self, name)
+    }
+}
+
+impl WeightSource for Checkpoint {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    fn read(&self, name: &str, _: &[usize], _: Role) -> Result<StoredTensor<'_>, LoadError> {
+        Checkpoint::read(self, name)
     }
 }
 

@@ -2,9 +2,8 @@
 //! with transformers' key names mapped onto the official ones.
 
 use super::checkpoint::{Checkpoint, Format};
-use super::error::LoadError;
+use crate::weights::LoadError;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Weight files a transformers `save_pretrained` writes, in the order we try them.
@@ -54,12 +53,13 @@ pub fn official_name(key: &str) -> String {
         .join(".")
 }
 
-/// Renames every key of a transformers state dict to the official naming.
-pub(super) fn rename<E>(entries: BTreeMap<String, E>) -> BTreeMap<String, E> {
-    entries
-        .into_iter()
-        .map(|(k, v)| (official_name(&k), v))
-        .collect()
+/// A weights file in the official naming: transformers' keys renamed when it uses them.
+pub(super) fn official_names(checkpoint: Checkpoint) -> Checkpoint {
+    if checkpoint.names().any(is_hf_name) {
+        checkpoint.renamed(official_name)
+    } else {
+        checkpoint
+    }
 }
 
 /// Opens a Hugging Face model folder.
@@ -81,7 +81,7 @@ pub(super) fn open_folder(dir: &Path) -> Result<Checkpoint, LoadError> {
             reason: format!("no weights file ({})", WEIGHT_FILES.join(" or ")),
         })?;
     let mut checkpoint = Checkpoint::open_file(&weights)?
-        .renamed(rename)
+        .renamed(official_name)
         .with_format(Format::HuggingFace, &weights);
     if checkpoint.shape("head.weight").is_none() && config.tie_word_embeddings {
         checkpoint.alias("emb.weight", "head.weight");
@@ -104,7 +104,7 @@ fn read_config(path: &Path) -> Result<HfConfig, LoadError> {
 /// The folder's config must agree with its tensors; a disagreement means mixed-up files.
 fn check_config(config: &HfConfig, path: &Path, checkpoint: &Checkpoint) -> Result<(), LoadError> {
     let emb = checkpoint.shape("emb.weight");
-    let layers = super::detect::count_layers(checkpoint);
+    let layers = crate::model::count_layers(checkpoint.names());
     let checks = [
         (
             "vocab_size",

@@ -1,11 +1,13 @@
 //! A residual block: `x + att(ln1(x))`, then `x + ffn(ln2(x))`. The mixers are per version.
 
+use super::layers::load_layer_norm;
 use super::v4::{ChannelMix4, TimeMix4};
 use super::v5::TimeMix5;
 use super::v6::{ChannelMix6, TimeMix6};
 use super::v7::{ChannelMix7, TimeMix7};
-use crate::config::{LoraRanks, Version};
+use crate::config::{LoraRanks, RwkvConfig, Version};
 use crate::state::{LayerState, WkvState};
+use crate::weights::{LoadError, Weights};
 use burn::module::Module;
 use burn::nn::LayerNorm;
 use burn::tensor::Tensor;
@@ -40,28 +42,18 @@ impl TimeMix {
     pub fn head_size(&self) -> Option<usize> {
         match self {
             TimeMix::V4(_) => None,
-            TimeMix::V5(m) => Some(m.time_faaaa.dims()[1]),
-            TimeMix::V6(m) => Some(m.time_faaaa.dims()[1]),
-            TimeMix::V7(m) => Some(m.r_k.dims()[1]),
+            TimeMix::V5(m) => Some(m.head_size()),
+            TimeMix::V6(m) => Some(m.head_size()),
+            TimeMix::V7(m) => Some(m.head_size()),
         }
     }
 
     /// Ranks of this layer's low-rank adapters.
     pub fn lora_ranks(&self) -> LoraRanks {
         match self {
-            TimeMix::V6(m) => LoraRanks {
-                decay: m.time_decay_w1.weight.dims()[1],
-                mix: m.time_maa_w2.dims()[1],
-                ..LoraRanks::default()
-            },
-            TimeMix::V7(m) => LoraRanks {
-                decay: m.w_lora.rank(),
-                a: m.a_lora.rank(),
-                value: m.v_lora.as_ref().map_or(0, |l| l.rank()),
-                gate: m.g_lora.rank(),
-                ..LoraRanks::default()
-            },
             TimeMix::V4(_) | TimeMix::V5(_) => LoraRanks::default(),
+            TimeMix::V6(m) => m.lora_ranks(),
+            TimeMix::V7(m) => m.lora_ranks(),
         }
     }
 
@@ -112,6 +104,24 @@ pub struct Block {
 }
 
 impl Block {
+    /// Reads block `layer` (`blocks.{layer}.*`) of `config`'s version.
+    pub fn load(w: &mut Weights, config: &RwkvConfig, layer: usize) -> Result<Self, LoadError> {
+        let spec = super::spec(config.version).ok_or_else(|| LoadError::UnsupportedVersion {
+            path: w.path().to_path_buf(),
+            version: config.version,
+        })?;
+        let c = config.n_embd;
+        w.within(&format!("blocks.{layer}"), |w| {
+            let (att, ffn) = (spec.load)(w, config, layer)?;
+            Ok(Block {
+                ln1: load_layer_norm(w, "ln1", c)?,
+                ln2: load_layer_norm(w, "ln2", c)?,
+                att,
+                ffn,
+            })
+        })
+    }
+
     /// Runs the block on `[B, T, C]`, advancing this layer's state. `v_first` carries RWKV-7's
     /// layer-0 value to later layers (other versions ignore it).
     ///

@@ -1,9 +1,12 @@
-//! The RWKV model: embedding, a stack of blocks, output norm and head.
+//! The RWKV model: embedding, a stack of blocks, output norm and head; and the table of
+//! versions. Each version lives on one page, `vN.rs`: its time-mix and channel-mix, how they
+//! are read from official names, the tensors that mark it, and its initialisation rule.
+//! Adding a version is a new page, its entry in [`SPECS`], and its arms in [`TimeMix`] and
+//! [`ChannelMix`].
 
 mod block;
-mod layers;
-#[cfg(feature = "flex")]
-mod matvec;
+pub mod layers;
+pub mod lora;
 mod token_shift;
 pub mod v4;
 pub mod v5;
@@ -11,17 +14,171 @@ pub mod v6;
 pub mod v7;
 
 pub use block::{Block, ChannelMix, TimeMix};
-pub(crate) use layers::is_flex;
 pub use layers::{layer_norm, linear, ln_x};
-#[cfg(feature = "flex")]
-pub(crate) use matvec::weight_rows;
 
-use crate::config::RwkvConfig;
+use crate::config::{LoraRanks, RwkvConfig, Version};
 use crate::state::State;
+use crate::weights::{
+    InitParam, LoadError, ParamNames, Role, Shapes, TensorIndex, WeightSource, Weights,
+};
 use burn::module::Module;
 use burn::nn::{Embedding, LayerNorm, Linear};
-use burn::tensor::{Int, Tensor};
-use layers::{on_worker, project};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use layers::{load_layer_norm, project};
+
+/// What the library needs to know about one RWKV version; each `vN.rs` defines its own.
+pub(crate) struct Spec {
+    /// The version it describes.
+    pub version: Version,
+    /// The version a checkpoint's tensors mark, if they mark this one (tried in [`SPECS`]
+    /// order, so a version's markers may also appear in the versions after it).
+    pub detect: fn(&Shapes) -> Option<Version>,
+    /// Head size and adapter ranks, read off the tensors of a model of `n_layer` blocks.
+    pub dims: fn(&Shapes, usize) -> Result<Dims, LoadError>,
+    /// Block `layer`'s time-mix and channel-mix (`w` scoped to `blocks.{layer}`).
+    pub load: fn(&mut Weights, &RwkvConfig, usize) -> Result<(TimeMix, ChannelMix), LoadError>,
+    /// RWKV-LM's initial values for the tensors whose rule is the version's own; `None`
+    /// leaves a tensor to the rules every version shares (`init::TrainingInit`).
+    pub init: fn(&InitParam) -> Option<Vec<f32>>,
+}
+
+/// The dimensions only some versions have.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Dims {
+    /// Channels per head (N) of the matrix-state versions.
+    pub head_size: Option<usize>,
+    /// Adapter ranks.
+    pub lora: LoraRanks,
+}
+
+/// Every version, in the order their markers are tried.
+const SPECS: [&Spec; 4] = [&v7::SPEC, &v6::SPEC, &v5::SPEC, &v4::SPEC];
+
+/// The description of a version this build runs.
+pub(crate) fn spec(version: Version) -> Option<&'static Spec> {
+    SPECS.into_iter().find(|s| s.version == version)
+}
+
+/// `(H, N)` of a matrix-state config.
+fn heads(config: &RwkvConfig) -> (usize, usize) {
+    let n = config
+        .head_size
+        .expect("matrix-state versions have a head size");
+    (config.dim_att / n, n)
+}
+
+/// Number of blocks: one past the highest `blocks.{i}.` index among `names`.
+pub fn count_layers<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names
+        .filter_map(|name| {
+            name.strip_prefix("blocks.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |i| i + 1)
+}
+
+/// The RWKV generation of a set of tensors, detected the way the official package does
+/// (extended to RWKV-7, which the package selects by an environment variable instead).
+pub fn detect_version(tensors: &dyn TensorIndex) -> Result<Version, LoadError> {
+    let shapes = Shapes(tensors);
+    if !shapes.any("emb.weight") || count_layers(tensors.names()) == 0 {
+        return Err(LoadError::NotACheckpoint {
+            path: tensors.path().to_path_buf(),
+            reason: "no RWKV tensors (emb.weight, blocks.N.*) in it".into(),
+        });
+    }
+    SPECS
+        .iter()
+        .find_map(|spec| (spec.detect)(&shapes))
+        .ok_or_else(|| {
+            shapes.unknown("blocks have none of the tensors that mark an RWKV version".into())
+        })
+}
+
+/// Every dimension of a supported model, read off its tensors (never asked of the user).
+pub fn detect_config(tensors: &dyn TensorIndex) -> Result<RwkvConfig, LoadError> {
+    read_config(tensors, detect_version(tensors)?)
+}
+
+/// Every dimension of a model of `version` (from [`detect_version`]), read off its tensors.
+pub fn read_config(tensors: &dyn TensorIndex, version: Version) -> Result<RwkvConfig, LoadError> {
+    let spec = spec(version).ok_or_else(|| LoadError::UnsupportedVersion {
+        path: tensors.path().to_path_buf(),
+        version,
+    })?;
+    let shapes = Shapes(tensors);
+    let n_layer = count_layers(tensors.names());
+    let [vocab_size, n_embd] = shapes.matrix("emb.weight")?;
+    // Every version names its key projections `att.key` and `ffn.key`.
+    let [dim_att, _] = shapes.matrix("blocks.0.att.key.weight")?;
+    let [dim_ffn, _] = shapes.matrix("blocks.0.ffn.key.weight")?;
+    let Dims { head_size, lora } = (spec.dims)(&shapes, n_layer)?;
+    if let Some(n) = head_size
+        && (n == 0 || dim_att % n != 0)
+    {
+        return Err(shapes.unknown(format!(
+            "head size {n} does not divide the attention width {dim_att}"
+        )));
+    }
+    Ok(RwkvConfig {
+        version,
+        n_layer,
+        n_embd,
+        dim_att,
+        dim_ffn,
+        vocab_size,
+        head_size,
+        lora,
+    })
+}
+
+/// Builds the model described by `config` from a source's tensors.
+pub fn build(
+    source: &dyn WeightSource,
+    config: &RwkvConfig,
+    device: &Device,
+) -> Result<Rwkv, LoadError> {
+    build_named(source, config, device).map(|(model, _)| model)
+}
+
+/// Like [`build`], also returning the official name of every parameter.
+pub fn build_named(
+    source: &dyn WeightSource,
+    config: &RwkvConfig,
+    device: &Device,
+) -> Result<(Rwkv, ParamNames), LoadError> {
+    let mut w = Weights::new(source, device);
+    let (c, v) = (config.n_embd, config.vocab_size);
+    let emb = Embedding {
+        weight: w.tensor(Role::Embedding, "emb.weight", [v, c])?,
+    };
+    let ln0 = load_layer_norm(&mut w, "blocks.0.ln0", c)?;
+    let blocks = (0..config.n_layer)
+        .map(|i| Block::load(&mut w, config, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ln_out = load_layer_norm(&mut w, "ln_out", c)?;
+    let head = w.linear(Role::Head, "head.weight", v, c)?;
+    Ok((Rwkv::new(emb, ln0, blocks, ln_out, head), w.into_names()))
+}
+
+/// Token ids as the `[batch, len]` input of [`Rwkv::forward`], `len = ids.len() / batch`.
+///
+/// # Panics
+/// If `batch` is zero or does not divide `ids.len()`.
+pub fn token_tensor(ids: &[u32], batch: usize, device: &Device) -> Tensor<2, Int> {
+    assert!(
+        batch > 0 && ids.len() % batch == 0,
+        "{} token ids do not split into {batch} sequences",
+        ids.len()
+    );
+    let values: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
+    let len = values.len() / batch;
+    Tensor::from_data(TensorData::new(values, [batch, len]), device)
+}
 
 /// An RWKV language model, on whatever device its tensors live.
 ///
@@ -87,7 +244,7 @@ impl Rwkv {
     /// If the state's batch size differs from B or a token id is outside the vocabulary (check
     /// ids with [`Rwkv::check_tokens`] when they come from users).
     pub fn forward(&self, tokens: Tensor<2, Int>, state: &mut State) -> Tensor<3> {
-        on_worker(&tokens.device(), || {
+        crate::cpu::on_worker(&tokens.device(), || {
             let hidden = self.hidden(tokens, state);
             project(&self.head, self.ln_out.forward(hidden))
         })
@@ -96,7 +253,7 @@ impl Rwkv {
     /// Logits of the last position only (`[B, V]`): what decoding needs, without paying for
     /// the head at every position.
     pub fn forward_last(&self, tokens: Tensor<2, Int>, state: &mut State) -> Tensor<2> {
-        on_worker(&tokens.device(), || {
+        crate::cpu::on_worker(&tokens.device(), || {
             let hidden = self.hidden(tokens, state);
             let [batch, len, channels] = hidden.dims();
             let last = hidden
@@ -104,11 +261,6 @@ impl Rwkv {
                 .reshape([batch, channels]);
             project(&self.head, self.ln_out.forward(last))
         })
-    }
-
-    /// The residual stream after the last block (`[B, T, C]`), before `ln_out` and the head.
-    pub fn forward_hidden(&self, tokens: Tensor<2, Int>, state: &mut State) -> Tensor<3> {
-        on_worker(&tokens.device(), || self.hidden(tokens, state))
     }
 
     fn hidden(&self, tokens: Tensor<2, Int>, state: &mut State) -> Tensor<3> {
@@ -160,10 +312,7 @@ impl Rwkv {
             None => (n_embd, 0, None),
         };
         RwkvConfig {
-            version: self
-                .blocks
-                .first()
-                .map_or(crate::Version::V4, |b| b.att.version()),
+            version: self.blocks.first().map_or(Version::V4, |b| b.att.version()),
             n_layer: self.blocks.len(),
             n_embd,
             dim_att,
@@ -174,7 +323,7 @@ impl Rwkv {
                 .blocks
                 .iter()
                 .map(|b| b.att.lora_ranks())
-                .fold(Default::default(), crate::config::LoraRanks::max),
+                .fold(Default::default(), LoraRanks::max),
         }
     }
 }
@@ -197,4 +346,38 @@ pub enum TokenError {
         /// The model's vocabulary size.
         vocab: usize,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The version table and [`Version::is_supported`] agree.
+    #[test]
+    fn the_table_covers_exactly_the_supported_versions() {
+        let versions = [
+            Version::V4,
+            Version::V5 { minor: 0 },
+            Version::V5 { minor: 1 },
+            Version::V5 { minor: 2 },
+            Version::V6,
+            Version::V7,
+        ];
+        for version in versions {
+            assert_eq!(spec(version).is_some(), version.is_supported(), "{version}");
+        }
+        assert_eq!(SPECS.len(), 4);
+    }
+
+    #[test]
+    fn layers_are_counted_from_block_names() {
+        let names = [
+            "emb.weight",
+            "blocks.0.ln0.weight",
+            "blocks.11.att.key.weight",
+            "blocks.x.y",
+        ];
+        assert_eq!(count_layers(names.into_iter()), 12);
+        assert_eq!(count_layers(["head.weight"].into_iter()), 0);
+    }
 }

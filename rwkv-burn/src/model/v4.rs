@@ -1,12 +1,41 @@
-//! RWKV-4 time-mix and channel-mix (the paper's architecture).
+//! RWKV-4 (the paper's architecture): a vector-valued WKV with a running maximum, token-shift
+//! mixes, a receptance gate and a squared-ReLU channel-mix (which RWKV-5.2 keeps).
+//!
+//! Official names (layer `i`): `blocks.i.att.{time_decay [A], time_first [A],
+//! time_mix_{k,v,r} [1,1,C], key/value/receptance.weight [A,C], output.weight [C,A]}`,
+//! `blocks.i.ffn.{time_mix_{k,r} [1,1,C], key.weight [F,C], receptance.weight [C,C],
+//! value.weight [C,F]}`.
 
+use super::block::{ChannelMix, TimeMix};
 use super::layers::project;
 use super::token_shift::{Blend, token_shift};
+use super::{Dims, Spec};
+use crate::config::{RwkvConfig, Version};
+use crate::weights::{InitParam, LoadError, Role, Weights};
 use crate::wkv::{Wkv4State, wkv4};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, sigmoid};
+
+/// RWKV-4 in the library's version table.
+pub(crate) const SPEC: Spec = Spec {
+    version: Version::V4,
+    detect: |t| t.any("att.time_first").then_some(Version::V4),
+    dims: |_, _| {
+        Ok(Dims {
+            head_size: None,
+            lora: Default::default(),
+        })
+    },
+    load: |w, config, _| {
+        Ok((
+            TimeMix::V4(w.within("att", |w| TimeMix4::load(w, config))?),
+            ChannelMix::V4(w.within("ffn", |w| ChannelMix4::load(w, config))?),
+        ))
+    },
+    init,
+};
 
 /// RWKV-4 time-mix: token shift, R/K/V projections, WKV, receptance gate, output projection.
 #[derive(Module, Debug)]
@@ -32,6 +61,22 @@ pub struct TimeMix4 {
 }
 
 impl TimeMix4 {
+    /// Reads `att.*` of one block (`w` scoped there).
+    pub fn load(w: &mut Weights, config: &RwkvConfig) -> Result<Self, LoadError> {
+        let (c, a) = (config.n_embd, config.dim_att);
+        Ok(Self {
+            time_decay: w.vector(Role::Decay, "time_decay", a)?,
+            time_first: w.vector(Role::Bonus, "time_first", a)?,
+            time_mix_k: w.per_channel(Role::Mix, "time_mix_k", c)?,
+            time_mix_v: w.per_channel(Role::Mix, "time_mix_v", c)?,
+            time_mix_r: w.per_channel(Role::Mix, "time_mix_r", c)?,
+            key: w.linear(Role::Matrix, "key.weight", a, c)?,
+            value: w.linear(Role::Matrix, "value.weight", a, c)?,
+            receptance: w.linear(Role::Matrix, "receptance.weight", a, c)?,
+            output: w.linear(Role::Output, "output.weight", c, a)?,
+        })
+    }
+
     /// `x` is the ln1 output `[B, T, C]`; returns the residual update `[B, T, C]`.
     pub fn forward(
         &self,
@@ -73,6 +118,18 @@ pub struct ChannelMix4 {
 }
 
 impl ChannelMix4 {
+    /// Reads `ffn.*` of one block (`w` scoped there).
+    pub fn load(w: &mut Weights, config: &RwkvConfig) -> Result<Self, LoadError> {
+        let (c, f) = (config.n_embd, config.dim_ffn);
+        Ok(Self {
+            time_mix_k: w.per_channel(Role::Mix, "time_mix_k", c)?,
+            time_mix_r: w.per_channel(Role::Mix, "time_mix_r", c)?,
+            key: w.linear(Role::Matrix, "key.weight", f, c)?,
+            receptance: w.linear(Role::Output, "receptance.weight", c, c)?,
+            value: w.linear(Role::Output, "value.weight", c, f)?,
+        })
+    }
+
     /// `x` is the ln2 output `[B, T, C]`; returns the residual update `[B, T, C]`.
     pub fn forward(&self, x: Tensor<3>, shift: &mut Tensor<2>) -> Tensor<3> {
         let (prev, last) = token_shift(x.clone(), shift.clone());
@@ -88,4 +145,26 @@ impl ChannelMix4 {
     pub fn dim_ffn(&self) -> usize {
         self.key.weight.dims()[1]
     }
+}
+
+/// RWKV-LM's initial mixes, decays and bonuses of RWKV-4 (RWKV-5.2 and 6 reuse the decay and
+/// bonus rules): mixes `ddd^p`, decays rising from -5 to 3 across channels, bonuses
+/// `ln(0.3)` with a zigzag.
+pub(crate) fn init(p: &InitParam) -> Option<Vec<f32>> {
+    let r1a0 = p.r1a0;
+    Some(match (p.role, p.leaf) {
+        (Role::Mix, "time_mix_v") => p.ramp(|d| d.powf(r1a0) + 0.3 * p.r01),
+        (Role::Mix, "time_mix_r" | "time_mix_g") => p.ramp(|d| d.powf(0.5 * r1a0)),
+        (Role::Mix, _) => p.ramp(|d| d.powf(r1a0)),
+        (Role::Decay, _) => {
+            let n = p.count.max(2) as f32 - 1.0;
+            (0..p.count)
+                .map(|i| -5.0 + 8.0 * (i as f32 / n).powf(0.7 + 1.3 * p.r01))
+                .collect()
+        }
+        (Role::Bonus, _) => (0..p.count)
+            .map(|i| 0.3f32.ln() + 0.5 * (((i + 1) % 3) as f32 - 1.0))
+            .collect(),
+        _ => return None,
+    })
 }

@@ -1,14 +1,47 @@
 //! RWKV-6 (Finch): data-dependent token shift (a LoRA on the mix coefficients) and a
 //! data-dependent decay per token.
+//!
+//! Official names (layer `i`): `blocks.i.att.{time_maa_{x,w,k,v,r,g} [1,1,C], time_maa_w1
+//! [C,5D], time_maa_w2 [5,D,C], time_decay [1,1,A], time_decay_w1 [C,D'], time_decay_w2
+//! [D',A], time_faaaa [H,N], receptance/key/value/gate.weight [A,C], output.weight [C,A],
+//! ln_x.{weight,bias} [A]}`, `blocks.i.ffn.{time_maa_{k,r} [1,1,C], key.weight [F,C],
+//! receptance.weight [C,C], value.weight [C,F]}`.
 
-use super::layers::project;
-use super::layers::{apply_ln_x, merge_heads, split_heads};
+use super::block::{ChannelMix, TimeMix};
+use super::layers::{apply_ln_x, load_ln_x, merge_heads, project, split_heads};
+use super::lora::Lora;
 use super::token_shift::token_shift;
+use super::{Dims, Spec, heads};
+use crate::config::{LoraRanks, RwkvConfig, Version};
+use crate::weights::{InitParam, LoadError, Role, Weights};
 use crate::wkv::wkv5;
 use burn::module::{Module, Param};
 use burn::nn::{GroupNorm, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, sigmoid, silu};
+
+/// RWKV-6 in the library's version table.
+pub(crate) const SPEC: Spec = Spec {
+    version: Version::V6,
+    detect: |t| t.any("time_maa").then_some(Version::V6),
+    dims: |t, _| {
+        Ok(Dims {
+            head_size: Some(t.cols("blocks.0.att.time_faaaa")?),
+            lora: LoraRanks {
+                mix: t.cols("blocks.0.att.time_maa_w1")? / 5,
+                decay: t.cols("blocks.0.att.time_decay_w1")?,
+                ..LoraRanks::default()
+            },
+        })
+    },
+    load: |w, config, _| {
+        Ok((
+            TimeMix::V6(w.within("att", |w| TimeMix6::load(w, config))?),
+            ChannelMix::V6(w.within("ffn", |w| ChannelMix6::load(w, config))?),
+        ))
+    },
+    init,
+};
 
 /// RWKV-6 time-mix.
 #[derive(Module, Debug)]
@@ -31,10 +64,8 @@ pub struct TimeMix6 {
     pub time_maa_w2: Param<Tensor<3>>,
     /// Base decay `[A]`.
     pub time_decay: Param<Tensor<1>>,
-    /// Decay LoRA `C -> D'`.
-    pub time_decay_w1: Linear,
-    /// Decay LoRA `D' -> A`.
-    pub time_decay_w2: Linear,
+    /// Decay LoRA `C -> D' -> A` (`time_decay_w1`, `time_decay_w2`; tanh in between).
+    pub decay_lora: Lora,
     /// Bonus for the current token `[H, N]`.
     pub time_faaaa: Param<Tensor<2>>,
     /// `C -> A`.
@@ -52,6 +83,32 @@ pub struct TimeMix6 {
 }
 
 impl TimeMix6 {
+    /// Reads `att.*` of one block (`w` scoped there).
+    pub fn load(w: &mut Weights, config: &RwkvConfig) -> Result<Self, LoadError> {
+        let (c, a) = (config.n_embd, config.dim_att);
+        let (h, n) = heads(config);
+        let (mix_rank, decay_rank) = (config.lora.mix, config.lora.decay);
+        Ok(Self {
+            time_maa_x: w.per_channel(Role::Mix, "time_maa_x", c)?,
+            time_maa_w: w.per_channel(Role::Mix, "time_maa_w", c)?,
+            time_maa_k: w.per_channel(Role::Mix, "time_maa_k", c)?,
+            time_maa_v: w.per_channel(Role::Mix, "time_maa_v", c)?,
+            time_maa_r: w.per_channel(Role::Mix, "time_maa_r", c)?,
+            time_maa_g: w.per_channel(Role::Mix, "time_maa_g", c)?,
+            time_maa_w1: w.matrix(Role::LoraDown, "time_maa_w1", c, mix_rank * 5)?,
+            time_maa_w2: w.tensor(Role::LoraUp, "time_maa_w2", [5, mix_rank, c])?,
+            time_decay: w.per_channel(Role::Decay, "time_decay", a)?,
+            decay_lora: Lora::load(w, ["time_decay_w1", "time_decay_w2"], c, decay_rank, a)?,
+            time_faaaa: w.matrix(Role::Bonus, "time_faaaa", h, n)?,
+            receptance: w.linear(Role::Matrix, "receptance.weight", a, c)?,
+            key: w.linear(Role::Matrix, "key.weight", a, c)?,
+            value: w.linear(Role::Matrix, "value.weight", a, c)?,
+            gate: w.linear(Role::Matrix, "gate.weight", a, c)?,
+            output: w.linear(Role::Output, "output.weight", c, a)?,
+            ln_x: load_ln_x(w, "ln_x", a, h)?,
+        })
+    }
+
     /// `x` is the ln1 output `[B, T, C]`; returns the residual update.
     pub fn forward(&self, x: Tensor<3>, shift: &mut Tensor<2>, kv: &mut Tensor<4>) -> Tensor<3> {
         let (prev, last) = token_shift(x.clone(), shift.clone());
@@ -89,10 +146,8 @@ impl TimeMix6 {
         let k = split_heads(project(&self.key, kx), heads);
         let v = split_heads(project(&self.value, vx), heads);
         let g = silu(project(&self.gate, gx));
-        let decay = self.time_decay.val().unsqueeze::<3>()
-            + self
-                .time_decay_w2
-                .forward(self.time_decay_w1.forward(wx).tanh());
+        let decay =
+            self.time_decay.val().unsqueeze::<3>() + self.decay_lora.forward(wx, Tensor::tanh);
         let w = split_heads(decay.exp().neg().exp(), heads);
 
         let (y, state) = wkv5(r, k, v, w, self.time_faaaa.val(), kv.clone());
@@ -103,6 +158,20 @@ impl TimeMix6 {
     /// Width of the attention projections (A).
     pub fn dim_att(&self) -> usize {
         self.key.weight.dims()[1]
+    }
+
+    /// Channels per head (N).
+    pub fn head_size(&self) -> usize {
+        self.time_faaaa.dims()[1]
+    }
+
+    /// Ranks of the mix and decay adapters.
+    pub fn lora_ranks(&self) -> LoraRanks {
+        LoraRanks {
+            decay: self.decay_lora.rank(),
+            mix: self.time_maa_w2.dims()[1],
+            ..LoraRanks::default()
+        }
     }
 }
 
@@ -122,6 +191,18 @@ pub struct ChannelMix6 {
 }
 
 impl ChannelMix6 {
+    /// Reads `ffn.*` of one block (`w` scoped there).
+    pub fn load(w: &mut Weights, config: &RwkvConfig) -> Result<Self, LoadError> {
+        let (c, f) = (config.n_embd, config.dim_ffn);
+        Ok(Self {
+            time_maa_k: w.per_channel(Role::Mix, "time_maa_k", c)?,
+            time_maa_r: w.per_channel(Role::Mix, "time_maa_r", c)?,
+            key: w.linear(Role::Matrix, "key.weight", f, c)?,
+            receptance: w.linear(Role::Output, "receptance.weight", c, c)?,
+            value: w.linear(Role::Output, "value.weight", c, f)?,
+        })
+    }
+
     /// `x` is the ln2 output `[B, T, C]`; returns the residual update.
     pub fn forward(&self, x: Tensor<3>, shift: &mut Tensor<2>) -> Tensor<3> {
         let (prev, last) = token_shift(x.clone(), shift.clone());
@@ -136,5 +217,13 @@ impl ChannelMix6 {
     /// Width of the hidden layer (F).
     pub fn dim_ffn(&self) -> usize {
         self.key.weight.dims()[1]
+    }
+}
+
+/// RWKV-LM's initial mixes of RWKV-6 (`1 - ddd^p`; decays and bonuses as RWKV-4's).
+fn init(p: &InitParam) -> Option<Vec<f32>> {
+    match p.role {
+        Role::Mix if p.leaf.starts_with("time_maa") => Some(p.ramp(|d| 1.0 - d.powf(0.5 * p.r1a0))),
+        _ => super::v4::init(p),
     }
 }

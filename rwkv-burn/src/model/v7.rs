@@ -1,33 +1,59 @@
 //! RWKV-7 (Goose): a generalised delta rule with vector-valued in-context learning rate, and a
 //! value residual from layer 0.
+//!
+//! Official names (layer `i`): `blocks.i.att.{x_{r,w,k,v,a,g} [1,1,C], w0/a0/v0 [1,1,C],
+//! w1/a1/v1/g1 [C,D], w2/a2/v2/g2 [D,C], k_k/k_a [1,1,C], r_k [H,N],
+//! receptance/key/value/output.weight [C,C], ln_x.{weight,bias} [C]}` (layer 0 may lack its
+//! unused `v0/v1/v2`), `blocks.i.ffn.{x_k [1,1,C], key.weight [F,C], value.weight [C,F]}`.
 
-use super::layers::project;
-use super::layers::{apply_ln_x, merge_heads, split_heads};
+use super::block::{ChannelMix, TimeMix};
+use super::layers::{apply_ln_x, load_ln_x, merge_heads, project, split_heads};
+use super::lora::Lora;
 use super::token_shift::token_shift;
+use super::{Dims, Spec, heads};
+use crate::config::{LoraRanks, RwkvConfig, Version};
+use crate::weights::{InitParam, LoadError, Role, Weights};
 use crate::wkv::wkv7;
 use burn::module::{Module, Param};
 use burn::nn::{GroupNorm, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, sigmoid};
 
+/// RWKV-7 in the library's version table. The official package selects RWKV-7 by an
+/// environment variable; its tensors `r_k` and `x_r` are unique to it.
+pub(crate) const SPEC: Spec = Spec {
+    version: Version::V7,
+    detect: |t| (t.any("att.r_k") || t.any("att.x_r")).then_some(Version::V7),
+    dims: |t, n_layer| {
+        // Layer 0 does not use its value residual; a checkpoint may lack it there.
+        let value = (0..n_layer)
+            .find_map(|i| {
+                t.0.shape(&format!("blocks.{i}.att.v1"))
+                    .map(|s| s[s.len() - 1])
+            })
+            .unwrap_or(0);
+        Ok(Dims {
+            head_size: Some(t.cols("blocks.0.att.r_k")?),
+            lora: LoraRanks {
+                decay: t.cols("blocks.0.att.w1")?,
+                a: t.cols("blocks.0.att.a1")?,
+                value,
+                gate: t.cols("blocks.0.att.g1")?,
+                ..LoraRanks::default()
+            },
+        })
+    },
+    load: |w, config, layer| {
+        Ok((
+            TimeMix::V7(w.within("att", |w| TimeMix7::load(w, config, layer == 0))?),
+            ChannelMix::V7(w.within("ffn", |w| ChannelMix7::load(w, config))?),
+        ))
+    },
+    init,
+};
+
 /// The official code's literal for `exp(-0.5)`, the largest per-token log-decay magnitude.
 const DECAY_SCALE: f32 = 0.606531;
-
-/// A low-rank adapter `C -> D -> C`, stored like the official `*1 [C, D]`, `*2 [D, C]` pair.
-#[derive(Module, Debug)]
-pub struct Lora {
-    /// Down-projection.
-    pub down: Linear,
-    /// Up-projection.
-    pub up: Linear,
-}
-
-impl Lora {
-    /// Inner width D.
-    pub fn rank(&self) -> usize {
-        self.down.weight.dims()[1]
-    }
-}
 
 /// RWKV-7 time-mix.
 #[derive(Module, Debug)]
@@ -80,6 +106,52 @@ pub struct TimeMix7 {
 }
 
 impl TimeMix7 {
+    /// Reads `att.*` of one block (`w` scoped there).
+    pub fn load(
+        w: &mut Weights,
+        config: &RwkvConfig,
+        first_layer: bool,
+    ) -> Result<Self, LoadError> {
+        let c = config.n_embd;
+        let (h, n) = heads(config);
+        let lora = |w: &mut Weights, x: &str, rank| {
+            Lora::load(w, [&format!("{x}1"), &format!("{x}2")], c, rank, c)
+        };
+        // Released checkpoints carry v0/v1/v2 in layer 0 too, unused there: take them if present.
+        let (v0, v_lora) = if w.contains("v1") || !first_layer {
+            (
+                Some(w.per_channel(Role::Bias, "v0", c)?),
+                Some(lora(w, "v", config.lora.value)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            x_r: w.per_channel(Role::Mix, "x_r", c)?,
+            x_w: w.per_channel(Role::Mix, "x_w", c)?,
+            x_k: w.per_channel(Role::Mix, "x_k", c)?,
+            x_v: w.per_channel(Role::Mix, "x_v", c)?,
+            x_a: w.per_channel(Role::Mix, "x_a", c)?,
+            x_g: w.per_channel(Role::Mix, "x_g", c)?,
+            w0: w.per_channel(Role::Decay, "w0", c)?,
+            w_lora: lora(w, "w", config.lora.decay)?,
+            a0: w.per_channel(Role::Bias, "a0", c)?,
+            a_lora: lora(w, "a", config.lora.a)?,
+            v0,
+            v_lora,
+            g_lora: lora(w, "g", config.lora.gate)?,
+            k_k: w.per_channel(Role::Bias, "k_k", c)?,
+            k_a: w.per_channel(Role::Bias, "k_a", c)?,
+            r_k: w.matrix(Role::Bonus, "r_k", h, n)?,
+            receptance: w.linear(Role::Matrix, "receptance.weight", c, c)?,
+            key: w.linear(Role::Matrix, "key.weight", c, c)?,
+            value: w.linear(Role::Matrix, "value.weight", c, c)?,
+            output: w.linear(Role::Output, "output.weight", c, c)?,
+            ln_x: load_ln_x(w, "ln_x", c, h)?,
+            first_layer,
+        })
+    }
+
     /// `x` is the ln1 output `[B, T, C]`; `v_first` carries layer 0's value to later layers.
     pub fn forward(
         &self,
@@ -106,20 +178,17 @@ impl TimeMix7 {
         let r = project(&self.receptance, xr);
         let k = project(&self.key, xk);
         let mut v = project(&self.value, xv.clone());
-        let w_raw = self.w_lora.up.forward(self.w_lora.down.forward(xw).tanh());
+        let w_raw = self.w_lora.forward(xw, Tensor::tanh);
         let w = (sigmoid(bias(&self.w0) + w_raw) * (-DECAY_SCALE)).exp();
-        let a = sigmoid(bias(&self.a0) + self.a_lora.up.forward(self.a_lora.down.forward(xa)));
-        let g = self
-            .g_lora
-            .up
-            .forward(sigmoid(self.g_lora.down.forward(xg)));
+        let a = sigmoid(bias(&self.a0) + self.a_lora.forward(xa, |x| x));
+        let g = self.g_lora.forward(xg, sigmoid);
 
         let kk = l2_normalize_heads(k.clone() * bias(&self.k_k), heads);
         let k = k * ((a.clone() - 1.0) * bias(&self.k_a) + 1.0);
         match (self.first_layer, &self.v0, &self.v_lora, v_first.as_ref()) {
             (true, ..) => *v_first = Some(v.clone()),
             (false, Some(v0), Some(lora), Some(first)) => {
-                let gate = sigmoid(bias(v0) + lora.up.forward(lora.down.forward(xv)));
+                let gate = sigmoid(bias(v0) + lora.forward(xv, |x| x));
                 v = v.clone() + (first.clone() - v) * gate;
             }
             _ => panic!("RWKV-7 layer without value residual, or v_first missing"),
@@ -148,6 +217,22 @@ impl TimeMix7 {
     pub fn dim_att(&self) -> usize {
         self.key.weight.dims()[1]
     }
+
+    /// Channels per head (N).
+    pub fn head_size(&self) -> usize {
+        self.r_k.dims()[1]
+    }
+
+    /// Ranks of the decay, learning-rate, value-residual and gate adapters.
+    pub fn lora_ranks(&self) -> LoraRanks {
+        LoraRanks {
+            decay: self.w_lora.rank(),
+            a: self.a_lora.rank(),
+            value: self.v_lora.as_ref().map_or(0, Lora::rank),
+            gate: self.g_lora.rank(),
+            ..LoraRanks::default()
+        }
+    }
 }
 
 /// `F.normalize(x.view(.., H, N), dim=-1, eps=1e-12)`.
@@ -172,6 +257,16 @@ pub struct ChannelMix7 {
 }
 
 impl ChannelMix7 {
+    /// Reads `ffn.*` of one block (`w` scoped there).
+    pub fn load(w: &mut Weights, config: &RwkvConfig) -> Result<Self, LoadError> {
+        let (c, f) = (config.n_embd, config.dim_ffn);
+        Ok(Self {
+            x_k: w.per_channel(Role::Mix, "x_k", c)?,
+            key: w.linear(Role::Matrix, "key.weight", f, c)?,
+            value: w.linear(Role::Output, "value.weight", c, f)?,
+        })
+    }
+
     /// `x` is the ln2 output `[B, T, C]`; returns the residual update.
     pub fn forward(&self, x: Tensor<3>, shift: &mut Tensor<2>) -> Tensor<3> {
         let (prev, last) = token_shift(x.clone(), shift.clone());
@@ -185,4 +280,28 @@ impl ChannelMix7 {
     pub fn dim_ffn(&self) -> usize {
         self.key.weight.dims()[1]
     }
+}
+
+/// RWKV-LM's RWKV-7 initialisation of the tensors it introduced: mixes `1 - ddd^p` with a
+/// power per mix, the decay bias rising from -6.5 across channels, zero bonus, and the key
+/// scales and biases of `RWKV_Tmix_x070`.
+fn init(p: &InitParam) -> Option<Vec<f32>> {
+    let (r01, r1a0) = (p.r01, p.r1a0);
+    Some(match (p.role, p.leaf) {
+        (Role::Mix, "x_r" | "x_g") => p.ramp(|d| 1.0 - d.powf(0.2 * r1a0)),
+        (Role::Mix, "x_w" | "x_a") => p.ramp(|d| 1.0 - d.powf(0.9 * r1a0)),
+        (Role::Mix, "x_k") if p.in_channel_mix() => p.ramp(|d| 1.0 - d.powf(r1a0.powi(4))),
+        (Role::Mix, "x_k" | "x_v") => p.ramp(|d| 1.0 - d.powf(0.7 * r1a0)),
+        (Role::Decay, "w0") => {
+            let n = p.count.max(2) as f32 - 1.0;
+            (0..p.count)
+                .map(|i| -7.0 + 5.0 * (i as f32 / n).powf(0.85 + r01.sqrt()) + 0.5)
+                .collect()
+        }
+        (Role::Bonus, "r_k") => vec![0.0; p.count],
+        (Role::Bias, "k_k") => vec![0.85; p.count],
+        (Role::Bias, "k_a" | "v0") => vec![1.0; p.count],
+        (Role::Bias, _) => vec![0.0; p.count],
+        _ => return None,
+    })
 }

@@ -2,16 +2,22 @@
 //! `20B_tokenizer.json` of the Pile models (RWKV-4), behind one trait.
 
 mod bytes;
+mod choose;
 mod neox;
 mod stream;
 mod world;
 
 pub use bytes::ByteTokenizer;
+pub use choose::{WORLD_MODEL_VOCAB, WORLD_VOCAB, choose, model_vocab, world};
 pub use neox::NeoxTokenizer;
 pub use stream::StreamDecoder;
 pub use world::WorldTokenizer;
 
 use std::path::{Path, PathBuf};
+
+/// End-of-text id of the RWKV World and Pile vocabularies (and of byte-level training data):
+/// documents end with it, and generation stops at it.
+pub const END_OF_TEXT: u32 = 0;
 
 /// Turns bytes into token ids and back.
 pub trait Tokenizer: Send + Sync {

@@ -21,6 +21,10 @@ fn in_dtype<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
     if x.dtype() == dtype { x } else { x.cast(dtype) }
 }
 
+/// The running maximum of a fresh RWKV-4 WKV state (`att_pp` of the official package): "minus
+/// infinity" that stays finite in f32 arithmetic.
+pub const V4_EMPTY_MAX: f32 = -1e30;
+
 /// RWKV-4 WKV state as high-level tensors, each `[batch, channels]`.
 #[derive(Debug, Clone)]
 pub struct Wkv4State {

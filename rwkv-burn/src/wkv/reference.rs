@@ -377,7 +377,7 @@ mod tests {
         Wkv4State {
             aa: Tensor::zeros([batch, ch], device),
             bb: Tensor::zeros([batch, ch], device),
-            pp: Tensor::full([batch, ch], -1e30, device),
+            pp: Tensor::full([batch, ch], crate::wkv::V4_EMPTY_MAX, device),
         }
     }
 

@@ -270,17 +270,8 @@ mod tests {
 
     /// Deterministic values in `[lo, hi)`.
     fn values(count: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-        let mut x = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..count)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                lo + (hi - lo) * ((x >> 40) as f32 / (1u64 << 24) as f32)
-            })
-            .collect()
+        let mut rng = crate::random::Lcg::new(seed);
+        (0..count).map(|_| rng.uniform(lo, hi)).collect()
     }
 
     /// Gradients of every input of a random RWKV-7 WKV call, through the hand-written backward

@@ -8,31 +8,12 @@
 //! libtorch's caching allocator. The driver API works in the device's primary context, the
 //! one libtorch's runtime API uses.
 
-use super::launch::{Arg, Launcher, Params};
-use super::nvrtc::{self, NvrtcError};
+use super::launch::{Arg, LaunchError, Launcher, Params};
+use super::nvrtc;
 use libloading::Library;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
 use std::sync::{Mutex, OnceLock};
-
-/// Why the CUDA kernels cannot run.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CudaError {
-    /// libcuda could not be loaded.
-    #[error("the CUDA driver (libcuda.so.1) could not be loaded: {0}")]
-    Driver(String),
-    /// A driver call failed.
-    #[error("CUDA {call} failed: {message}")]
-    Call {
-        /// The function.
-        call: &'static str,
-        /// The driver's description of the error.
-        message: String,
-    },
-    /// NVRTC failed.
-    #[error(transparent)]
-    Nvrtc(#[from] NvrtcError),
-}
 
 type Context = *mut c_void;
 type Module = *mut c_void;
@@ -75,8 +56,8 @@ struct Api {
 }
 
 impl Api {
-    fn load() -> Result<Self, CudaError> {
-        let driver = |e: libloading::Error| CudaError::Driver(e.to_string());
+    fn load() -> Result<Self, LaunchError> {
+        let driver = |e: libloading::Error| LaunchError::Driver(e.to_string());
         // SAFETY: loading libcuda runs no initialisers with preconditions; the symbols are
         // the driver's public C API with these signatures and stay valid while `_lib` lives.
         unsafe {
@@ -99,7 +80,7 @@ impl Api {
         }
     }
 
-    fn check(&self, call: &'static str, status: Status) -> Result<(), CudaError> {
+    fn check(&self, call: &'static str, status: Status) -> Result<(), LaunchError> {
         if status == 0 {
             return Ok(());
         }
@@ -114,12 +95,12 @@ impl Api {
                 .to_string_lossy()
                 .into_owned()
         };
-        Err(CudaError::Call { call, message })
+        Err(LaunchError::Call { call, message })
     }
 }
 
-fn api() -> Result<&'static Api, CudaError> {
-    static API: OnceLock<Result<Api, CudaError>> = OnceLock::new();
+fn api() -> Result<&'static Api, LaunchError> {
+    static API: OnceLock<Result<Api, LaunchError>> = OnceLock::new();
     API.get_or_init(|| {
         let api = Api::load()?;
         // SAFETY: cuInit may be called any number of times; libtorch has usually called it.
@@ -145,8 +126,8 @@ unsafe impl Sync for Kernels {}
 /// The kernels for the GPU with this CUDA ordinal and RWKV-5/6/7 head size `head_size`
 /// (RWKV-4 passes any), compiled on first use and kept for the life of the process (like
 /// libtorch's own kernels).
-pub(super) fn kernels(ordinal: usize, head_size: usize) -> Result<&'static Kernels, CudaError> {
-    type Cache = Mutex<HashMap<(usize, usize), Result<&'static Kernels, CudaError>>>;
+pub(super) fn kernels(ordinal: usize, head_size: usize) -> Result<&'static Kernels, LaunchError> {
+    type Cache = Mutex<HashMap<(usize, usize), Result<&'static Kernels, LaunchError>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let mut cache = CACHE
         .get_or_init(Default::default)
@@ -158,9 +139,9 @@ pub(super) fn kernels(ordinal: usize, head_size: usize) -> Result<&'static Kerne
         .clone()
 }
 
-fn load(ordinal: usize, head_size: usize) -> Result<Kernels, CudaError> {
+fn load(ordinal: usize, head_size: usize) -> Result<Kernels, LaunchError> {
     let api = api()?;
-    let attribute = |device: c_int, attribute: c_int| -> Result<i32, CudaError> {
+    let attribute = |device: c_int, attribute: c_int| -> Result<i32, LaunchError> {
         let mut value = 0;
         // SAFETY: `value` is valid for writes.
         api.check("cuDeviceGetAttribute", unsafe {
@@ -226,7 +207,7 @@ impl Launcher for Kernels {
         block: u32,
         shared_bytes: usize,
         args: &[Arg],
-    ) -> Result<(), CudaError> {
+    ) -> Result<(), LaunchError> {
         let api = api()?;
         let function = self.functions[kernel];
         let mut params = Params::new(args);

@@ -3,7 +3,7 @@
 //! the kernels' own code, through the same argument marshalling as the CUDA path, on
 //! libtorch's CPU tensors. Only the driver calls of `cuda.rs` are left out.
 
-use super::cuda::CudaError;
+use super::launch::LaunchError;
 use super::launch::{Arg, Launcher, Params};
 use libloading::Library;
 use std::cell::Cell;
@@ -97,7 +97,7 @@ impl Launcher for Emulator {
         block: u32,
         shared_bytes: usize,
         args: &[Arg],
-    ) -> Result<(), CudaError> {
+    ) -> Result<(), LaunchError> {
         // The emulation keeps one block's state in globals: one launch at a time.
         static RUNNING: Mutex<()> = Mutex::new(());
         let _running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,8 +1,27 @@
 //! What the WKV operators need from something that runs the kernels of `wkv.cu` on raw
 //! pointers: the CUDA driver (`cuda.rs`), or in tests a CPU emulation (`emulator.rs`).
 
-use super::cuda::CudaError;
+use super::nvrtc::NvrtcError;
 use std::ffi::c_void;
+
+/// Why the kernels cannot run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LaunchError {
+    /// libcuda could not be loaded.
+    #[error("the CUDA driver (libcuda.so.1) could not be loaded: {0}")]
+    Driver(String),
+    /// A driver call failed.
+    #[error("CUDA {call} failed: {message}")]
+    Call {
+        /// The function.
+        call: &'static str,
+        /// The driver's description of the error.
+        message: String,
+    },
+    /// NVRTC failed.
+    #[error(transparent)]
+    Nvrtc(#[from] NvrtcError),
+}
 
 /// A kernel argument: a device pointer or a 32-bit integer, as the kernels declare them.
 #[derive(Clone, Copy)]
@@ -32,7 +51,7 @@ pub(super) trait Launcher: Sync {
         block: u32,
         shared_bytes: usize,
         args: &[Arg],
-    ) -> Result<(), CudaError>;
+    ) -> Result<(), LaunchError>;
 }
 
 /// The arguments laid out as `cuLaunchKernel` takes them: one 8-byte slot per argument and

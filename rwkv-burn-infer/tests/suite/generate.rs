@@ -63,6 +63,45 @@ fn batched_sequences_do_not_leak_into_each_other() {
     }
 }
 
+/// The batched path streams each sequence's text, and one sequence can stop early while the
+/// others go on to the same tokens as alone.
+#[test]
+fn batched_sequences_stream_and_stop_one_at_a_time() {
+    let prompts: Vec<Vec<u32>> = vec![
+        b"In the beginning".iter().map(|&b| b as u32).collect(),
+        b"And God said".iter().map(|&b| b as u32).collect(),
+        vec![7, 8, 9],
+    ];
+    for (name, device, model) in setups() {
+        let pipeline = Pipeline::new(&model, &ByteTokenizer, device.clone());
+        let options = greedy(10);
+        let mut streamed = vec![String::new(); prompts.len()];
+        let mut calls = vec![0; prompts.len()];
+        let batch = pipeline
+            .generate_batch_streaming(&prompts, &options, &mut |i, text| {
+                streamed[i].push_str(text);
+                calls[i] += 1;
+                // Sequence 1 stops after its third token.
+                !(i == 1 && calls[i] == 3)
+            })
+            .unwrap();
+        assert_eq!(batch[1].stop, StopReason::Cancelled, "{name}");
+        assert_eq!(batch[1].tokens.len(), 3, "{name}");
+        for (i, (prompt, together)) in prompts.iter().zip(&batch).enumerate() {
+            assert_eq!(streamed[i], together.text, "{name}: streamed text {i}");
+            let mut state = State::zeros(&model.config(), 1, &device);
+            let alone = pipeline
+                .generate(prompt, &mut state, &options, &mut |_| true)
+                .unwrap();
+            let n = together.tokens.len();
+            assert_eq!(alone.tokens[..n], together.tokens[..], "{name}: prompt {i}");
+            if i != 1 {
+                assert_eq!(alone.tokens, together.tokens, "{name}: prompt {i}");
+            }
+        }
+    }
+}
+
 #[test]
 fn chat_state_carries_over_and_survives_a_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,9 +1,7 @@
 //! Parity with the official `rwkv` package (RWKV-4, 5.2, 6, 7) and Hugging Face transformers.
 
-mod common;
-
+use crate::common::{Expected, assert_matches, devices, fixtures, token_tensor};
 use burn::tensor::{Device, Tensor};
-use common::{Expected, assert_matches, devices, fixtures, token_tensor};
 use rwkv_burn::{Rwkv, RwkvConfig, State, load_model};
 
 fn logits_vec(t: Tensor<3>) -> Vec<f32> {
@@ -285,7 +283,7 @@ fn fresh_models_have_the_official_shapes() {
         let source = fixtures().join(version).join("weights.pth");
         let (config, _, official) = rwkv_burn::load::load_model_named(&source, &device).unwrap();
         let (_, fresh) = rwkv_burn::init::training_model(&config, 1, &device).unwrap();
-        let shapes = |names: &rwkv_burn::load::ParamNames| {
+        let shapes = |names: &rwkv_burn::weights::ParamNames| {
             let mut v: Vec<(String, Vec<usize>)> = names
                 .0
                 .iter()

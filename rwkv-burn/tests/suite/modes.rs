@@ -1,10 +1,8 @@
 //! Sequence, step and chunked modes agree for every version on random models larger than the
 //! fixtures (4 layers, width 256, head size 64, 200 tokens), batch > 1 included.
 
-mod common;
-
+use crate::common::{assert_matches, devices, token_tensor};
 use burn::tensor::{Device, Tensor};
-use common::{assert_matches, devices, token_tensor};
 use rwkv_burn::init::random_model;
 use rwkv_burn::presets::config_for;
 use rwkv_burn::{Rwkv, RwkvConfig, State, Version};

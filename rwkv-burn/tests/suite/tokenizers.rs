@@ -1,8 +1,6 @@
 //! Tokenizers against the official package's and `tokenizers`' outputs.
 
-mod common;
-
-use common::fixtures;
+use crate::common::fixtures;
 use rwkv_burn::tokenizer::{
     NeoxTokenizer, StreamDecoder, Tokenizer, WorldTokenizer, load_tokenizer,
 };

@@ -1,9 +1,7 @@
 //! Every kind of bad checkpoint gives a typed error naming the file, never a panic.
 
-mod common;
-
+use crate::common::{devices, fixtures};
 use burn::tensor::TensorData;
-use common::{devices, fixtures};
 use rwkv_burn::safetensors_io::{NamedTensor, read, write};
 use rwkv_burn::{LoadError, Version, load_model};
 use std::path::Path;

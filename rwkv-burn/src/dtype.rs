@@ -1,4 +1,5 @@
-//! Element types a checkpoint may store, and their conversion to f32.
+//! Element types a checkpoint may store, and their conversion to f32 (what the model computes
+//! in).
 
 use half::{bf16, f16};
 

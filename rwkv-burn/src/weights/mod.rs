@@ -1,0 +1,366 @@
+//! From named tensors to model parameters: the ground floor that every RWKV version's `load`
+//! (in `model/vN.rs`) builds on. A [`WeightSource`] hands out tensors by official name;
+//! [`Weights`] checks each against the shape the model needs, places it on the device in the
+//! layout the model multiplies by, and records its official name and stored shape
+//! ([`ParamNames`]) for gradients and export.
+
+mod error;
+mod names;
+mod source;
+
+pub use error::LoadError;
+pub use names::{Layout, NamedParam, ParamNames, stable_id};
+pub use source::{InitParam, Role, Shapes, StoredData, StoredTensor, TensorIndex, WeightSource};
+
+use burn::module::{Param, ParamId};
+use burn::nn::Linear;
+use burn::tensor::{Device, Tensor, TensorData};
+use std::path::Path;
+
+/// Reads tensors by official name for a model under construction, checking each shape, and
+/// records the name of every parameter it creates. Names are relative to the current scope
+/// ([`Weights::within`]): a time-mix asks for `key.weight`, and gets `blocks.3.att.key.weight`.
+pub struct Weights<'a> {
+    source: &'a dyn WeightSource,
+    device: &'a Device,
+    scope: String,
+    names: Vec<NamedParam>,
+}
+
+/// How official checkpoints store a vector of model shape `[len]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VectorShape {
+    /// `[len]` (norms, RWKV-4's decay and bonus).
+    Flat,
+    /// `[1, 1, len]`, broadcast over batch and time (RWKV-LM's per-channel `nn.Parameter`s).
+    PerChannel,
+}
+
+impl<'a> Weights<'a> {
+    /// A reader of `source` placing tensors on `device`.
+    pub fn new(source: &'a dyn WeightSource, device: &'a Device) -> Self {
+        Self {
+            source,
+            device,
+            scope: String::new(),
+            names: Vec::new(),
+        }
+    }
+
+    /// The device parameters are placed on.
+    pub fn device(&self) -> &Device {
+        self.device
+    }
+
+    /// The file the weights come from.
+    pub fn path(&self) -> &Path {
+        self.source.path()
+    }
+
+    /// Runs `f` with names relative to `segment` below the current scope
+    /// (`w.within("blocks.0", |w| w.within("att", ...))` reads `blocks.0.att.*`).
+    pub fn within<T>(&mut self, segment: &str, f: impl FnOnce(&mut Self) -> T) -> T {
+        let len = self.scope.len();
+        if !self.scope.is_empty() {
+            self.scope.push('.');
+        }
+        self.scope.push_str(segment);
+        let out = f(self);
+        self.scope.truncate(len);
+        out
+    }
+
+    /// Whether the source has the tensor `leaf` in the current scope.
+    pub fn contains(&self, leaf: &str) -> bool {
+        self.source.contains(&self.name(leaf))
+    }
+
+    /// The names recorded so far, in reading order.
+    pub fn into_names(self) -> ParamNames {
+        ParamNames(self.names)
+    }
+
+    fn name(&self, leaf: &str) -> String {
+        if self.scope.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{}.{leaf}", self.scope)
+        }
+    }
+
+    /// Values and stored shape of tensor `name`, whose model shape is `expected`; sources
+    /// without stored shapes get `official` as the stored shape.
+    fn read(
+        &self,
+        name: &str,
+        expected: &[usize],
+        official: &[usize],
+        role: Role,
+    ) -> Result<(StoredTensor<'a>, Vec<usize>), LoadError> {
+        let tensor = self.source.read(name, expected, role)?;
+        let shape = if self.source.stores_shapes() {
+            tensor.shape.clone()
+        } else {
+            official.to_vec()
+        };
+        // Vectors are stored as [C], [1, C] or [1, 1, C] depending on the producer.
+        let squeezed: Vec<usize> = match expected.len() {
+            1 => shape.iter().copied().filter(|&d| d != 1).collect(),
+            _ => shape.clone(),
+        };
+        let fits = squeezed == expected || (expected == [1] && squeezed.is_empty());
+        if !fits {
+            return Err(LoadError::WrongShape {
+                path: self.path().to_path_buf(),
+                name: name.to_string(),
+                got: shape,
+                expected: expected.to_vec(),
+            });
+        }
+        Ok((tensor, shape))
+    }
+
+    /// Gives a new parameter its stable id and records its name.
+    fn record(
+        &mut self,
+        name: String,
+        id: &mut ParamId,
+        stored: Vec<usize>,
+        rank: usize,
+        layout: Layout,
+    ) {
+        *id = stable_id(&name);
+        self.names.push(NamedParam {
+            name,
+            id: *id,
+            stored_shape: stored,
+            rank,
+            layout,
+        });
+    }
+
+    /// A parameter of any rank, stored in the model's shape.
+    pub fn tensor<const D: usize>(
+        &mut self,
+        role: Role,
+        leaf: &str,
+        shape: [usize; D],
+    ) -> Result<Param<Tensor<D>>, LoadError> {
+        self.param(role, leaf, shape, &shape)
+    }
+
+    /// A parameter whose official stored shape is `official`.
+    fn param<const D: usize>(
+        &mut self,
+        role: Role,
+        leaf: &str,
+        shape: [usize; D],
+        official: &[usize],
+    ) -> Result<Param<Tensor<D>>, LoadError> {
+        let name = self.name(leaf);
+        let (tensor, stored) = self.read(&name, &shape, official, role)?;
+        let mut param = Param::from_tensor(Tensor::from_data(
+            TensorData::new(tensor.into_f32(), shape),
+            self.device,
+        ));
+        self.record(name, &mut param.id, stored, D, Layout::Same);
+        Ok(param)
+    }
+
+    fn vector_as(
+        &mut self,
+        role: Role,
+        leaf: &str,
+        len: usize,
+        stored: VectorShape,
+    ) -> Result<Param<Tensor<1>>, LoadError> {
+        let official = match stored {
+            VectorShape::Flat => vec![len],
+            VectorShape::PerChannel => vec![1, 1, len],
+        };
+        self.param(role, leaf, [len], &official)
+    }
+
+    /// A vector that official checkpoints store flat, `[len]`.
+    pub fn vector(
+        &mut self,
+        role: Role,
+        leaf: &str,
+        len: usize,
+    ) -> Result<Param<Tensor<1>>, LoadError> {
+        self.vector_as(role, leaf, len, VectorShape::Flat)
+    }
+
+    /// A per-channel vector that official checkpoints store `[1, 1, len]` (token-shift mixes,
+    /// most decays and biases).
+    pub fn per_channel(
+        &mut self,
+        role: Role,
+        leaf: &str,
+        len: usize,
+    ) -> Result<Param<Tensor<1>>, LoadError> {
+        self.vector_as(role, leaf, len, VectorShape::PerChannel)
+    }
+
+    /// A `[rows, cols]` parameter.
+    pub fn matrix(
+        &mut self,
+        role: Role,
+        leaf: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Param<Tensor<2>>, LoadError> {
+        self.tensor(role, leaf, [rows, cols])
+    }
+
+    /// A matrix stored `[in, out]` and used as `x @ W` (low-rank adapter factors): already
+    /// Burn's layout.
+    pub fn factor(
+        &mut self,
+        role: Role,
+        leaf: &str,
+        input: usize,
+        out: usize,
+    ) -> Result<Linear, LoadError> {
+        Ok(Linear {
+            weight: self.tensor(role, leaf, [input, out])?,
+            bias: None,
+        })
+    }
+
+    /// A torch `nn.Linear` weight `[out, in]` as a bias-free [`Linear`], laid out for the
+    /// device: [`crate::cpu::decode_weight`] keeps the checkpoint's layout where the CPU decode
+    /// kernels stream it; elsewhere it is transposed on the host to Burn's `[in, out]`, as
+    /// backends may copy strided operands on every product.
+    pub fn linear(
+        &mut self,
+        role: Role,
+        leaf: &str,
+        out: usize,
+        input: usize,
+    ) -> Result<Linear, LoadError> {
+        let name = self.name(leaf);
+        let shape = [out, input];
+        let (tensor, stored) = self.read(&name, &shape, &shape, role)?;
+        let values = tensor.into_f32();
+        let weight = match crate::cpu::decode_weight(&values, out, input, self.device) {
+            Some(weight) => weight,
+            None => {
+                let mut transposed = vec![0f32; values.len()];
+                for (o, row) in values.chunks_exact(input).enumerate() {
+                    for (i, v) in row.iter().enumerate() {
+                        transposed[i * out + o] = *v;
+                    }
+                }
+                Tensor::from_data(TensorData::new(transposed, [input, out]), self.device)
+            }
+        };
+        let mut layer = Linear {
+            weight: Param::from_tensor(weight),
+            bias: None,
+        };
+        self.record(name, &mut layer.weight.id, stored, 2, Layout::Transposed);
+        Ok(layer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source of one shape per name, storing shapes or not.
+    struct Fake {
+        shapes: Vec<(&'static str, Vec<usize>)>,
+        stores_shapes: bool,
+    }
+
+    impl WeightSource for Fake {
+        fn path(&self) -> &Path {
+            Path::new("fake")
+        }
+
+        fn contains(&self, name: &str) -> bool {
+            self.shapes.iter().any(|(n, _)| *n == name)
+        }
+
+        fn stores_shapes(&self) -> bool {
+            self.stores_shapes
+        }
+
+        fn read(&self, name: &str, _: &[usize], _: Role) -> Result<StoredTensor<'_>, LoadError> {
+            let (_, shape) = self.shapes.iter().find(|(n, _)| *n == name).unwrap();
+            Ok(StoredTensor {
+                shape: shape.clone(),
+                data: StoredData::F32(vec![0.5; shape.iter().product()]),
+            })
+        }
+    }
+
+    #[test]
+    fn names_are_scoped_and_vectors_take_any_official_form() {
+        let device = Device::default();
+        let source = Fake {
+            shapes: vec![
+                ("blocks.0.att.mix", vec![1, 1, 4]),
+                ("blocks.0.att.norm", vec![4]),
+                ("blocks.0.att.bad", vec![2, 2]),
+            ],
+            stores_shapes: true,
+        };
+        let mut w = Weights::new(&source, &device);
+        w.within("blocks.0", |w| {
+            w.within("att", |w| {
+                assert!(w.contains("mix") && !w.contains("x"));
+                w.per_channel(Role::Mix, "mix", 4).unwrap();
+                w.vector(Role::NormScale, "norm", 4).unwrap();
+                assert!(matches!(
+                    w.vector(Role::NormScale, "bad", 4),
+                    Err(LoadError::WrongShape { name, .. }) if name == "blocks.0.att.bad"
+                ));
+            })
+        });
+        let names = w.into_names();
+        let got: Vec<_> = names
+            .0
+            .iter()
+            .map(|p| (p.name.as_str(), p.stored_shape.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("blocks.0.att.mix", vec![1, 1, 4]),
+                ("blocks.0.att.norm", vec![4])
+            ]
+        );
+        assert_eq!(names.0[0].id, stable_id("blocks.0.att.mix"));
+    }
+
+    /// Sources that invent values get the shapes official checkpoints store.
+    #[test]
+    fn invented_tensors_get_official_shapes() {
+        let device = Device::default();
+        let source = Fake {
+            shapes: vec![("m", vec![4]), ("v", vec![4]), ("w", vec![3, 2])],
+            stores_shapes: false,
+        };
+        let mut w = Weights::new(&source, &device);
+        w.per_channel(Role::Mix, "m", 4).unwrap();
+        w.vector(Role::Decay, "v", 4).unwrap();
+        let linear = w.linear(Role::Matrix, "w", 3, 2).unwrap();
+        assert_eq!(linear.weight.dims(), [2, 3]);
+        let names = w.into_names();
+        let shapes: Vec<_> = names
+            .0
+            .iter()
+            .map(|p| (p.stored_shape.clone(), p.layout))
+            .collect();
+        assert_eq!(
+            shapes,
+            [
+                (vec![1, 1, 4], Layout::Same),
+                (vec![4], Layout::Same),
+                (vec![3, 2], Layout::Transposed)
+            ]
+        );
+    }
+}
