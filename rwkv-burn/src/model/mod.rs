@@ -36,11 +36,15 @@ pub(crate) struct Spec {
     /// Head size and adapter ranks, read off the tensors of a model of `n_layer` blocks.
     pub dims: fn(&Shapes, usize) -> Result<Dims, LoadError>,
     /// Block `layer`'s time-mix and channel-mix (`w` scoped to `blocks.{layer}`).
-    pub load: fn(&mut Weights, &RwkvConfig, usize) -> Result<(TimeMix, ChannelMix), LoadError>,
+    pub load: LoadBlock,
     /// RWKV-LM's initial values for the tensors whose rule is the version's own; `None`
     /// leaves a tensor to the rules every version shares (`init::TrainingInit`).
     pub init: fn(&InitParam) -> Option<Vec<f32>>,
 }
+
+/// Builds block `layer`'s time-mix and channel-mix from its weights.
+pub(crate) type LoadBlock =
+    fn(&mut Weights, &RwkvConfig, usize) -> Result<(TimeMix, ChannelMix), LoadError>;
 
 /// The dimensions only some versions have.
 #[derive(Debug, Clone, Copy, Default)]
@@ -171,7 +175,7 @@ pub fn build_named(
 /// If `batch` is zero or does not divide `ids.len()`.
 pub fn token_tensor(ids: &[u32], batch: usize, device: &Device) -> Tensor<2, Int> {
     assert!(
-        batch > 0 && ids.len() % batch == 0,
+        batch > 0 && ids.len().is_multiple_of(batch),
         "{} token ids do not split into {batch} sequences",
         ids.len()
     );
