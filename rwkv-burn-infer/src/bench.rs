@@ -1,6 +1,7 @@
 //! Throughput measurements behind `rwkv bench`: prefill, decode at batch 1 and batch N, peak
 //! memory.
 
+use crate::generate::OptionsError;
 use burn::tensor::Device;
 use rwkv_burn::model::token_tensor;
 use rwkv_burn::{Rwkv, State};
@@ -26,14 +27,40 @@ pub struct BenchResult {
     pub peak_rss_bytes: u64,
 }
 
-/// Runs the measurements on `model` with deterministic pseudo-random tokens.
+/// The largest prefill and decode lengths [`run`] takes.
+pub const MAX_TOKENS: usize = 1 << 20;
+/// The largest batch [`run`] takes.
+pub const MAX_BATCH: usize = 1024;
+
+/// Why a measurement could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A size out of range.
+    #[error(transparent)]
+    Size(#[from] OptionsError),
+    /// The device failed (out of memory, a lost device, a failed read-back).
+    #[error("the device failed: {0}")]
+    Device(String),
+}
+
+/// Runs the measurements on `model` with deterministic pseudo-random tokens: `prefill`
+/// tokens in one sequence-mode call, then `decode` steps at batch 1 and at `batch`.
 pub fn run(
     model: &Rwkv,
     device: &Device,
     prefill: usize,
     decode: usize,
     batch: usize,
-) -> BenchResult {
+) -> Result<BenchResult, BenchError> {
+    for (name, value, max) in [
+        ("prefill", prefill, MAX_TOKENS),
+        ("decode", decode, MAX_TOKENS),
+        ("batch", batch, MAX_BATCH),
+    ] {
+        if !(1..=max).contains(&value) {
+            return Err(OptionsError::new(name, value, format!("1 to {max}")).into());
+        }
+    }
     let config = model.config();
     let vocab = config.vocab_size as u64;
     let tokens = |n: usize, salt: u64| -> Vec<u32> {
@@ -42,35 +69,34 @@ pub fn run(
             .collect()
     };
     let input = |ids: Vec<u32>, b: usize| token_tensor(&ids, b, device);
+    let read = |logits: burn::tensor::Tensor<2>| {
+        logits
+            .try_into_data()
+            .map(drop)
+            .map_err(|e| BenchError::Device(format!("{e:?}")))
+    };
 
     // Warm-up: first calls allocate and (on some backends) compile.
     let mut state = State::zeros(&config, 1, device);
-    let _ = model
-        .forward_last(input(tokens(8, 1), 1), &mut state)
-        .into_data();
+    read(model.forward_last(input(tokens(8, 1), 1), &mut state))?;
 
     let mut state = State::zeros(&config, 1, device);
     let start = Instant::now();
-    let _ = model
-        .forward_last(input(tokens(prefill, 3), 1), &mut state)
-        .into_data();
+    read(model.forward_last(input(tokens(prefill, 3), 1), &mut state))?;
     let prefill_s = start.elapsed().as_secs_f64();
 
-    let decode_rate = |b: usize| {
+    let decode_rate = |b: usize| -> Result<f64, BenchError> {
         let mut state = State::zeros(&config, b, device);
-        let _ = model
-            .forward_last(input(tokens(b, 5), b), &mut state)
-            .into_data();
+        read(model.forward_last(input(tokens(b, 5), b), &mut state))?;
         let start = Instant::now();
         for step in 0..decode {
-            let logits = model.forward_last(input(tokens(b, 11 + step as u64), b), &mut state);
-            let _ = logits.into_data();
+            read(model.forward_last(input(tokens(b, 11 + step as u64), b), &mut state))?;
         }
-        (decode * b) as f64 / start.elapsed().as_secs_f64()
+        Ok((decode * b) as f64 / start.elapsed().as_secs_f64())
     };
-    let decode_tokens_per_s = decode_rate(1);
-    let decode_batch_tokens_per_s = decode_rate(batch);
-    BenchResult {
+    let decode_tokens_per_s = decode_rate(1)?;
+    let decode_batch_tokens_per_s = decode_rate(batch)?;
+    Ok(BenchResult {
         prefill_tokens: prefill,
         prefill_tokens_per_s: prefill as f64 / prefill_s,
         decode_tokens: decode,
@@ -78,7 +104,7 @@ pub fn run(
         batch,
         decode_batch_tokens_per_s,
         peak_rss_bytes: peak_rss(),
-    }
+    })
 }
 
 /// `VmHWM` of `/proc/self/status` (Linux), else 0.

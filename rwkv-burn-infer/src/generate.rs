@@ -23,6 +23,63 @@ pub struct GenerateOptions {
     pub prefill_chunk: usize,
 }
 
+/// The longest sequence-mode call [`GenerateOptions::prefill_chunk`] may ask for: longer
+/// calls only cost memory (the WKV kernels work in chunks of their own).
+pub const MAX_PREFILL_CHUNK: usize = 65536;
+
+/// A generation option out of range; says which and what the range is.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{name} is {value}; it must be {range}")]
+pub struct OptionsError {
+    /// The option (its command-line spelling).
+    pub name: &'static str,
+    /// The value given.
+    pub value: String,
+    /// What it must be.
+    pub range: String,
+}
+
+impl OptionsError {
+    /// An option `name` whose `value` is outside `range`.
+    pub fn new(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        range: impl Into<String>,
+    ) -> Self {
+        Self {
+            name,
+            value: value.to_string(),
+            range: range.into(),
+        }
+    }
+}
+
+fn check_chunk(chunk: usize) -> Result<(), OptionsError> {
+    if (1..=MAX_PREFILL_CHUNK).contains(&chunk) {
+        Ok(())
+    } else {
+        Err(OptionsError::new(
+            "prefill-chunk",
+            chunk,
+            format!("1 to {MAX_PREFILL_CHUNK}"),
+        ))
+    }
+}
+
+impl GenerateOptions {
+    /// Checks every option for a model of `vocab` tokens: at least one token to generate,
+    /// a prefill chunk of 1 to [`MAX_PREFILL_CHUNK`], and the sampler's ranges
+    /// ([`SamplerConfig::validate`]). Generation runs it first, so out-of-range values are
+    /// refused instead of silently giving greedy text or no tokens.
+    pub fn validate(&self, vocab: usize) -> Result<(), OptionsError> {
+        if self.max_tokens == 0 {
+            return Err(OptionsError::new("max-tokens", 0, "at least 1"));
+        }
+        check_chunk(self.prefill_chunk)?;
+        self.sampler.validate(vocab)
+    }
+}
+
 impl Default for GenerateOptions {
     fn default() -> Self {
         Self {
@@ -68,6 +125,23 @@ pub enum GenerateError {
     /// The tokenizer failed.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    /// Options out of range (see [`GenerateOptions::validate`]).
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    /// A state that does not fit the call: another batch size, or another model's layers.
+    #[error(
+        "the state holds {got} sequences in {layers} layers; this call needs {want} in {model_layers}"
+    )]
+    State {
+        /// Sequences in the state.
+        got: usize,
+        /// Sequences the call needs.
+        want: usize,
+        /// Layers in the state.
+        layers: usize,
+        /// Layers in the model.
+        model_layers: usize,
+    },
     /// Reading results back from the device failed.
     #[error("reading results back from the device failed: {0}")]
     Device(String),
@@ -175,6 +249,21 @@ impl<'a> Pipeline<'a> {
         }
     }
 
+    /// Checks that `state` has `batch` sequences and the model's layers: what
+    /// [`Rwkv::forward`] would otherwise panic on.
+    pub fn check_state(&self, state: &State, batch: usize) -> Result<(), GenerateError> {
+        let model_layers = self.model.blocks.len();
+        if state.batch_size() != batch || state.layers.len() != model_layers {
+            return Err(GenerateError::State {
+                got: state.batch_size(),
+                want: batch,
+                layers: state.layers.len(),
+                model_layers,
+            });
+        }
+        Ok(())
+    }
+
     /// Reads `tokens` into `state` in sequence-mode chunks of at most `chunk` tokens; returns
     /// the logits after the last token. `progress` hears the number of tokens read so far.
     pub fn prefill(
@@ -184,7 +273,7 @@ impl<'a> Pipeline<'a> {
         chunk: usize,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<f32>, GenerateError> {
-        Ok(to_vec(self.prefill_tensor(tokens, state, chunk, progress)?))
+        to_vec(self.prefill_tensor(tokens, state, chunk, progress)?)
     }
 
     /// [`Pipeline::prefill`] for targets that cannot block on the device (the browser): the
@@ -208,7 +297,8 @@ impl<'a> Pipeline<'a> {
         progress: &mut dyn FnMut(usize),
     ) -> Result<Tensor<2>, GenerateError> {
         self.model.check_tokens(tokens)?;
-        let chunk = chunk.max(1);
+        self.check_state(state, 1)?;
+        check_chunk(chunk)?;
         let mut done = 0;
         let parts = tokens.len().div_ceil(chunk);
         for (i, part) in tokens.chunks(chunk).enumerate() {
@@ -293,10 +383,12 @@ impl<'a> Pipeline<'a> {
         options: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation, GenerateError> {
+        options.validate(self.model.vocab_size())?;
+        self.check_state(state, 1)?;
         let mut batch = Batch::new(vec![Decoding::new(options.clone())], vec![logits]);
         while let Some(fed) = batch.advance(self, state, &mut |_, text| on_text(text))? {
             if batch.wants_logits() {
-                batch.receive(to_vec(fed));
+                batch.receive(to_vec(fed)?);
             }
         }
         Ok(batch.finish(&mut |_, text| on_text(text)).remove(0))
@@ -312,6 +404,8 @@ impl<'a> Pipeline<'a> {
         on_text: &mut dyn FnMut(&str) -> bool,
         mut pause: impl FnMut() -> P,
     ) -> Result<Generation, GenerateError> {
+        options.validate(self.model.vocab_size())?;
+        self.check_state(state, 1)?;
         let mut batch = Batch::new(vec![Decoding::new(options.clone())], vec![logits]);
         while let Some(fed) = batch.advance(self, state, &mut |_, text| on_text(text))? {
             pause().await;
@@ -341,6 +435,7 @@ impl<'a> Pipeline<'a> {
         options: &GenerateOptions,
         on_text: &mut dyn FnMut(usize, &str) -> bool,
     ) -> Result<Vec<Generation>, GenerateError> {
+        options.validate(self.model.vocab_size())?;
         let config = self.model.config();
         let mut states = Vec::with_capacity(prompts.len());
         let mut logits = Vec::with_capacity(prompts.len());
@@ -363,7 +458,7 @@ impl<'a> Pipeline<'a> {
         let mut batch = Batch::new(lanes, logits);
         while let Some(fed) = batch.advance(self, &mut state, on_text)? {
             if batch.wants_logits() {
-                batch.receive(to_vec(fed));
+                batch.receive(to_vec(fed)?);
             }
         }
         Ok(batch.finish(on_text))
@@ -543,8 +638,11 @@ impl Batch {
     }
 }
 
-fn to_vec(logits: Tensor<2>) -> Vec<f32> {
-    f32_values(logits.into_data())
+fn to_vec(logits: Tensor<2>) -> Result<Vec<f32>, GenerateError> {
+    let data = logits
+        .try_into_data()
+        .map_err(|e| GenerateError::Device(format!("{e:?}")))?;
+    f32_values(data)
 }
 
 async fn to_vec_async(logits: Tensor<2>) -> Result<Vec<f32>, GenerateError> {
@@ -552,13 +650,13 @@ async fn to_vec_async(logits: Tensor<2>) -> Result<Vec<f32>, GenerateError> {
         .into_data_async()
         .await
         .map_err(|e| GenerateError::Device(format!("{e:?}")))?;
-    Ok(f32_values(data))
+    f32_values(data)
 }
 
-fn f32_values(data: TensorData) -> Vec<f32> {
+fn f32_values(data: TensorData) -> Result<Vec<f32>, GenerateError> {
     data.convert::<f32>()
         .try_into_vec::<f32>()
-        .expect("f32 logits")
+        .map_err(|e| GenerateError::Device(format!("logits are not f32: {e:?}")))
 }
 
 #[cfg(test)]

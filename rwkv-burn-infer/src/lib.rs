@@ -9,3 +9,5 @@ pub mod generate;
 pub mod logits;
 pub mod prefix_cache;
 pub mod sampler;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod tool;

@@ -86,10 +86,10 @@ pub fn run_logits(
     device: &Device,
 ) -> Result<LogitsRun, RunError> {
     let (logits, state) = run(model, config, tokens, mode, device)?;
-    Ok(LogitsRun {
-        logits: logits.into_data(),
-        state,
-    })
+    let logits = logits
+        .try_into_data()
+        .map_err(|e| RunError::Device(format!("{e:?}")))?;
+    Ok(LogitsRun { logits, state })
 }
 
 /// [`run_logits`] for targets that cannot block on the device (the browser): the logits are

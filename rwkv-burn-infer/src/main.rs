@@ -3,17 +3,19 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use rwkv_burn::files::{self, Inputs};
 use rwkv_burn::load::Checkpoint;
 use rwkv_burn::presets::{PRESET_NAMES, preset};
 use rwkv_burn::tokenizer::Tokenizer;
-use rwkv_burn::{DeviceSpec, Rwkv, RwkvConfig, State, load_model, safetensors_io};
+use rwkv_burn::{DeviceSpec, Rwkv, RwkvConfig, State, safetensors_io};
 use rwkv_burn_infer::chat::ChatSession;
 use rwkv_burn_infer::generate::{GenerateOptions, Pipeline};
 use rwkv_burn_infer::logits::{RunMode, run_logits};
 use rwkv_burn_infer::sampler::SamplerConfig;
-use rwkv_burn_infer::{bench, embedded, eval};
-use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use rwkv_burn_infer::tool::{self, StdoutError, emit};
+use rwkv_burn_infer::{bench, embedded, eval, note, outln};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -24,8 +26,8 @@ use std::time::Instant;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// CPU threads for the flex and ndarray devices [default: one per core, or
-    /// RAYON_NUM_THREADS]. libtorch follows OMP_NUM_THREADS instead.
+    /// CPU threads for the flex and ndarray devices, 1 to eight per core [default: one per
+    /// core, or RAYON_NUM_THREADS]. libtorch follows OMP_NUM_THREADS instead.
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
 }
@@ -36,9 +38,7 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
     let Some(threads) = threads else {
         return Ok(());
     };
-    if threads == 0 {
-        bail!("--threads must be at least 1");
-    }
+    tool::check_threads(threads).map_err(anyhow::Error::msg)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
@@ -75,6 +75,10 @@ struct ModelArgs {
     /// Device to run on.
     #[arg(long, default_value = "flex", value_parser = parse_device, help = device_help())]
     device: DeviceSpec,
+    /// Load weights that hold NaN or infinite values instead of refusing them (their logits
+    /// will be NaN where the values reach).
+    #[arg(long)]
+    allow_non_finite: bool,
 }
 
 #[derive(Args, Clone)]
@@ -88,31 +92,31 @@ struct VocabArgs {
 
 #[derive(Args, Clone)]
 struct SamplingArgs {
-    /// Most tokens to generate.
+    /// Most tokens to generate (at least 1).
     #[arg(long, default_value_t = 200)]
     max_tokens: usize,
-    /// Softmax temperature (0 = greedy).
+    /// Softmax temperature, 0 (greedy) to 1000.
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
-    /// Nucleus sampling mass (1 = off).
+    /// Nucleus sampling mass, 0 to 1 (1 = off).
     #[arg(long, default_value_t = 0.85)]
     top_p: f32,
-    /// Keep only the k most likely tokens (0 = off).
+    /// Keep only the k most likely tokens, up to the vocabulary size (0 = off).
     #[arg(long, default_value_t = 0)]
     top_k: usize,
-    /// Drop tokens below this fraction of the top probability (0 = off).
+    /// Drop tokens below this fraction of the top probability, 0 (off) to 1.
     #[arg(long, default_value_t = 0.0)]
     min_p: f32,
-    /// Penalty on tokens already generated.
-    #[arg(long, default_value_t = 0.4)]
+    /// Penalty on tokens already generated, -1000 to 1000.
+    #[arg(long, default_value_t = 0.4, allow_negative_numbers = true)]
     presence_penalty: f32,
-    /// Penalty per (decayed) repetition.
-    #[arg(long, default_value_t = 0.4)]
+    /// Penalty per (decayed) repetition, -1000 to 1000.
+    #[arg(long, default_value_t = 0.4, allow_negative_numbers = true)]
     frequency_penalty: f32,
-    /// Decay of the repetition counts per token.
+    /// Decay of the repetition counts per token, 0 to 1.
     #[arg(long, default_value_t = 0.996)]
     penalty_decay: f32,
-    /// Token ids never to generate (comma-separated).
+    /// Token ids never to generate (comma-separated, below the vocabulary size).
     #[arg(long, value_delimiter = ',')]
     ban: Vec<u32>,
     /// Stop before this string (repeatable).
@@ -121,13 +125,21 @@ struct SamplingArgs {
     /// Random seed: the same seed gives the same text on the same device.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Prompt tokens per sequence-mode call (bounds memory for long prompts).
+    /// Prompt tokens per sequence-mode call, 1 to 65536 (bounds memory for long prompts).
     #[arg(long, default_value_t = 256)]
     prefill_chunk: usize,
 }
 
 impl SamplingArgs {
-    fn options(&self) -> GenerateOptions {
+    /// The options, checked as far as they can be before the model (and so its vocabulary
+    /// size) is known; generation checks them again against the model.
+    fn options(&self) -> Result<GenerateOptions> {
+        let options = self.unchecked();
+        options.validate(rwkv_burn::config::MAX_VOCAB)?;
+        Ok(options)
+    }
+
+    fn unchecked(&self) -> GenerateOptions {
         GenerateOptions {
             max_tokens: self.max_tokens,
             sampler: SamplerConfig {
@@ -157,7 +169,7 @@ struct GenerateArgs {
     /// The prompt text.
     #[arg(long, conflicts_with = "prompt_file")]
     prompt: Option<String>,
-    /// Read the prompt from a file.
+    /// Read the prompt from a file (a regular file of at most 1 GiB).
     #[arg(long, value_name = "FILE")]
     prompt_file: Option<PathBuf>,
     #[command(flatten)]
@@ -165,7 +177,8 @@ struct GenerateArgs {
     /// Start from this state file instead of a fresh state.
     #[arg(long, value_name = "FILE")]
     state_in: Option<PathBuf>,
-    /// Save the final state here (official names, safetensors).
+    /// Save the final state here (official names, safetensors). May equal --state-in; may not
+    /// be the model or another input.
     #[arg(long, value_name = "FILE")]
     state_out: Option<PathBuf>,
 }
@@ -195,7 +208,7 @@ struct EvalArgs {
     /// The text file to score.
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
-    /// Tokens per sequence-mode call.
+    /// Tokens per sequence-mode call, 1 to 65536.
     #[arg(long, default_value_t = 512)]
     chunk: usize,
 }
@@ -216,15 +229,18 @@ struct BenchArgs {
     /// Device to run on.
     #[arg(long, default_value = "flex", value_parser = parse_device, help = device_help())]
     device: DeviceSpec,
-    /// Prompt length of the prefill measurement.
+    /// Prompt length of the prefill measurement, 1 to 2^20.
     #[arg(long, default_value_t = 512)]
     prefill: usize,
-    /// Tokens decoded per sequence.
+    /// Tokens decoded per sequence, 1 to 2^20.
     #[arg(long, default_value_t = 128)]
     decode: usize,
-    /// Batch size of the batched decode measurement.
+    /// Batch size of the batched decode measurement, 1 to 1024.
     #[arg(long, default_value_t = 4)]
     batch: usize,
+    /// Load weights that hold NaN or infinite values instead of refusing them.
+    #[arg(long)]
+    allow_non_finite: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -240,6 +256,9 @@ struct InfoArgs {
     /// Default: the small byte-level RWKV-7 built into this binary.
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
+    /// Skip reading every weight for NaN and infinite values (the slow part for big models).
+    #[arg(long)]
+    allow_non_finite: bool,
 }
 
 #[derive(Args)]
@@ -247,7 +266,8 @@ struct TokenizeArgs {
     /// Tokenizer: `world`, `bytes`, or a vocabulary file.
     #[arg(long, value_name = "VOCAB")]
     vocab: String,
-    /// File whose raw bytes are tokenized (need not be UTF-8 for the World tokenizer).
+    /// File whose raw bytes are tokenized (need not be UTF-8 for the World tokenizer); a
+    /// regular file of at most 1 GiB.
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
 }
@@ -275,7 +295,8 @@ struct LogitsArgs {
     /// Feed the tokens in chunks of these lengths, carrying the state (e.g. 9,1,14).
     #[arg(long, value_name = "LENS", value_delimiter = ',', num_args = 1..)]
     chunks: Option<Vec<usize>>,
-    /// Output file: `logits` F32 [T, V] and `state.{i}.{name}` in the official layout.
+    /// Output file: `logits` F32 [T, V] and `state.{i}.{name}` in the official layout. Not the
+    /// model; a fifo or device is written into, anything else but a regular file refused.
     #[arg(long, value_name = "OUT.safetensors")]
     out: PathBuf,
 }
@@ -311,15 +332,70 @@ fn spinner(message: String) -> ProgressBar {
 fn load(args: &ModelArgs) -> Result<(RwkvConfig, Rwkv, burn::tensor::Device)> {
     let device = args.device.device()?;
     let (config, model) = match &args.model {
-        Some(path) => {
-            let bar = spinner(format!("loading {}", path.display()));
-            let loaded = load_model(path, &device)?;
-            bar.finish_and_clear();
-            loaded
-        }
+        Some(path) => load_path(path, &device, args.allow_non_finite)?,
         None => embedded::load_default(&device)?,
     };
     Ok((config, model, device))
+}
+
+fn load_path(
+    path: &Path,
+    device: &burn::tensor::Device,
+    allow_non_finite: bool,
+) -> Result<(RwkvConfig, Rwkv)> {
+    let bar = spinner(format!("loading {}", path.display()));
+    let mut checkpoint = Checkpoint::open(path)?;
+    if allow_non_finite {
+        checkpoint = checkpoint.allow_non_finite();
+    }
+    let loaded = rwkv_burn::load::load_checkpoint(&checkpoint, device)?;
+    bar.finish_and_clear();
+    Ok(loaded)
+}
+
+/// Input files a run reads larger than this are refused (prompts, texts to score or
+/// tokenize): their token ids alone would take four times as much memory.
+const MAX_TEXT_BYTES: u64 = 1 << 30;
+
+/// The files a command reads, which no output may replace.
+fn inputs(model: Option<&Path>, vocab: &VocabArgs) -> Inputs {
+    let vocab_file = vocab
+        .vocab
+        .as_deref()
+        .filter(|v| !matches!(*v, "world" | "bytes"))
+        .map(Path::new);
+    Inputs::new().protect_opt(model).protect_opt(vocab_file)
+}
+
+/// Checks `--state-out` before any work, protecting `--state-in` unless both name the same
+/// file (resuming and saving one conversation).
+fn check_state_out(
+    state_out: Option<&Path>,
+    state_in: Option<&Path>,
+    inputs: Inputs,
+) -> Result<()> {
+    let Some(out) = state_out else {
+        return Ok(());
+    };
+    let inputs = match state_in {
+        Some(input) if !files::same_file(input, out) => inputs.protect(input),
+        _ => inputs,
+    };
+    files::check_output(out, &inputs)?;
+    Ok(())
+}
+
+/// A state file for one sequence.
+fn load_state(path: &Path, config: &RwkvConfig, device: &burn::tensor::Device) -> Result<State> {
+    let state = State::load(path, config, device)?;
+    if state.batch_size() != 1 {
+        bail!(
+            "{}: the state holds {} sequences; generate and chat continue one",
+            path.display(),
+            state.batch_size()
+        );
+    }
+    Ok(state)
 }
 
 fn tokenizer(vocab: &VocabArgs, config: &RwkvConfig) -> Result<Box<dyn Tokenizer>> {
@@ -356,85 +432,130 @@ fn prefill_with_bar(
     Ok(logits)
 }
 
-fn print_flush(text: &str) -> bool {
-    let mut out = std::io::stdout().lock();
-    // A closed stdout (e.g. `| head`) ends generation instead of failing it.
-    out.write_all(text.as_bytes())
-        .and_then(|_| out.flush())
-        .is_ok()
+/// Streams generated text to stdout; the first write error stops generation and is kept.
+struct TextOut(Option<StdoutError>);
+
+impl TextOut {
+    fn new() -> Self {
+        Self(None)
+    }
+
+    fn write(&mut self, text: &str) -> bool {
+        if self.0.is_none()
+            && let Err(e) = emit(text.as_bytes())
+        {
+            self.0 = Some(e);
+        }
+        self.0.is_none()
+    }
+
+    /// The write error, if there was one.
+    fn result(&mut self) -> Result<(), StdoutError> {
+        self.0.take().map_or(Ok(()), Err)
+    }
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
+    let options = args.sampling.options()?;
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone().into_bytes(),
         (None, Some(path)) => {
-            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+            files::read_input(path, MAX_TEXT_BYTES).context("reading the prompt")?
         }
         (None, None) => bail!("give a prompt with --prompt or --prompt-file"),
     };
     if prompt.is_empty() {
         bail!("the prompt is empty");
     }
+    let protected =
+        inputs(args.model.model.as_deref(), &args.vocab).protect_opt(args.prompt_file.as_deref());
+    check_state_out(
+        args.state_out.as_deref(),
+        args.state_in.as_deref(),
+        protected,
+    )?;
     let (config, model, device) = load(&args.model)?;
     let tokenizer = tokenizer(&args.vocab, &config)?;
     let ids = tokenizer.encode(&prompt)?;
     let pipeline = Pipeline::new(&model, tokenizer.as_ref(), device.clone());
     let mut state = match &args.state_in {
-        Some(path) => State::load(path, &config, &device)?,
+        Some(path) => load_state(path, &config, &device)?,
         None => State::zeros(&config, 1, &device),
     };
-    let options = args.sampling.options();
     let logits = prefill_with_bar(&pipeline, &ids, &mut state, options.prefill_chunk)?;
     let start = Instant::now();
-    let result = pipeline.decode(logits, &mut state, &options, &mut print_flush)?;
-    println!();
+    let mut out = TextOut::new();
+    let result = pipeline.decode(logits, &mut state, &options, &mut |t| out.write(t))?;
     let seconds = start.elapsed().as_secs_f64();
-    eprintln!(
+    // The state is saved even when stdout closed early: it is what the text so far led to.
+    if let Some(path) = &args.state_out {
+        state.save(path)?;
+    }
+    out.result()?;
+    emit(b"\n")?;
+    note!(
         "[{} tokens in {:.2} s, {:.1} tokens/s; stopped: {:?}]",
         result.tokens.len(),
         seconds,
         result.tokens.len() as f64 / seconds.max(1e-9),
         result.stop
     );
-    if let Some(path) = &args.state_out {
-        state.save(path)?;
-    }
     Ok(())
 }
 
 fn chat(args: ChatArgs) -> Result<()> {
+    let options = args.sampling.options()?;
+    check_state_out(
+        args.state_out.as_deref(),
+        args.state_in.as_deref(),
+        inputs(args.model.model.as_deref(), &args.vocab),
+    )?;
     let (config, model, device) = load(&args.model)?;
     let tokenizer = tokenizer(&args.vocab, &config)?;
     let pipeline = Pipeline::new(&model, tokenizer.as_ref(), device.clone());
     let state = match &args.state_in {
-        Some(path) => State::load(path, &config, &device)?,
+        Some(path) => load_state(path, &config, &device)?,
         None => State::zeros(&config, 1, &device),
     };
-    let mut session = ChatSession::new(&pipeline, state, args.sampling.options());
-    eprintln!(
+    let mut session = ChatSession::new(&pipeline, state, options);
+    note!(
         "Chatting with {} ({} layers). Empty line or Ctrl-D to quit.",
-        config.version, config.n_layer
+        config.version,
+        config.n_layer
     );
     let stdin = std::io::stdin();
     loop {
-        eprint!("User: ");
+        {
+            use std::io::Write as _;
+            let mut err = std::io::stderr();
+            let _ = write!(err, "User: ").and_then(|()| err.flush());
+        }
         let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+        let read = stdin
+            .lock()
+            .read_line(&mut line)
+            .context("reading standard input")?;
+        if read == 0 || line.trim().is_empty() {
             break;
         }
-        print_flush("Assistant:");
-        session.turn(&line, &mut print_flush)?;
-        println!();
+        emit(b"Assistant:")?;
+        let mut out = TextOut::new();
+        session.turn(&line, &mut |t| out.write(t))?;
         if let Some(path) = &args.state_out {
             session.state.save(path)?;
         }
+        out.result()?;
+        emit(b"\n")?;
     }
     Ok(())
 }
 
 fn eval_cmd(args: EvalArgs) -> Result<()> {
-    let text =
-        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let max_chunk = rwkv_burn_infer::generate::MAX_PREFILL_CHUNK;
+    if !(1..=max_chunk).contains(&args.chunk) {
+        bail!("--chunk is {}; it must be 1 to {max_chunk}", args.chunk);
+    }
+    let text = files::read_input(&args.input, MAX_TEXT_BYTES).context("reading the text")?;
     let (config, model, device) = load(&args.model)?;
     let tokenizer = tokenizer(&args.vocab, &config)?;
     let ids = tokenizer.encode(&text)?;
@@ -452,18 +573,30 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
         bar.set_position(done as u64)
     })?;
     bar.finish_and_clear();
-    println!("tokens:         {}", result.tokens);
-    println!("bytes:          {}", result.bytes);
-    println!("loss (nats):    {:.4}", result.mean_nll);
-    println!("perplexity:     {:.4}", result.perplexity);
-    println!("bits per byte:  {:.4}", result.bits_per_byte);
+    outln!(
+        "tokens:         {}\nbytes:          {}\nloss (nats):    {:.4}\nperplexity:     {:.4}\nbits per byte:  {:.4}",
+        result.tokens,
+        result.bytes,
+        result.mean_nll,
+        result.perplexity,
+        result.bits_per_byte
+    )?;
     Ok(())
 }
 
 fn bench_cmd(args: BenchArgs) -> Result<()> {
+    if args.save_model.is_some() && args.preset.is_none() {
+        bail!("--save-model writes a --preset's random model; a --model is already a file");
+    }
+    if let Some(path) = &args.save_model {
+        files::check_output(path, &Inputs::new())?;
+    }
     let device = args.device.device()?;
     let (label, model) = match (&args.model, &args.preset) {
-        (Some(path), _) => (path.display().to_string(), load_model(path, &device)?.1),
+        (Some(path), _) => (
+            path.display().to_string(),
+            load_path(path, &device, args.allow_non_finite)?.1,
+        ),
         (None, Some(name)) => {
             let config = preset(name).context("unknown preset")?;
             let bar = spinner(format!("building a random {name} model"));
@@ -477,47 +610,35 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
                     &tensors,
                     rwkv_burn::export::StorageDType::F32,
                 )?;
-                eprintln!("wrote {}", path.display());
+                note!("wrote {}", path.display());
             }
             (name.clone(), model)
         }
         (None, None) => bail!("give --model or --preset"),
     };
-    let result = bench::run(
-        &model,
-        &device,
-        args.prefill,
-        args.decode,
-        args.batch.max(1),
-    );
+    let result = bench::run(&model, &device, args.prefill, args.decode, args.batch)?;
     if args.json {
         let mut value = serde_json::to_value(&result)?;
         value["model"] = label.into();
         value["device"] = args.device.name().into();
         value["threads"] = rayon::current_num_threads().into();
-        println!("{value}");
+        outln!("{value}")?;
     } else {
-        println!(
-            "model {label} on {} ({} CPU threads)",
+        outln!(
+            "model {label} on {} ({} CPU threads)\n\
+             prefill ({} tokens):      {:>9.1} tokens/s\n\
+             decode batch 1:           {:>9.1} tokens/s\n\
+             decode batch {}:           {:>9.1} tokens/s\n\
+             peak RSS:                 {:>9.1} MiB",
             args.device,
-            rayon::current_num_threads()
-        );
-        println!(
-            "prefill ({} tokens):      {:>9.1} tokens/s",
-            result.prefill_tokens, result.prefill_tokens_per_s
-        );
-        println!(
-            "decode batch 1:           {:>9.1} tokens/s",
-            result.decode_tokens_per_s
-        );
-        println!(
-            "decode batch {}:           {:>9.1} tokens/s",
-            result.batch, result.decode_batch_tokens_per_s
-        );
-        println!(
-            "peak RSS:                 {:>9.1} MiB",
+            rayon::current_num_threads(),
+            result.prefill_tokens,
+            result.prefill_tokens_per_s,
+            result.decode_tokens_per_s,
+            result.batch,
+            result.decode_batch_tokens_per_s,
             result.peak_rss_bytes as f64 / (1 << 20) as f64
-        );
+        )?;
     }
     Ok(())
 }
@@ -528,10 +649,10 @@ fn info(args: InfoArgs) -> Result<()> {
         None => embedded::default_checkpoint()?,
     };
     let version = rwkv_burn::load::detect_version(&checkpoint)?;
-    println!("file:        {}", checkpoint.path().display());
-    println!("format:      {:?}", checkpoint.format());
-    println!(
-        "version:     {version}{}",
+    let mut text = format!(
+        "file:        {}\nformat:      {:?}\nversion:     {version}{}\n",
+        checkpoint.path().display(),
+        checkpoint.format(),
         if version.is_supported() {
             ""
         } else {
@@ -539,45 +660,60 @@ fn info(args: InfoArgs) -> Result<()> {
         }
     );
     if !version.is_supported() {
+        emit(text.as_bytes())?;
         return Ok(());
     }
+    // The checks loading runs: dimensions, then (unless skipped) every weight's values.
     let config = rwkv_burn::load::read_config(&checkpoint, version)?;
+    if !args.allow_non_finite {
+        let bar = ProgressBar::new(checkpoint.len() as u64).with_style(
+            ProgressStyle::with_template("checking weights {bar:30} {pos}/{len} tensors")
+                .expect("valid template"),
+        );
+        checkpoint.check_finite(&mut |done| bar.set_position(done as u64))?;
+        bar.finish_and_clear();
+    }
     // Every tensor of a checkpoint is a parameter of the model it holds.
     let parameters: usize = checkpoint
         .names()
         .filter_map(|name| checkpoint.shape(name))
         .map(|shape| shape.iter().product::<usize>())
         .sum();
-    println!("layers:      {}", config.n_layer);
-    println!("embedding:   {}", config.n_embd);
-    println!("attention:   {}", config.dim_att);
-    println!("ffn:         {}", config.dim_ffn);
-    println!("vocabulary:  {}", config.vocab_size);
+    text += &format!(
+        "layers:      {}\nembedding:   {}\nattention:   {}\nffn:         {}\nvocabulary:  {}\n",
+        config.n_layer, config.n_embd, config.dim_att, config.dim_ffn, config.vocab_size
+    );
     if let Some(n) = config.head_size {
-        println!("heads:       {} x {n}", config.n_head());
+        text += &format!("heads:       {} x {n}\n", config.n_head());
     }
-    println!("parameters:  {parameters}");
-    println!("stored as:   {} (computed in f32)", checkpoint.dtypes());
+    text += &format!(
+        "parameters:  {parameters}\nstored as:   {} (computed in f32)\n",
+        checkpoint.dtypes()
+    );
+    emit(text.as_bytes())?;
     Ok(())
 }
 
 fn tokenize(args: TokenizeArgs) -> Result<()> {
-    let bytes =
-        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let bytes = files::read_input(&args.input, MAX_TEXT_BYTES).context("reading the input")?;
     let tokenizer = rwkv_burn::tokenizer::choose(Some(&args.vocab), 0)?;
     let ids = tokenizer.encode(&bytes)?;
-    println!("{}", serde_json::to_string(&ids)?);
+    outln!("{}", serde_json::to_string(&ids)?)?;
     Ok(())
 }
 
 fn detokenize(args: DetokenizeArgs) -> Result<()> {
     let tokenizer = rwkv_burn::tokenizer::choose(Some(&args.vocab), 0)?;
     let bytes = tokenizer.decode_bytes(&args.ids)?;
-    std::io::stdout().write_all(&bytes)?;
+    emit(&bytes)?;
     Ok(())
 }
 
 fn logits(args: LogitsArgs) -> Result<()> {
+    files::check_output(
+        &args.out,
+        &Inputs::new().protect_opt(args.model.model.as_deref()),
+    )?;
     let (config, model, device) = load(&args.model)?;
     let mode = match (args.step, args.chunks) {
         (true, _) => RunMode::Step,
@@ -585,16 +721,15 @@ fn logits(args: LogitsArgs) -> Result<()> {
         (false, None) => RunMode::Sequence,
     };
     let run = run_logits(&model, &config, &args.tokens, &mode, &device)?;
-    safetensors_io::write(&args.out, &run.into_named())
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    safetensors_io::write(&args.out, &run.into_named())?;
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tool::remove_temporaries_on_signal();
     if let Err(err) = set_threads(cli.threads) {
-        eprintln!("error: {err:#}");
-        return ExitCode::FAILURE;
+        return tool::exit_code(&err);
     }
     let result = match cli.command {
         Command::Generate(args) => generate(args),
@@ -608,9 +743,6 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
+        Err(err) => tool::exit_code(&err),
     }
 }

@@ -1,6 +1,7 @@
 //! Choosing the next token from logits: temperature, top-k, top-p, min-p, ChatRWKV-style
 //! presence/frequency penalties with decay, banned tokens, and a seedable generator.
 
+use crate::generate::OptionsError;
 use rwkv_burn::random::SplitMix64;
 use std::collections::HashMap;
 
@@ -43,7 +44,72 @@ impl Default for SamplerConfig {
     }
 }
 
+/// The largest magnitude of a presence or frequency penalty, and the highest temperature: far
+/// past any useful value (ChatRWKV uses 0 to 2), yet finite sums of them never overflow.
+pub const MAX_PENALTY: f32 = 1000.0;
+/// See [`MAX_PENALTY`].
+pub const MAX_TEMPERATURE: f32 = 1000.0;
+
 impl SamplerConfig {
+    /// Checks every setting for a model of `vocab` tokens: temperature finite in
+    /// `0..=MAX_TEMPERATURE`, `top_p`, `min_p` and `penalty_decay` in `0..=1`, penalties
+    /// finite within `±MAX_PENALTY`, `top_k` at most `vocab`, banned ids below `vocab` and
+    /// leaving at least one token to sample.
+    pub fn validate(&self, vocab: usize) -> Result<(), OptionsError> {
+        let ranged = |name: &'static str, value: f32, lo: f32, hi: f32| {
+            if value.is_finite() && (lo..=hi).contains(&value) {
+                Ok(())
+            } else {
+                Err(OptionsError::new(
+                    name,
+                    value,
+                    format!("a number from {lo} to {hi}"),
+                ))
+            }
+        };
+        ranged("temperature", self.temperature, 0.0, MAX_TEMPERATURE)?;
+        ranged("top-p", self.top_p, 0.0, 1.0)?;
+        ranged("min-p", self.min_p, 0.0, 1.0)?;
+        ranged("penalty-decay", self.penalty_decay, 0.0, 1.0)?;
+        ranged(
+            "presence-penalty",
+            self.presence_penalty,
+            -MAX_PENALTY,
+            MAX_PENALTY,
+        )?;
+        ranged(
+            "frequency-penalty",
+            self.frequency_penalty,
+            -MAX_PENALTY,
+            MAX_PENALTY,
+        )?;
+        if self.top_k > vocab {
+            return Err(OptionsError::new(
+                "top-k",
+                self.top_k,
+                format!("0 (off) to the vocabulary size, {vocab}"),
+            ));
+        }
+        if let Some(&id) = self.banned.iter().find(|&&id| id as usize >= vocab) {
+            return Err(OptionsError::new(
+                "ban",
+                id,
+                format!("a token id below the vocabulary size, {vocab}"),
+            ));
+        }
+        let mut banned = self.banned.clone();
+        banned.sort_unstable();
+        banned.dedup();
+        if banned.len() >= vocab {
+            return Err(OptionsError::new(
+                "ban",
+                format!("all {vocab} ids"),
+                "a list that leaves at least one token",
+            ));
+        }
+        Ok(())
+    }
+
     /// Greedy decoding without penalties: deterministic, for tests and parity checks.
     pub fn greedy() -> Self {
         Self {

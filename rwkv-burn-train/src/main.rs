@@ -3,7 +3,10 @@
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Int, Tensor};
 use clap::{Args, Parser, Subcommand};
+use rwkv_burn::files::{self, Inputs};
 use rwkv_burn::{DeviceSpec, Rwkv, load_model, safetensors_io};
+use rwkv_burn_infer::tool;
+use rwkv_burn_infer::{note, outln};
 use rwkv_burn_train::run::{MetricsRow, RunDir, curves, parse_metrics};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -93,11 +96,17 @@ fn export(args: ExportArgs) -> Result<()> {
         );
     }
     let source = RunDir::resolve_model(&args.model)?;
+    files::check_output(
+        &args.out,
+        // The checkpoint read (a run folder's latest model, not the folder: exporting into
+        // the run's folder is fine).
+        &Inputs::new().protect(&source),
+    )?;
     let device = args.device.device()?;
     let (config, model, names) = rwkv_burn::load::load_model_named(&source, &device)?;
     let tensors = rwkv_burn::export::official_tensors(&model, &names);
     rwkv_burn::export::write_official(&args.out, &tensors, args.dtype)?;
-    eprintln!(
+    note!(
         "exported {} ({}, {} layers × {}) to {} as {:?}",
         source.display(),
         config.version,
@@ -110,8 +119,9 @@ fn export(args: ExportArgs) -> Result<()> {
 }
 
 fn plot(args: PlotArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.metrics)
-        .with_context(|| format!("reading {}", args.metrics.display()))?;
+    files::check_output(&args.out, &Inputs::new().protect(&args.metrics))?;
+    let bytes = files::read_input(&args.metrics, MAX_TEXT_BYTES).context("reading the metrics")?;
+    let text = String::from_utf8_lossy(&bytes);
     let (train, valid) = curves(&parse_metrics(&text));
     if train.is_empty() {
         bail!("{}: no metrics lines", args.metrics.display());
@@ -227,6 +237,46 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// Checks every number before anything is sized by it.
+    fn check(&self) -> Result<(), String> {
+        use rwkv_burn::config::{MAX_LAYERS, MAX_WIDTH};
+        let counts = [
+            ("--layers", self.layers, 1, MAX_LAYERS),
+            ("--embd", self.embd, 1, MAX_WIDTH),
+            ("--ctx", self.ctx, 1, 1 << 20),
+            ("--batch", self.batch, 1, 1 << 16),
+            ("--steps", self.steps, 1, 1 << 40),
+            ("--warmup", self.warmup, 0, 1 << 40),
+            ("--accumulate", self.accumulate, 1, 1 << 16),
+            ("--eval-every", self.eval_every, 1, 1 << 40),
+            ("--keep-last", self.keep_last, 1, 1 << 20),
+        ];
+        for (flag, value, lo, hi) in counts {
+            if !(lo..=hi).contains(&value) {
+                return Err(format!("{flag} is {value}; it must be {lo} to {hi}"));
+            }
+        }
+        let tokens = self.batch as u128 * self.ctx as u128 * self.accumulate as u128;
+        if tokens > 1 << 32 {
+            return Err(format!(
+                "--batch x --ctx x --accumulate is {tokens} tokens a step; at most 2^32"
+            ));
+        }
+        let reals = [
+            ("--lr", self.lr, 0.0, 1.0),
+            ("--lr-final", self.lr_final, 0.0, 1.0),
+            ("--weight-decay", f64::from(self.weight_decay), 0.0, 10.0),
+            ("--grad-clip", f64::from(self.grad_clip), 0.0, 1e6),
+            ("--valid-fraction", f64::from(self.valid_fraction), 0.0, 0.5),
+        ];
+        for (flag, value, lo, hi) in reals {
+            if !value.is_finite() || !(lo..=hi).contains(&value) {
+                return Err(format!("{flag} is {value}; it must be {lo} to {hi}"));
+            }
+        }
+        Ok(())
+    }
+
     /// Everything that determines the run's numbers, to refuse resuming with other settings.
     fn fingerprint(&self) -> String {
         format!(
@@ -326,17 +376,22 @@ fn loss(args: BatchArgs) -> Result<()> {
     let (inputs, targets) = read_batch(&args.batch, &model, &device)?;
     let value =
         rwkv_burn_train::loss::next_token_loss(&model, inputs, targets).into_scalar::<f32>();
-    println!("{value}");
+    outln!("{value}")?;
     Ok(())
 }
 
 fn grad(args: GradArgs) -> Result<()> {
+    files::check_output(
+        &args.out,
+        &Inputs::new()
+            .protect(&args.batch.model)
+            .protect(&args.batch.batch),
+    )?;
     let device = args.batch.device.device()?.autodiff();
     let (_, model, names) = rwkv_burn::load::load_model_named(&args.batch.model, &device)?;
     let (inputs, targets) = read_batch(&args.batch.batch, &model, &device)?;
     let out = rwkv_burn_train::grad::loss_and_grads(&model, &names, inputs, targets);
-    safetensors_io::write(&args.out, &out.into_named())
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    safetensors_io::write(&args.out, &out.into_named())?;
     Ok(())
 }
 
@@ -374,6 +429,7 @@ fn train(args: TrainArgs) -> Result<()> {
     use rwkv_burn_train::data::TokenCorpus;
     use rwkv_burn_train::trainer::{TrainConfig, Trainer};
 
+    args.check().map_err(anyhow::Error::msg)?;
     let device = args.device.device()?.autodiff();
     let tokenizer = tokenizer(&args.vocab)?;
     let fingerprint = args.fingerprint();
@@ -397,8 +453,7 @@ fn train(args: TrainArgs) -> Result<()> {
     let tokens = if idx_path.is_file() {
         rwkv_burn_train::binidx::Binidx::open(&args.data)?.all_tokens()
     } else {
-        let text = std::fs::read(&args.data)
-            .with_context(|| format!("reading {}", args.data.display()))?;
+        let text = files::read_input(&args.data, MAX_TEXT_BYTES).context("reading the data")?;
         tokenizer.encode(&text)?
     };
     let corpus = TokenCorpus::split(tokens, args.valid_fraction, args.ctx, config.vocab_size)?;
@@ -424,7 +479,7 @@ fn train(args: TrainArgs) -> Result<()> {
         l2wrap: !args.no_l2wrap,
         compute_dtype: args.precision.compute_dtype(),
     };
-    eprintln!(
+    note!(
         "training {} ({} layers, width {}, {} parameters) on {} tokens, validating on {}",
         config.version,
         config.n_layer,
@@ -441,7 +496,7 @@ fn train(args: TrainArgs) -> Result<()> {
     );
     let mut trainer = match resume {
         Some(resume) => {
-            eprintln!("resuming at step {}", resume.step);
+            note!("resuming at step {}", resume.step);
             Trainer::resume(
                 train_config,
                 &names,
@@ -497,7 +552,7 @@ fn train(args: TrainArgs) -> Result<()> {
         return Err(e);
     }
     drop(model);
-    eprintln!("saved {}", run.model_path().display());
+    note!("saved {}", run.model_path().display());
     Ok(())
 }
 
@@ -509,8 +564,11 @@ fn tokenizer(vocab: &str) -> Result<Box<dyn rwkv_burn::tokenizer::Tokenizer>> {
 fn prepare(args: PrepareArgs) -> Result<()> {
     use indicatif::{ProgressBar, ProgressStyle};
     let tokenizer = tokenizer(&args.vocab)?;
-    let bytes =
-        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let (bin, idx) = rwkv_burn_train::binidx::paths(&args.out);
+    let protected = Inputs::new().protect(&args.input);
+    files::check_output(&bin, &protected)?;
+    files::check_output(&idx, &protected)?;
+    let bytes = files::read_input(&args.input, MAX_TEXT_BYTES).context("reading the input")?;
     if bytes.is_empty() {
         bail!("{}: the file is empty", args.input.display());
     }
@@ -549,7 +607,7 @@ fn prepare(args: PrepareArgs) -> Result<()> {
     }
     rwkv_burn_train::binidx::write(&args.out, &documents)?;
     let tokens: usize = documents.iter().map(Vec::len).sum();
-    eprintln!(
+    note!(
         "wrote {} documents, {tokens} tokens to {}.bin/.idx",
         documents.len(),
         args.out.display()
@@ -557,8 +615,13 @@ fn prepare(args: PrepareArgs) -> Result<()> {
     Ok(())
 }
 
+/// Text, JSON lines and metrics files larger than this are refused: their tokens alone would
+/// take four times as much memory.
+const MAX_TEXT_BYTES: u64 = 1 << 30;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tool::remove_temporaries_on_signal();
     let result = match cli.command {
         Command::Loss(args) => loss(args),
         Command::Grad(args) => grad(args),
@@ -569,9 +632,6 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
+        Err(err) => tool::exit_code(&err),
     }
 }

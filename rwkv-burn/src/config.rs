@@ -93,9 +93,94 @@ impl LoraRanks {
     }
 }
 
+/// The most blocks a model may have (released models have at most 61).
+pub const MAX_LAYERS: usize = 4096;
+/// The widest residual stream, attention or feed-forward layer a model may have (released
+/// models: 4096 and 16384).
+pub const MAX_WIDTH: usize = 1 << 20;
+/// The largest vocabulary a model may have (released models: 65536).
+pub const MAX_VOCAB: usize = 1 << 21;
+
 impl RwkvConfig {
     /// Number of heads (H = A / N), 0 for RWKV-4.
     pub fn n_head(&self) -> usize {
         self.head_size.map_or(0, |n| self.dim_att / n)
+    }
+
+    /// Checks that the dimensions describe a model that can be built and run: every width
+    /// and the vocabulary at least 1 and below the limits above, a head size (matrix-state
+    /// versions only) that divides the attention width, every adapter rank the version uses
+    /// at least 1, and no tensor whose element count overflows. Loading runs it between
+    /// detection and building, so a degenerate checkpoint is refused before any tensor is
+    /// made; the error says which dimension is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let sizes = [
+            ("layer count", self.n_layer, MAX_LAYERS),
+            ("embedding width", self.n_embd, MAX_WIDTH),
+            ("attention width", self.dim_att, MAX_WIDTH),
+            ("feed-forward width", self.dim_ffn, MAX_WIDTH),
+            ("vocabulary", self.vocab_size, MAX_VOCAB),
+        ];
+        for (what, value, max) in sizes {
+            if value == 0 || value > max {
+                return Err(format!("the {what} is {value}; it must be 1 to {max}"));
+            }
+        }
+        let matrix_state = !matches!(self.version, Version::V4);
+        match (self.head_size, matrix_state) {
+            (None, true) => return Err(format!("{} needs a head size", self.version)),
+            (Some(_), false) => return Err(format!("{} has no heads", self.version)),
+            (Some(n), true) if n == 0 || !self.dim_att.is_multiple_of(n) => {
+                return Err(format!(
+                    "the head size {n} does not divide the attention width {}",
+                    self.dim_att
+                ));
+            }
+            _ => {}
+        }
+        let ranks: &[(&str, usize)] = match self.version {
+            Version::V6 => &[("decay", self.lora.decay), ("mix", self.lora.mix)],
+            // Layer 0 has no value residual, so a one-layer model has no value adapter.
+            Version::V7 if self.n_layer > 1 => &[
+                ("decay", self.lora.decay),
+                ("in-context learning rate", self.lora.a),
+                ("value residual", self.lora.value),
+                ("gate", self.lora.gate),
+            ],
+            Version::V7 => &[
+                ("decay", self.lora.decay),
+                ("in-context learning rate", self.lora.a),
+                ("gate", self.lora.gate),
+            ],
+            _ => &[],
+        };
+        for &(what, rank) in ranks {
+            if rank == 0 || rank > MAX_WIDTH {
+                return Err(format!(
+                    "the {what} adapter has rank {rank}; it must be 1 to {MAX_WIDTH}"
+                ));
+            }
+        }
+        // Every tensor's element count, and the largest activations a forward pass makes per
+        // token, must be representable (the widths are bounded above, so only products of
+        // two can overflow on 32-bit targets).
+        let products = [
+            self.vocab_size.checked_mul(self.n_embd),
+            self.dim_ffn.checked_mul(self.n_embd),
+            self.dim_att.checked_mul(self.n_embd),
+            // RWKV-4 has no head matrices.
+            self.head_size.map_or(Some(0), |n| {
+                n.checked_mul(n)
+                    .and_then(|nn| nn.checked_mul(self.n_head()))
+            }),
+            self.n_embd.checked_mul(5 * self.lora.mix.max(1)),
+        ];
+        if products
+            .iter()
+            .any(|p| p.is_none_or(|n| n > isize::MAX as usize / 4))
+        {
+            return Err("a tensor of these dimensions would not fit in memory".into());
+        }
+        Ok(())
     }
 }

@@ -26,6 +26,7 @@ mod cpu;
 pub mod device;
 pub mod dtype;
 pub mod export;
+pub mod files;
 pub mod init;
 pub mod load;
 pub mod model;

@@ -35,6 +35,9 @@ pub enum IoError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The path is not a file this library reads or writes (see [`crate::files`]).
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     /// The bytes are not a valid safetensors file, or hold a dtype we cannot use.
     #[error("{path}: {message}")]
     Format {
@@ -45,8 +48,10 @@ pub enum IoError {
     },
 }
 
-/// Writes tensors to `path` atomically: a temporary file beside it, then a rename, so an
-/// interrupted write never leaves a half-written file under the final name.
+/// Writes tensors to `path` by the output rule of [`crate::files`]: a new or regular file is
+/// replaced atomically (a temporary file beside it, then a rename), so an interrupted write
+/// never leaves a half-written file under the final name; a fifo or device is written into;
+/// anything else is refused.
 pub fn write(path: &Path, tensors: &[NamedTensor]) -> Result<(), IoError> {
     let format_err = |message: String| IoError::Format {
         path: path.to_path_buf(),
@@ -71,41 +76,25 @@ pub fn write(path: &Path, tensors: &[NamedTensor]) -> Result<(), IoError> {
     write_atomic(path, &bytes)
 }
 
-/// Writes bytes to a temporary file next to `path`, syncs it, and renames it into place.
+/// Writes bytes to `path` by the output rule of [`crate::files`] (see [`write`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
-    use std::io::Write;
-    let io_err = |source| IoError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = match dir {
-        Some(d) => d.join(format!(".{file_name}.tmp{}", std::process::id())),
-        None => PathBuf::from(format!(".{file_name}.tmp{}", std::process::id())),
-    };
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io_err)
+    Ok(crate::files::write_output(
+        path,
+        bytes,
+        &crate::files::Inputs::new(),
+    )?)
 }
 
 /// Reads every tensor of a safetensors file. Floats come back as f32 whatever their stored
 /// precision; integers keep their type.
 pub fn read(path: &Path) -> Result<Vec<NamedTensor>, IoError> {
-    let bytes = std::fs::read(path).map_err(|source| IoError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    read_limited(path, u64::MAX)
+}
+
+/// [`read`] of a file of at most `limit` bytes (a regular file: a fifo or device is refused
+/// before it is read).
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<NamedTensor>, IoError> {
+    let bytes = crate::files::read_input(path, limit)?;
     let format_err = |message: String| IoError::Format {
         path: path.to_path_buf(),
         message,

@@ -11,6 +11,10 @@ use crate::wkv::Wkv4State;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use std::path::Path;
 
+/// The largest state file [`State::load`] reads: a 13B RWKV-7 state is about 80 MiB per
+/// sequence, so this holds batches of dozens while keeping `/dev/zero`-sized inputs out.
+pub const MAX_STATE_FILE_BYTES: u64 = 4 << 30;
+
 /// Per-layer recurrent state of a batch of sequences.
 #[derive(Debug, Clone)]
 pub struct State {
@@ -59,9 +63,48 @@ pub enum StateError {
         /// Per-sequence shape expected.
         expected: Vec<usize>,
     },
-    /// Tensors disagree on the batch size.
+    /// Tensors disagree on the batch size, or it is zero.
     #[error("state tensors disagree on the batch size ({0} vs {1})")]
     Batch(usize, usize),
+    /// A tensor that no layer of this model's state has (another model's state, or more
+    /// layers than the model).
+    #[error(
+        "state tensor '{name}' is not part of the state of this model ({layers} layers, {version}); the state is for another model?"
+    )]
+    Unexpected {
+        /// Tensor name.
+        name: String,
+        /// The model's layer count.
+        layers: usize,
+        /// The model's version.
+        version: Version,
+    },
+    /// A tensor that is not floating point.
+    #[error("state tensor '{name}' holds {dtype:?} values; states are floating point")]
+    DType {
+        /// Tensor name.
+        name: String,
+        /// The stored type.
+        dtype: burn::tensor::DType,
+    },
+    /// A NaN or infinite value (a state from a diverged run, or a damaged file).
+    #[error("state tensor '{name}' holds {value} at index {index}")]
+    NonFinite {
+        /// Tensor name.
+        name: String,
+        /// Flat index of the first such value.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// A state file's contents do not fit the model; names the file.
+    #[error("{path}: {error}")]
+    File {
+        /// The state file.
+        path: std::path::PathBuf,
+        /// What is wrong with its contents.
+        error: Box<StateError>,
+    },
     /// The version has no state layout in this build.
     #[error("{0} state is not supported by this build")]
     Unsupported(Version),
@@ -420,6 +463,12 @@ impl State {
                 .find(|t| t.name == name)
                 .ok_or_else(|| StateError::Missing(name.clone()))?;
             let shape = t.data.shape().to_vec();
+            if !t.data.dtype().is_float() {
+                return Err(StateError::DType {
+                    name,
+                    dtype: t.data.dtype(),
+                });
+            }
             let rows = if shape == per_sequence {
                 1
             } else if shape.len() == per_sequence.len() + 1 && shape[1..] == *per_sequence {
@@ -432,6 +481,7 @@ impl State {
                 });
             };
             match batch {
+                _ if rows == 0 => return Err(StateError::Batch(batch.unwrap_or(0), 0)),
                 Some(b) if b != rows => return Err(StateError::Batch(b, rows)),
                 _ => batch = Some(rows),
             }
@@ -445,11 +495,33 @@ impl State {
                     got: shape.clone(),
                     expected: per_sequence.to_vec(),
                 })?;
+            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+                return Err(StateError::NonFinite {
+                    name,
+                    index,
+                    value: values[index],
+                });
+            }
             let mut full = vec![rows];
             full.extend_from_slice(per_sequence);
             Ok(TensorData::new(values, full))
         };
         let schema = Schema::of(config);
+        let known = |name: &str| {
+            (0..config.n_layer).any(|i| {
+                schema
+                    .fields
+                    .iter()
+                    .any(|f| name == format!("state.{i}.{}", f.suffix))
+            })
+        };
+        if let Some(extra) = tensors.iter().find(|t| !known(&t.name)) {
+            return Err(StateError::Unexpected {
+                name: extra.name.clone(),
+                layers: config.n_layer,
+                version: config.version,
+            });
+        }
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let mut parts = Vec::with_capacity(schema.fields.len());
@@ -478,14 +550,20 @@ impl State {
         Ok(())
     }
 
-    /// Reads a state written by [`State::save`] (or any file with the official state names).
+    /// Reads a state written by [`State::save`] (or any file with the official state names):
+    /// exactly the tensors of `config`'s state, floating point, finite, of one batch size.
+    /// Errors name the file.
     pub fn load(
         path: impl AsRef<Path>,
         config: &RwkvConfig,
         device: &Device,
     ) -> Result<Self, StateError> {
-        let tensors = safetensors_io::read(path.as_ref())?;
-        Self::from_official(config, &tensors, device)
+        let path = path.as_ref();
+        let tensors = safetensors_io::read_limited(path, MAX_STATE_FILE_BYTES)?;
+        Self::from_official(config, &tensors, device).map_err(|error| StateError::File {
+            path: path.to_path_buf(),
+            error: Box::new(error),
+        })
     }
 }
 

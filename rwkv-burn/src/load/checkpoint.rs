@@ -49,6 +49,8 @@ pub struct Checkpoint {
     path: PathBuf,
     format: Format,
     entries: BTreeMap<String, Entry>,
+    /// Whether building refuses NaN and infinite weights ([`Checkpoint::allow_non_finite`]).
+    check_finite: bool,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -167,6 +169,7 @@ impl Checkpoint {
             path: path.to_path_buf(),
             format: Format::Safetensors,
             entries: strip_wrapper_prefix(entries),
+            check_finite: true,
         })
     }
 
@@ -193,6 +196,7 @@ impl Checkpoint {
             path: path.to_path_buf(),
             format: Format::Pth,
             entries: strip_wrapper_prefix(entries),
+            check_finite: true,
         })
     }
 
@@ -220,6 +224,45 @@ impl Checkpoint {
             }
             None => false,
         }
+    }
+
+    /// The same checkpoint, built without the NaN/Inf check on its weights (for inspecting a
+    /// damaged model; its logits will be NaN wherever the bad values reach).
+    pub fn allow_non_finite(mut self) -> Self {
+        self.check_finite = false;
+        self
+    }
+
+    /// Reads every floating-point tensor and reports the first that holds a NaN or an
+    /// infinity, as [`LoadError::NonFinite`]: the check building runs, for tools that
+    /// inspect a checkpoint without building it (`rwkv info`). `progress` hears the number
+    /// of tensors read.
+    pub fn check_finite(&self, progress: &mut dyn FnMut(usize)) -> Result<(), LoadError> {
+        for (done, name) in self.entries.keys().enumerate() {
+            if self.entries[name].dtype.is_ok() {
+                let values = self.read(name)?.into_f32();
+                if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+                    return Err(LoadError::NonFinite {
+                        path: self.path.clone(),
+                        name: name.clone(),
+                        index,
+                        value: values[index],
+                    });
+                }
+            }
+            progress(done + 1);
+        }
+        Ok(())
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds no tensors.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// The path it was opened from.
@@ -345,6 +388,10 @@ impl WeightSource for Checkpoint {
 
     fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
+    }
+
+    fn checks_finite(&self) -> bool {
+        self.check_finite
     }
 
     fn read(&self, name: &str, _: &[usize], _: Role) -> Result<StoredTensor<'_>, LoadError> {

@@ -91,11 +91,12 @@ pub(super) fn open_folder(dir: &Path) -> Result<Checkpoint, LoadError> {
 }
 
 fn read_config(path: &Path) -> Result<HfConfig, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+    // A config.json is a few kilobytes; the limit keeps a huge or endless one out of memory.
+    let text = crate::files::read_input(path, 16 << 20).map_err(|e| LoadError::BadConfig {
         path: path.to_path_buf(),
-        source,
+        detail: e.reason(),
     })?;
-    serde_json::from_str(&text).map_err(|e| LoadError::BadConfig {
+    serde_json::from_slice(&text).map_err(|e| LoadError::BadConfig {
         path: path.to_path_buf(),
         detail: format!("invalid config.json: {e}"),
     })

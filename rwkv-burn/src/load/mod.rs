@@ -34,6 +34,13 @@ impl Checkpoint {
         if meta.is_dir() {
             return hf::open_folder(path);
         }
+        if !meta.is_file() {
+            // A fifo or a device would be read until it ends, if it ever does.
+            return Err(LoadError::NotACheckpoint {
+                path: path.to_path_buf(),
+                reason: "not a regular file or a folder".into(),
+            });
+        }
         Ok(hf::official_names(Self::open_file(path)?))
     }
 

@@ -82,7 +82,52 @@ pub fn count_layers<'a>(names: impl Iterator<Item = &'a str>) -> usize {
                 .ok()
         })
         .max()
-        .map_or(0, |i| i + 1)
+        .map_or(0, |i| i.saturating_add(1))
+}
+
+/// Checks that every block index below `n_layer` has tensors, and that a tensor name shared by
+/// several blocks (`blocks.{i}.att.key.weight`) has the same shape in each: what a model of
+/// identical blocks needs, read without knowing any version's names.
+fn check_blocks(tensors: &dyn TensorIndex, n_layer: usize) -> Result<(), LoadError> {
+    let mut seen = vec![false; n_layer];
+    let mut shapes: std::collections::HashMap<&str, &[usize]> = Default::default();
+    for name in tensors.names() {
+        let Some(rest) = name.strip_prefix("blocks.") else {
+            continue;
+        };
+        let Some((index, leaf)) = rest.split_once('.') else {
+            continue;
+        };
+        let Ok(layer) = index.parse::<usize>() else {
+            continue;
+        };
+        seen[layer] = true;
+        let shape = tensors.shape(name).unwrap_or(&[]);
+        match shapes.get(leaf) {
+            Some(&want) if want != shape => {
+                return Err(LoadError::WrongShape {
+                    path: tensors.path().to_path_buf(),
+                    name: name.to_string(),
+                    got: shape.to_vec(),
+                    expected: want.to_vec(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                shapes.insert(leaf, shape);
+            }
+        }
+    }
+    match seen.iter().position(|s| !s) {
+        Some(missing) => Err(LoadError::BadDimensions {
+            path: tensors.path().to_path_buf(),
+            detail: format!(
+                "block {missing} has no tensors, but there are blocks up to {}",
+                n_layer - 1
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The RWKV generation of a set of tensors, detected the way the official package does
@@ -115,20 +160,25 @@ pub fn read_config(tensors: &dyn TensorIndex, version: Version) -> Result<RwkvCo
         version,
     })?;
     let shapes = Shapes(tensors);
+    let bad = |detail: String| LoadError::BadDimensions {
+        path: tensors.path().to_path_buf(),
+        detail,
+    };
     let n_layer = count_layers(tensors.names());
+    if n_layer > crate::config::MAX_LAYERS {
+        return Err(bad(format!(
+            "a block is numbered {}; at most {} blocks are supported",
+            n_layer - 1,
+            crate::config::MAX_LAYERS
+        )));
+    }
+    check_blocks(tensors, n_layer)?;
     let [vocab_size, n_embd] = shapes.matrix("emb.weight")?;
     // Every version names its key projections `att.key` and `ffn.key`.
     let [dim_att, _] = shapes.matrix("blocks.0.att.key.weight")?;
     let [dim_ffn, _] = shapes.matrix("blocks.0.ffn.key.weight")?;
     let Dims { head_size, lora } = (spec.dims)(&shapes, n_layer)?;
-    if let Some(n) = head_size
-        && (n == 0 || dim_att % n != 0)
-    {
-        return Err(shapes.unknown(format!(
-            "head size {n} does not divide the attention width {dim_att}"
-        )));
-    }
-    Ok(RwkvConfig {
+    let config = RwkvConfig {
         version,
         n_layer,
         n_embd,
@@ -137,7 +187,9 @@ pub fn read_config(tensors: &dyn TensorIndex, version: Version) -> Result<RwkvCo
         vocab_size,
         head_size,
         lora,
-    })
+    };
+    config.validate().map_err(bad)?;
+    Ok(config)
 }
 
 /// Builds the model described by `config` from a source's tensors.
@@ -155,6 +207,12 @@ pub fn build_named(
     config: &RwkvConfig,
     device: &Device,
 ) -> Result<(Rwkv, ParamNames), LoadError> {
+    config
+        .validate()
+        .map_err(|detail| LoadError::BadDimensions {
+            path: source.path().to_path_buf(),
+            detail,
+        })?;
     let mut w = Weights::new(source, device);
     let (c, v) = (config.n_embd, config.vocab_size);
     let emb = Embedding {

@@ -26,12 +26,13 @@ pub(crate) const SPEC: Spec = Spec {
     detect: |t| (t.any("att.r_k") || t.any("att.x_r")).then_some(Version::V7),
     dims: |t, n_layer| {
         // Layer 0 does not use its value residual; a checkpoint may lack it there.
-        let value = (0..n_layer)
-            .find_map(|i| {
-                t.0.shape(&format!("blocks.{i}.att.v1"))
-                    .map(|s| s[s.len() - 1])
-            })
-            .unwrap_or(0);
+        let value = match (0..n_layer)
+            .map(|i| format!("blocks.{i}.att.v1"))
+            .find(|name| t.0.shape(name).is_some())
+        {
+            Some(name) => t.cols(&name)?,
+            None => 0,
+        };
         Ok(Dims {
             head_size: Some(t.cols("blocks.0.att.r_k")?),
             lora: LoraRanks {

@@ -19,6 +19,14 @@ use std::path::{Path, PathBuf};
 /// documents end with it, and generation stops at it.
 pub const END_OF_TEXT: u32 = 0;
 
+/// The most ids a vocabulary may have (a model's vocabulary has the same bound,
+/// [`crate::config::MAX_VOCAB`]); a file naming a larger id is refused before anything is
+/// sized by it.
+pub const MAX_VOCAB: usize = crate::config::MAX_VOCAB;
+
+/// The largest vocabulary file read (the World vocabulary is 1 MiB, `20B_tokenizer.json` 2 MiB).
+pub const MAX_VOCAB_FILE_BYTES: u64 = 256 << 20;
+
 /// Turns bytes into token ids and back.
 pub trait Tokenizer: Send + Sync {
     /// Token ids of `bytes`. The World tokenizer accepts any bytes; tokenizers that work on
@@ -65,6 +73,9 @@ pub enum TokenizerError {
         /// What is wrong.
         message: String,
     },
+    /// The vocabulary file is not one this library reads (see [`crate::files`]).
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     /// An id the vocabulary does not have.
     #[error("token id {0} is not in the vocabulary")]
     UnknownId(u32),
@@ -81,10 +92,7 @@ pub fn load_tokenizer(path: impl AsRef<Path>) -> Result<Box<dyn Tokenizer>, Toke
     if path == Path::new("bytes") {
         return Ok(Box::new(ByteTokenizer));
     }
-    let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::files::read_input(path, MAX_VOCAB_FILE_BYTES)?;
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'{') {
         Ok(Box::new(NeoxTokenizer::from_bytes(&bytes, path)?))

@@ -16,10 +16,7 @@ impl NeoxTokenizer {
     /// Reads a `tokenizer.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = crate::files::read_input(path, super::MAX_VOCAB_FILE_BYTES)?;
         Self::from_bytes(&bytes, path)
     }
 
@@ -32,6 +29,16 @@ impl NeoxTokenizer {
         })?;
         let unicode_to_byte = byte_level_alphabet();
         let size = inner.get_vocab_size(true);
+        if size > super::MAX_VOCAB {
+            return Err(TokenizerError::Vocab {
+                path: path.to_path_buf(),
+                line: 0,
+                message: format!(
+                    "{size} ids; vocabularies must have at most {}",
+                    super::MAX_VOCAB
+                ),
+            });
+        }
         let special: std::collections::HashSet<u32> = inner
             .get_added_tokens_decoder()
             .iter()

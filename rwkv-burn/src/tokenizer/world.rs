@@ -19,10 +19,7 @@ impl WorldTokenizer {
     /// Reads `rwkv_vocab_v20230424.txt` (or any file in its `ID REPR LEN` format).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = crate::files::read_input(path, super::MAX_VOCAB_FILE_BYTES)?;
         Self::from_bytes(&bytes, path)
     }
 
@@ -62,6 +59,15 @@ impl WorldTokenizer {
             }
             if id == 0 {
                 return Err(err(number, "id 0 is reserved for end-of-text".into()));
+            }
+            if id >= super::MAX_VOCAB {
+                return Err(err(
+                    number,
+                    format!(
+                        "id {id} is too large; ids must be below {}",
+                        super::MAX_VOCAB
+                    ),
+                ));
             }
             if tokens.len() <= id {
                 tokens.resize(id + 1, None);

@@ -92,4 +92,29 @@ pub enum LoadError {
         /// Why.
         detail: String,
     },
+    /// The dimensions read off the tensors do not make a model that can run (a zero width,
+    /// a zero adapter rank, a head size that does not divide the width, layers that
+    /// disagree).
+    #[error("{path}: unusable model dimensions: {detail}")]
+    BadDimensions {
+        /// The file.
+        path: PathBuf,
+        /// Which dimension, and why.
+        detail: String,
+    },
+    /// A weight is NaN or infinite: the model would produce NaN logits. Loading with the
+    /// check off (`Checkpoint::allow_non_finite`) accepts it.
+    #[error(
+        "{path}: tensor '{name}' holds {value} at index {index}; a trained model has only finite weights (the file is damaged?)"
+    )]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// Flat index of the first such value.
+        index: usize,
+        /// The value (NaN, inf or -inf).
+        value: f32,
+    },
 }

@@ -120,6 +120,23 @@ impl<'a> Weights<'a> {
         Ok((tensor, shape))
     }
 
+    /// The values of tensor `name` as f32, refusing NaN and infinities where the source
+    /// asks for the check (one pass over values already in cache from the conversion).
+    fn values(&self, name: &str, tensor: StoredTensor<'_>) -> Result<Vec<f32>, LoadError> {
+        let values = tensor.into_f32();
+        if self.source.checks_finite()
+            && let Some(index) = values.iter().position(|v| !v.is_finite())
+        {
+            return Err(LoadError::NonFinite {
+                path: self.path().to_path_buf(),
+                name: name.to_string(),
+                index,
+                value: values[index],
+            });
+        }
+        Ok(values)
+    }
+
     /// Gives a new parameter its stable id and records its name.
     fn record(
         &mut self,
@@ -160,7 +177,7 @@ impl<'a> Weights<'a> {
         let name = self.name(leaf);
         let (tensor, stored) = self.read(&name, &shape, official, role)?;
         let mut param = Param::from_tensor(Tensor::from_data(
-            TensorData::new(tensor.into_f32(), shape),
+            TensorData::new(self.values(&name, tensor)?, shape),
             self.device,
         ));
         self.record(name, &mut param.id, stored, D, Layout::Same);
@@ -242,7 +259,7 @@ impl<'a> Weights<'a> {
         let name = self.name(leaf);
         let shape = [out, input];
         let (tensor, stored) = self.read(&name, &shape, &shape, role)?;
-        let values = tensor.into_f32();
+        let values = self.values(&name, tensor)?;
         let weight = match crate::cpu::decode_weight(&values, out, input, self.device) {
             Some(weight) => weight,
             None => {

@@ -96,6 +96,12 @@ pub trait WeightSource {
     fn stores_shapes(&self) -> bool {
         true
     }
+    /// Whether [`Weights`](super::Weights) refuses NaN and infinite values (a damaged file
+    /// would otherwise give NaN logits that look like output). Checkpoints say yes unless
+    /// opened with the check off.
+    fn checks_finite(&self) -> bool {
+        true
+    }
     /// A tensor by official name; `expected` is the shape the model needs (the caller checks
     /// the stored shape against it) and `role` what it does.
     fn read(
