@@ -3,9 +3,22 @@
 # libtorch 2.9.0) and the official `rwkv` package that the export round-trip test runs, into one
 # virtual environment. Run by `scripts/setup.sh --tests`; `. scripts/test-env.sh` then points
 # the build and the tests at it.
+#
+# RWKV_TORCH=2.11.0 (any other version) installs that PyTorch instead, in a venv of its own
+# (torch-<version>-venv), for building against the libtorch of a machine that has it (the GPU
+# machines here have 2.11, CUDA 13): `RWKV_TORCH=2.11.0 bash scripts/setup-torch.sh`, then
+# `RWKV_TORCH=2.11.0 . scripts/test-env.sh` (which also picks a target dir of its own, as
+# switching libtorch rebuilds everything above torch-sys).
 set -euo pipefail
 
-venv="${RWKV_TORCH_VENV:-$HOME/.cache/rwkv-burn/torch-venv}"
+torch="${RWKV_TORCH:-2.9.0}"
+if ! [[ "$torch" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
+  echo "setup-torch: RWKV_TORCH must be a version like 2.11.0, is '$torch'" >&2
+  exit 1
+fi
+default_venv="$HOME/.cache/rwkv-burn/torch-venv"
+[ "$torch" = 2.9.0 ] || default_venv="$HOME/.cache/rwkv-burn/torch-$torch-venv"
+venv="${RWKV_TORCH_VENV:-$default_venv}"
 python="${PYTHON:-python3}"
 
 if [ ! -x "$venv/bin/python" ]; then
@@ -13,9 +26,9 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 # The versions the fixtures were computed with (../shared/fixtures/README.md).
-if ! "$venv/bin/python" -c 'import torch, rwkv, numpy; assert torch.__version__.startswith("2.9.0")' 2>/dev/null; then
-  echo "setup-torch: installing torch 2.9.0, rwkv 0.8.32 (a few GB on first run)" >&2
+if ! "$venv/bin/python" -c "import torch, rwkv, numpy; assert torch.__version__.startswith('$torch')" 2>/dev/null; then
+  echo "setup-torch: installing torch $torch, rwkv 0.8.32 (a few GB on first run)" >&2
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "torch==2.9.0" "rwkv==0.8.32" "numpy>=1.26" >&2
+    "torch==$torch" "rwkv==0.8.32" "numpy>=1.26" >&2
 fi
 echo "setup-torch: torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)') in $venv" >&2

@@ -2,6 +2,15 @@
 # libtorch build (the `tch` feature) and the test binaries at the PyTorch wheel that setup put
 # in a virtual environment, and tells the export test where the official `rwkv` package is.
 # Safe to source twice; changes nothing but these variables.
+#
+# With RWKV_TORCH set to another version than 2.9.0 (see scripts/setup-torch.sh) it points at
+# that version's venv, lets torch-sys build against it (LIBTORCH_BYPASS_VERSION_CHECK), and,
+# unless CARGO_TARGET_DIR is set, builds in a target dir of its own.
+if [ -n "${RWKV_TORCH:-}" ] && [ "$RWKV_TORCH" != 2.9.0 ]; then
+  RWKV_TORCH_VENV="${RWKV_TORCH_VENV:-$HOME/.cache/rwkv-burn/torch-$RWKV_TORCH-venv}"
+  export LIBTORCH_BYPASS_VERSION_CHECK=1
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rwkv-burn/target-torch-$RWKV_TORCH}"
+fi
 RWKV_TORCH_VENV="${RWKV_TORCH_VENV:-$HOME/.cache/rwkv-burn/torch-venv}"
 if [ -x "$RWKV_TORCH_VENV/bin/python" ]; then
   export RWKV_TORCH_VENV

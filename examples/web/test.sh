@@ -16,7 +16,12 @@ site=$target/web/site
 fixtures=${RWKV_FIXTURES:-$root/../shared/fixtures}
 [ -d "$fixtures" ] || { echo "test.sh: no fixtures at $fixtures (set RWKV_FIXTURES)" >&2; exit 1; }
 
-WEB_OUT=$site bash "$here/build.sh"
+# WEB_BUILT=1: the page was built already (scripts/test.sh builds it beside the native tests).
+if [ "${WEB_BUILT:-0}" = 1 ]; then
+  [ -f "$site/pkg/rwkv_burn_web_bg.wasm" ] || { echo "test.sh: WEB_BUILT=1 but no page at $site" >&2; exit 1; }
+else
+  WEB_OUT=$site bash "$here/build.sh"
+fi
 ln -sfn "$(cd "$fixtures" && pwd)" "$site/fixtures"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -28,31 +33,41 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
-status=0
-echo "== WebGPU (SwiftShader) ==" >&2
-if python3 "$here/drive.py" "http://127.0.0.1:$port/index.html?backend=webgpu" \
+# The two pages run at once: each Chromium keeps the two cores only partly busy (SwiftShader
+# compiles and dispatches, the CPU page runs one wasm thread; /proc/stat sampled every 10 s
+# during the WebGPU page of a cold `.ci/run`: 54-89% busy), and one after the other they took
+# about 6 and 1.5 min there. Each one's console goes to its own log, shown after it ends.
+# page NAME DRIVE-ARGS...: one run of drive.py, its seconds in <target>/web/NAME.seconds.
+page() {
+  local name=$1 start=$SECONDS rc=0
+  shift
+  python3 "$here/drive.py" "$@" >"$target/web/$name.json" 2>"$target/web/$name.log" || rc=$?
+  echo $((SECONDS - start)) >"$target/web/$name.seconds"
+  return $rc
+}
+page webgpu "http://127.0.0.1:$port/index.html?backend=webgpu" \
     'window.rwkvTest.run().then(r => ({...r, ok: r.ok && r.backend === "webgpu"}))' \
     --screenshot "$target/web/screenshot.png" --timeout 900 \
-    --chromium-arg=--enable-unsafe-webgpu --chromium-arg=--use-webgpu-adapter=swiftshader \
-    >"$target/web/webgpu.json"; then
-  echo "ok: WebGPU" >&2
-else
-  echo "FAILED: WebGPU" >&2
-  status=1
-fi
-cat "$target/web/webgpu.json"
-
-echo "== CPU fallback (no WebGPU: switched off, and navigator.gpu removed) ==" >&2
-if python3 "$here/drive.py" "http://127.0.0.1:$port/index.html" \
+    --chromium-arg=--enable-unsafe-webgpu --chromium-arg=--use-webgpu-adapter=swiftshader &
+webgpu=$!
+page cpu "http://127.0.0.1:$port/index.html" \
     'window.rwkvTest.run().then(r => ({...r, ok: r.ok && r.backend === "cpu"}))' \
     --screenshot "$target/web/screenshot-cpu.png" --timeout 900 \
     --chromium-arg=--disable-features=WebGPU \
-    --init-script 'Object.defineProperty(Navigator.prototype, "gpu", { get: () => undefined });' \
-    >"$target/web/cpu.json"; then
-  echo "ok: CPU fallback" >&2
-else
-  echo "FAILED: CPU fallback" >&2
-  status=1
-fi
+    --init-script 'Object.defineProperty(Navigator.prototype, "gpu", { get: () => undefined });' &
+cpu=$!
+trap 'pkill -P $webgpu; pkill -P $cpu; kill $server $webgpu $cpu 2>/dev/null || true' EXIT
+
+status=0
+echo "== WebGPU (SwiftShader) ==" >&2
+if wait $webgpu; then result="ok: WebGPU"; else result="FAILED: WebGPU"; status=1; fi
+cat "$target/web/webgpu.log" >&2
+echo "$result ($(cat "$target/web/webgpu.seconds") s)" >&2
+cat "$target/web/webgpu.json"
+
+echo "== CPU fallback (no WebGPU: switched off, and navigator.gpu removed) ==" >&2
+if wait $cpu; then result="ok: CPU fallback"; else result="FAILED: CPU fallback"; status=1; fi
+cat "$target/web/cpu.log" >&2
+echo "$result ($(cat "$target/web/cpu.seconds") s)" >&2
 cat "$target/web/cpu.json"
 exit $status

@@ -262,16 +262,41 @@ impl TrainArgs {
                 "--batch x --ctx x --accumulate is {tokens} tokens a step; at most 2^32"
             ));
         }
+        // Each value with the text it was given as (an f32 shown as f64 would read 0.8999999761).
         let reals = [
-            ("--lr", self.lr, 0.0, 1.0),
-            ("--lr-final", self.lr_final, 0.0, 1.0),
-            ("--weight-decay", f64::from(self.weight_decay), 0.0, 10.0),
-            ("--grad-clip", f64::from(self.grad_clip), 0.0, 1e6),
-            ("--valid-fraction", f64::from(self.valid_fraction), 0.0, 0.5),
+            ("--lr", self.lr, self.lr.to_string(), 0.0, 1.0),
+            (
+                "--lr-final",
+                self.lr_final,
+                self.lr_final.to_string(),
+                0.0,
+                1.0,
+            ),
+            (
+                "--weight-decay",
+                f64::from(self.weight_decay),
+                self.weight_decay.to_string(),
+                0.0,
+                10.0,
+            ),
+            (
+                "--grad-clip",
+                f64::from(self.grad_clip),
+                self.grad_clip.to_string(),
+                0.0,
+                1e6,
+            ),
+            (
+                "--valid-fraction",
+                f64::from(self.valid_fraction),
+                self.valid_fraction.to_string(),
+                0.0,
+                0.5,
+            ),
         ];
-        for (flag, value, lo, hi) in reals {
+        for (flag, value, shown, lo, hi) in reals {
             if !value.is_finite() || !(lo..=hi).contains(&value) {
-                return Err(format!("{flag} is {value}; it must be {lo} to {hi}"));
+                return Err(format!("{flag} is {shown}; it must be {lo} to {hi}"));
             }
         }
         Ok(())
@@ -341,9 +366,15 @@ fn read_batch(
             .find(|t| t.name == name)
             .with_context(|| format!("{}: no tensor '{name}'", path.display()))?;
         let shape = t.data.shape().to_vec();
-        let [batch, _] = shape[..] else {
+        let [batch, len] = shape[..] else {
             bail!("{}: '{name}' must be [B, T], is {shape:?}", path.display());
         };
+        if batch == 0 || len == 0 {
+            bail!(
+                "{}: '{name}' is {shape:?}; a batch needs at least one sequence of one token",
+                path.display()
+            );
+        }
         let values = t
             .data
             .clone()

@@ -166,6 +166,45 @@ impl FromStr for DeviceSpec {
     }
 }
 
+/// The environment variable that lowers [`max_buffer_bytes`] below what the device states:
+/// bytes, a positive integer (other values are ignored). For trying how a model fails on a
+/// device with smaller buffers, and for testing that failure on any device.
+pub const MAX_BUFFER_ENV: &str = "RWKV_MAX_BUFFER_BYTES";
+
+/// The largest tensor, in bytes, that `device` can hold in one buffer, or `None` where the
+/// backend states no limit (the CPU backends, libtorch). CubeCL devices (wgpu, Vulkan, WebGPU)
+/// allocate each tensor as one buffer of at most their `max_page_size`: WebGPU's default and
+/// lavapipe's storage-buffer limit are 128 MiB, less than a World model's f32 embedding
+/// (65536 × 768 × 4 = 192 MiB). A larger tensor fails only when its data is first read back,
+/// after the whole forward pass was queued, so loading asks first. [`MAX_BUFFER_ENV`] lowers
+/// the limit.
+pub fn max_buffer_bytes(device: &Device) -> Option<u64> {
+    let stated = stated_buffer_bytes(device);
+    let lowered = std::env::var(MAX_BUFFER_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&v| v > 0);
+    match (stated, lowered) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What the device itself states (see [`max_buffer_bytes`]).
+fn stated_buffer_bytes(device: &Device) -> Option<u64> {
+    #[cfg(feature = "wgpu")]
+    {
+        // An autodiff device allocates on the device it wraps.
+        let plain = device.clone().inner();
+        if let burn_dispatch::DispatchDevice::Cube(cube) = plain.as_dispatch() {
+            return Some(cube.client().properties().memory.max_page_size);
+        }
+    }
+    #[cfg(not(feature = "wgpu"))]
+    let _ = device;
+    None
+}
+
 /// Why a device name could not be turned into a device.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DeviceError {
@@ -214,6 +253,24 @@ mod tests {
             "libtorch-cuda:-1",
         ] {
             assert!(matches!(cuda(bad), Err(DeviceError::Unknown(_))), "{bad}");
+        }
+    }
+
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn cubecl_devices_state_a_buffer_limit_and_cpu_devices_none() {
+        let wgpu = DeviceSpec::Wgpu.device().unwrap();
+        let limit = max_buffer_bytes(&wgpu).expect("wgpu states a limit");
+        // WebGPU guarantees at least 128 MiB for a storage buffer binding.
+        assert!(limit >= 128 << 20, "{limit}");
+        assert_eq!(max_buffer_bytes(&wgpu.autodiff()), Some(limit));
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn cpu_devices_state_no_buffer_limit() {
+        if std::env::var_os(MAX_BUFFER_ENV).is_none() {
+            assert_eq!(max_buffer_bytes(&DeviceSpec::Flex.device().unwrap()), None);
         }
     }
 

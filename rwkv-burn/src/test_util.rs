@@ -14,7 +14,7 @@ pub use crate::random::Lcg;
 
 /// `|got - want| <= tol + tol * |want|` element-wise.
 pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    if let Some(m) = crate::parity::first_mismatch(got, want, tol, tol) {
+    if let Some(m) = crate::parity::compare(got, want, tol, tol, what) {
         panic!("{what}[{}]: got {}, want {}", m.index, m.got, m.expected);
     }
 }

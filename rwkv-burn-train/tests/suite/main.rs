@@ -2,6 +2,7 @@
 //! `tests/suite/main.rs` for why).
 
 mod cli_grad;
+mod cli_hostile;
 mod cli_train;
 mod export_official;
 mod grad_fixture;

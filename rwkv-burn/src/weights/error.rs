@@ -102,6 +102,21 @@ pub enum LoadError {
         /// Which dimension, and why.
         detail: String,
     },
+    /// A tensor is larger than the device can hold in one buffer
+    /// ([`crate::device::max_buffer_bytes`]).
+    #[error(
+        "{path}: tensor '{name}' needs a buffer of {bytes} bytes, more than the device allows in one ({limit} bytes); run this model on a CPU device (flex) or a GPU with larger buffers"
+    )]
+    TooLargeForDevice {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// Its size on the device.
+        bytes: u64,
+        /// The device's limit.
+        limit: u64,
+    },
     /// A weight is NaN or infinite: the model would produce NaN logits. Loading with the
     /// check off (`Checkpoint::allow_non_finite`) accepts it.
     #[error(

@@ -25,6 +25,8 @@ pub struct Weights<'a> {
     device: &'a Device,
     scope: String,
     names: Vec<NamedParam>,
+    /// The device's largest buffer, checked before each tensor is uploaded.
+    max_buffer: Option<u64>,
 }
 
 /// How official checkpoints store a vector of model shape `[len]`.
@@ -44,6 +46,7 @@ impl<'a> Weights<'a> {
             device,
             scope: String::new(),
             names: Vec::new(),
+            max_buffer: crate::device::max_buffer_bytes(device),
         }
     }
 
@@ -123,6 +126,17 @@ impl<'a> Weights<'a> {
     /// The values of tensor `name` as f32, refusing NaN and infinities where the source
     /// asks for the check (one pass over values already in cache from the conversion).
     fn values(&self, name: &str, tensor: StoredTensor<'_>) -> Result<Vec<f32>, LoadError> {
+        if let Some(limit) = self.max_buffer {
+            let bytes = (tensor.elements() as u64).saturating_mul(4);
+            if bytes > limit {
+                return Err(LoadError::TooLargeForDevice {
+                    path: self.path().to_path_buf(),
+                    name: name.to_string(),
+                    bytes,
+                    limit,
+                });
+            }
+        }
         let values = tensor.into_f32();
         if self.source.checks_finite()
             && let Some(index) = values.iter().position(|v| !v.is_finite())
@@ -350,6 +364,35 @@ mod tests {
             ]
         );
         assert_eq!(names.0[0].id, stable_id("blocks.0.att.mix"));
+    }
+
+    /// A tensor larger than the device's largest buffer is refused by name before upload,
+    /// whichever way it is laid out; smaller ones still load.
+    #[test]
+    fn tensors_above_the_device_buffer_limit_are_refused_by_name() {
+        let device = Device::default();
+        let source = Fake {
+            shapes: vec![("small", vec![4]), ("big", vec![4, 8]), ("lin", vec![8, 4])],
+            stores_shapes: true,
+        };
+        let mut w = Weights::new(&source, &device);
+        // 16 f32 fit, 32 do not.
+        w.max_buffer = Some(64);
+        w.vector(Role::NormScale, "small", 4).unwrap();
+        for result in [
+            w.matrix(Role::Matrix, "big", 4, 8).map(|_| ()),
+            w.linear(Role::Matrix, "lin", 8, 4).map(|_| ()),
+        ] {
+            match result {
+                Err(LoadError::TooLargeForDevice {
+                    name, bytes, limit, ..
+                }) => {
+                    assert!(name == "big" || name == "lin", "{name}");
+                    assert_eq!((bytes, limit), (128, 64));
+                }
+                other => panic!("expected TooLargeForDevice, got {other:?}"),
+            }
+        }
     }
 
     /// Sources that invent values get the shapes official checkpoints store.

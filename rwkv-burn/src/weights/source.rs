@@ -74,6 +74,14 @@ impl StoredTensor<'_> {
         }
     }
 
+    /// The number of elements.
+    pub fn elements(&self) -> usize {
+        match &self.data {
+            StoredData::F32(values) => values.len(),
+            StoredData::Bytes { dtype, bytes } => bytes.len() / dtype.size(),
+        }
+    }
+
     /// The values as f32, row-major.
     pub fn into_f32(self) -> Vec<f32> {
         match self.data {

@@ -65,7 +65,7 @@ pub fn token_tensor(ids: &[i64], batch: usize, device: &Device) -> Tensor<2, Int
 
 /// The fixtures' tolerance: `|got - exp| <= 1e-4 + 1e-4 |exp|`.
 pub fn assert_matches(got: &[f32], exp: &[f32], what: &str) {
-    if let Some(m) = rwkv_burn::parity::first_mismatch(got, exp, 1e-4, 1e-4) {
+    if let Some(m) = rwkv_burn::parity::compare(got, exp, 1e-4, 1e-4, what) {
         panic!(
             "{what}: element {} is {} but should be {}",
             m.index, m.got, m.expected

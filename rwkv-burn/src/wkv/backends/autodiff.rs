@@ -392,11 +392,9 @@ mod tests {
         assert_eq!(names.len(), oracle.len());
         for ((name, x), y) in names.iter().zip(ours).zip(oracle) {
             assert_eq!(x.len(), y.len(), "{name}");
-            for (p, q) in x.iter().zip(y) {
-                assert!(
-                    (p - q).abs() <= 1e-4 + 1e-4 * q.abs(),
-                    "{case}, {name}: {p} vs {q}"
-                );
+            let what = format!("{case}, {name}");
+            if let Some(m) = crate::parity::compare(x, y, 1e-4, 1e-4, &what) {
+                panic!("{what}[{}]: {} vs {}", m.index, m.got, m.expected);
             }
         }
     }
