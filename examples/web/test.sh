@@ -35,7 +35,9 @@ done
 
 # page NAME DRIVE-ARGS...: one run of drive.py; the result JSON in <target>/web/NAME.json, and
 # how long it took on stderr. (Measured in a `.ci/run` of 2026-12-03: WebGPU 311 s with warm
-# caches, about 380 s cold; the CPU page 4 s, so the two run one after the other.)
+# caches, about 380 s cold; the CPU page 4 s, so the two run one after the other.) On
+# SwiftShader the page decodes about 1 token/s, so its two generations (cold, then warm) make
+# 16 tokens, not the page's 64: that alone was about 2 of those minutes.
 page() {
   local name=$1 start=$SECONDS rc=0
   shift
@@ -48,7 +50,7 @@ page() {
 status=0
 echo "== WebGPU (SwiftShader) ==" >&2
 if page webgpu "http://127.0.0.1:$port/index.html?backend=webgpu" \
-    'window.rwkvTest.run().then(r => ({...r, ok: r.ok && r.backend === "webgpu"}))' \
+    'window.rwkvTest.run(undefined, 16).then(r => ({...r, ok: r.ok && r.backend === "webgpu"}))' \
     --screenshot "$target/web/screenshot.png" --timeout 900 \
     --chromium-arg=--enable-unsafe-webgpu --chromium-arg=--use-webgpu-adapter=swiftshader; then
   echo "ok: WebGPU" >&2
