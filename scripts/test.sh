@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test suite, as README.md gives it and `.ci/run` runs it: setup, the workspace's tests
-# with every test feature, then the browser test.
+# with every test feature, the GPU check's dry run, then the browser test.
 #
 # The browser page's WebAssembly build (a target of its own: wasm32) runs beside the native
 # tests instead of after them. The test binaries keep the two cores only about two thirds busy
@@ -20,13 +20,16 @@ bash scripts/setup.sh --tests
 cargo test --release --workspace --features "$features" --no-run
 mkdir -p "$CARGO_TARGET_DIR/web"
 web_log="$CARGO_TARGET_DIR/web/build.log"
-nice -n 19 bash examples/web/build.sh >"$web_log" 2>&1 &
+WEB_PROFILE=web-ci nice -n 19 bash examples/web/build.sh >"$web_log" 2>&1 &
 web_build=$!
 # Whatever happens to the tests, the background build does not outlive this script.
 trap 'kill $web_build 2>/dev/null || true' EXIT
 
 status=0
 cargo test --release --workspace --features "$features" || status=$?
+# The GPU check's steps on the CPU with the binaries just tested (scripts/gpu-check.sh), so
+# that the script a GPU loan runs in one go cannot rot between loans.
+[ $status != 0 ] || bash scripts/gpu-check.sh dry-run || status=$?
 
 if ! wait $web_build; then
   echo "test.sh: the browser page did not build:" >&2

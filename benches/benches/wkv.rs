@@ -192,9 +192,10 @@ fn bench_wkv7_backward(c: &mut Criterion) {
 }
 
 /// WKV kernels against the reference body on the same device, for every device that runs
-/// kernels (wgpu and vulkan: CubeCL; libtorch-cuda when a GPU is present: CUDA): RWKV-7,
-/// RWKV-5/6 and RWKV-4, forward, and forward + backward under autodiff.
-/// `RWKV_BENCH_LENGTHS=64,512` narrows the lengths (the reference body is slow on lavapipe).
+/// kernels (wgpu and vulkan: CubeCL; libtorch-cuda when a GPU is present: CUDA; flex: its
+/// loops over slices): RWKV-7, RWKV-5/6 and RWKV-4, forward, and forward + backward under
+/// autodiff. `RWKV_BENCH_LENGTHS=64,512` narrows the lengths (the reference body is slow on
+/// lavapipe); `RWKV_DEVICES` the devices.
 fn bench_kernels(c: &mut Criterion) {
     use burn::backend::Dispatch;
     let lengths: Vec<usize> = std::env::var("RWKV_BENCH_LENGTHS")
@@ -202,6 +203,7 @@ fn bench_kernels(c: &mut Criterion) {
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![64, 512, 4096]);
     let kernel_devices = [
+        DeviceSpec::Flex,
         DeviceSpec::Wgpu,
         DeviceSpec::Vulkan,
         DeviceSpec::LibTorchCuda(0),

@@ -97,8 +97,19 @@ impl DeviceSpec {
     /// The devices compiled into this build that work on this machine: every CPU device and
     /// wgpu (on lavapipe when there is no GPU), plus `libtorch-cuda` when a CUDA GPU is
     /// present. Tests and benchmarks iterate them, so on a GPU machine they cover the GPU too.
+    ///
+    /// [`DEVICES_ENV`] (`RWKV_DEVICES=libtorch-cuda,vulkan`) narrows them to the devices it
+    /// names, in the order of [`DeviceSpec::ALL`]: a GPU check spends its minutes on the GPU,
+    /// and a dry run of it on one CPU device.
+    ///
+    /// # Panics
+    /// When [`DEVICES_ENV`] names an unknown device or one that cannot run here. A check told
+    /// to cover `libtorch-cuda` on a machine where libtorch finds no GPU must fail, not pass
+    /// over zero devices.
     pub fn available() -> Vec<DeviceSpec> {
-        Self::ALL.into_iter().filter(|d| d.is_present()).collect()
+        let present: Vec<DeviceSpec> = Self::ALL.into_iter().filter(|d| d.is_present()).collect();
+        narrow(&present, std::env::var(DEVICES_ENV).ok().as_deref())
+            .unwrap_or_else(|e| panic!("{DEVICES_ENV}: {e}"))
     }
 
     /// Builds the Burn device.
@@ -164,6 +175,33 @@ impl FromStr for DeviceSpec {
             _ => Err(unknown()),
         }
     }
+}
+
+/// The environment variable that narrows [`DeviceSpec::available`] to a comma-separated list
+/// of device names.
+pub const DEVICES_ENV: &str = "RWKV_DEVICES";
+
+/// `present` narrowed to the comma-separated device names of `wanted` (all of it when `wanted`
+/// is unset or blank), or why `wanted` cannot be followed.
+fn narrow(present: &[DeviceSpec], wanted: Option<&str>) -> Result<Vec<DeviceSpec>, String> {
+    let Some(wanted) = wanted.filter(|v| !v.trim().is_empty()) else {
+        return Ok(present.to_vec());
+    };
+    let wanted = wanted
+        .split(',')
+        .map(str::parse::<DeviceSpec>)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if let Some(absent) = wanted.iter().find(|d| !present.contains(d)) {
+        return Err(format!(
+            "{absent} cannot run here (not compiled in, or no GPU)"
+        ));
+    }
+    Ok(present
+        .iter()
+        .copied()
+        .filter(|d| wanted.contains(d))
+        .collect())
 }
 
 /// The environment variable that lowers [`max_buffer_bytes`] below what the device states:
@@ -272,6 +310,20 @@ mod tests {
         if std::env::var_os(MAX_BUFFER_ENV).is_none() {
             assert_eq!(max_buffer_bytes(&DeviceSpec::Flex.device().unwrap()), None);
         }
+    }
+
+    #[test]
+    fn the_devices_variable_narrows_the_present_devices_and_refuses_absent_ones() {
+        use DeviceSpec::*;
+        let present = [Flex, LibTorch, Wgpu];
+        assert_eq!(narrow(&present, None), Ok(present.to_vec()));
+        assert_eq!(narrow(&present, Some(" ")), Ok(present.to_vec()));
+        // The order stays that of the present devices.
+        assert_eq!(narrow(&present, Some("wgpu, flex")), Ok(vec![Flex, Wgpu]));
+        let absent = narrow(&present, Some("flex,libtorch-cuda")).unwrap_err();
+        assert!(absent.contains("libtorch-cuda cannot run here"), "{absent}");
+        let unknown = narrow(&present, Some("flex,cuda")).unwrap_err();
+        assert!(unknown.contains("unknown device 'cuda'"), "{unknown}");
     }
 
     #[test]

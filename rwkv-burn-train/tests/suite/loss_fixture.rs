@@ -2,6 +2,7 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 use rwkv_burn::DeviceSpec;
+use rwkv_burn::parity::compare;
 use rwkv_burn::safetensors_io::read;
 use rwkv_burn_train::loss::next_token_loss;
 use std::path::PathBuf;
@@ -50,9 +51,10 @@ fn check_loss(model_path: &std::path::Path, expected_path: &std::path::Path) {
         };
         let loss = next_token_loss(&model, ids("train_input_ids"), ids("train_targets"))
             .into_scalar::<f32>();
-        assert!(
-            (loss - want).abs() <= 1e-5 + 1e-5 * want.abs(),
-            "{spec}: {loss} vs {want}"
-        );
+        // Through the parity helper, so that a GPU run's log holds the error.
+        let what = format!("{} on {spec}: loss", model_path.display());
+        if let Some(m) = compare(&[loss], &[want], 1e-5, 1e-5, &what) {
+            panic!("{what}: {} vs {}", m.got, m.expected);
+        }
     }
 }

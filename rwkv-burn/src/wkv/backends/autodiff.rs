@@ -234,23 +234,21 @@ mod tests {
 
     /// The devices whose hand-written backward is checked: flex and libtorch on the CPU
     /// (tensor ops), wgpu and vulkan (CubeCL kernels) and libtorch-cuda (CUDA kernels), those
-    /// compiled in and present, plus libtorch's CPU through the CPU emulation of the CUDA
-    /// kernels (the `bool`). The oracle is always autodiff of the reference body on flex.
-    fn devices() -> Vec<(Device, bool)> {
+    /// [`DeviceSpec::available`](crate::DeviceSpec::available) lists, plus libtorch's CPU
+    /// through the CPU emulation of the CUDA kernels (the `bool`), each with the name its checks
+    /// carry ("... on NAME: ...", by which the parity log groups them). The oracle is always
+    /// autodiff of the reference body on flex.
+    fn devices() -> Vec<(String, Device, bool)> {
         use crate::DeviceSpec;
-        let mut devices: Vec<_> = [
-            DeviceSpec::Flex,
-            DeviceSpec::LibTorch,
-            DeviceSpec::LibTorchCuda(0),
-            DeviceSpec::Wgpu,
-            DeviceSpec::Vulkan,
-        ]
-        .into_iter()
-        .filter(|spec| spec.is_present())
-        .map(|spec| (spec.device().unwrap(), false))
-        .collect();
-        if cfg!(feature = "tch") {
-            devices.push((DeviceSpec::LibTorch.device().unwrap(), true));
+        let specs = DeviceSpec::available();
+        let mut devices: Vec<_> = specs
+            .iter()
+            .filter(|spec| **spec != DeviceSpec::NdArray)
+            .map(|spec| (spec.to_string(), spec.device().unwrap(), false))
+            .collect();
+        if specs.contains(&DeviceSpec::LibTorch) {
+            let device = DeviceSpec::LibTorch.device().unwrap();
+            devices.push(("libtorch-emulated-cuda".to_string(), device, true));
         }
         devices
     }
@@ -489,9 +487,9 @@ mod tests {
         ];
         for (len, spread) in [(1, 1.0), (29, 1.0), (64, 8.0), (4096, 1.0)] {
             let oracle = wkv4_grads(&Device::flex(), false, len, spread);
-            for (device, emulated) in devices() {
+            for (label, device, emulated) in devices() {
                 let ours = on(emulated, || wkv4_grads(&device, true, len, spread));
-                let what = format!("{device:?} (emulated: {emulated}), T = {len}");
+                let what = format!("wkv4 backward on {label}: T = {len}");
                 assert_close(&names, &ours, &oracle, &what);
             }
         }
@@ -508,9 +506,9 @@ mod tests {
             (4096, 8, (0.95, 1.0)),
         ] {
             let oracle = wkv5_grads(&Device::flex(), false, len, n, decay);
-            for (device, emulated) in devices() {
+            for (label, device, emulated) in devices() {
                 let ours = on(emulated, || wkv5_grads(&device, true, len, n, decay));
-                let what = format!("{device:?} (emulated: {emulated}), T = {len}, N = {n}");
+                let what = format!("wkv5 backward on {label}: T = {len}, N = {n}");
                 assert_close(&names, &ours, &oracle, &what);
             }
         }
@@ -527,9 +525,9 @@ mod tests {
             (4096, 8, (0.95, 1.0)),
         ] {
             let oracle = wkv7_grads(&Device::flex(), false, len, n, decay);
-            for (device, emulated) in devices() {
+            for (label, device, emulated) in devices() {
                 let ours = on(emulated, || wkv7_grads(&device, true, len, n, decay));
-                let what = format!("{device:?} (emulated: {emulated}), T = {len}, N = {n}");
+                let what = format!("wkv7 backward on {label}: T = {len}, N = {n}");
                 assert_close(&names, &ours, &oracle, &what);
             }
         }

@@ -60,6 +60,8 @@ type Status = c_int;
 /// The NVRTC entry points used here (their C signatures from `nvrtc.h`).
 struct Api {
     _lib: Library,
+    /// NVRTC's builtins library, loaded beforehand from libnvrtc's folder ([`builtins_beside`]).
+    _builtins: Vec<Library>,
     version: unsafe extern "C" fn(*mut c_int, *mut c_int) -> Status,
     create: unsafe extern "C" fn(
         *mut Program,
@@ -79,7 +81,7 @@ struct Api {
 }
 
 impl Api {
-    fn load(lib: Library) -> Result<Self, libloading::Error> {
+    fn load(lib: Library, builtins: Vec<Library>) -> Result<Self, libloading::Error> {
         // SAFETY: the symbols are NVRTC's public C API with these signatures; the function
         // pointers stay valid while `_lib` is alive, which is as long as `self`.
         unsafe {
@@ -94,6 +96,7 @@ impl Api {
                 destroy: *lib.get(b"nvrtcDestroyProgram\0")?,
                 error_string: *lib.get(b"nvrtcGetErrorString\0")?,
                 _lib: lib,
+                _builtins: builtins,
             })
         }
     }
@@ -118,7 +121,7 @@ fn api() -> Result<&'static Api, NvrtcError> {
         for candidate in &candidates {
             // SAFETY: loading NVRTC runs no initialisers with preconditions.
             if let Ok(lib) = unsafe { Library::new(candidate) }
-                && let Ok(api) = Api::load(lib)
+                && let Ok(api) = Api::load(lib, builtins_beside(candidate))
             {
                 return Ok(api);
             }
@@ -156,18 +159,42 @@ fn candidates() -> Vec<PathBuf> {
 /// The libnvrtc files in `dir` (libtorch's own archives name them with a hash, e.g.
 /// `libnvrtc-1a2b3c4d.so.12`), without the builtins library it loads itself.
 fn nvrtc_in(dir: &Path) -> Vec<PathBuf> {
+    libraries_in(dir, |n| {
+        n.starts_with("libnvrtc") && !n.contains("builtins")
+    })
+}
+
+/// NVRTC's builtins library in the folder of `nvrtc` (a path; nothing for a bare name, which
+/// the library path resolves, builtins and all), loaded.
+///
+/// NVRTC opens `libnvrtc-builtins.so.<version>` by name when it compiles. CUDA 13 wheels keep
+/// both in `nvidia/cu13/lib`, off the library path, and their libnvrtc has no RPATH to look
+/// there: against the PyTorch 2.11 (CUDA 13) wheel every compilation failed with "failed to
+/// open libnvrtc-builtins.so.13.0" (`RWKV_TORCH=2.11.0`, `cargo test ... nvrtc`). A library
+/// already loaded under that name satisfies the lookup, so it is loaded first, by path.
+fn builtins_beside(nvrtc: &Path) -> Vec<Library> {
+    let Some(dir) = nvrtc.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Vec::new();
+    };
+    libraries_in(dir, |n| n.starts_with("libnvrtc-builtins"))
+        .into_iter()
+        // SAFETY: the builtins library has no initialisers with preconditions.
+        .filter_map(|path| unsafe { Library::new(path) }.ok())
+        .collect()
+}
+
+/// The shared libraries (`.so` in the name, not the `.alt.` variants) in `dir` whose file name
+/// passes `keep`, sorted.
+fn libraries_in(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut found: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                n.starts_with("libnvrtc")
-                    && n.contains(".so")
-                    && !n.contains("builtins")
-                    && !n.contains(".alt.")
-            })
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains(".so") && !n.contains(".alt.") && keep(n))
         })
         .collect();
     found.sort();
