@@ -20,7 +20,7 @@ bash scripts/setup.sh --tests
 cargo test --release --workspace --features "$features" --no-run
 mkdir -p "$CARGO_TARGET_DIR/web"
 web_log="$CARGO_TARGET_DIR/web/build.log"
-WEB_PROFILE=web-ci nice -n 19 bash examples/web/build.sh >"$web_log" 2>&1 &
+nice -n 19 bash examples/web/build.sh >"$web_log" 2>&1 &
 web_build=$!
 # Whatever happens to the tests, the background build does not outlive this script.
 trap 'kill $web_build 2>/dev/null || true' EXIT

@@ -10,14 +10,10 @@ target=${CARGO_TARGET_DIR:-$HOME/.cache/rwkv-burn/target}
 wasm_target=${WASM_TARGET_DIR:-$target-wasm}
 out=${WEB_OUT:-$target/web/site}
 
-# WEB_PROFILE=web-ci: the test build (scripts/test.sh), quicker to compile, larger and slower.
-profile=${WEB_PROFILE:-web}
-case "$profile" in web | web-ci) ;; *) echo "build.sh: WEB_PROFILE is web or web-ci, not '$profile'" >&2; exit 2 ;; esac
-
 cd "$root"
-cargo build --profile "$profile" --target wasm32-unknown-unknown --target-dir "$wasm_target" \
+cargo build --profile web --target wasm32-unknown-unknown --target-dir "$wasm_target" \
   -p rwkv-burn-web --no-default-features
-wasm="$wasm_target/wasm32-unknown-unknown/$profile/rwkv_burn_web.wasm"
+wasm="$wasm_target/wasm32-unknown-unknown/web/rwkv_burn_web.wasm"
 mkdir -p "$out/pkg"
 # Function names cost ~7 MB; WEB_KEEP_NAMES=1 keeps them for readable stack traces.
 names=--remove-name-section
