@@ -7,7 +7,7 @@ use rwkv_burn::files::{self, Inputs};
 use rwkv_burn::load::Checkpoint;
 use rwkv_burn::presets::{PRESET_NAMES, preset};
 use rwkv_burn::tokenizer::Tokenizer;
-use rwkv_burn::{DeviceSpec, Rwkv, RwkvConfig, State, safetensors_io};
+use rwkv_burn::{DeviceSpec, Rwkv, RwkvConfig, State, WeightFormat, safetensors_io};
 use rwkv_burn_infer::chat::ChatSession;
 use rwkv_burn_infer::generate::{GenerateOptions, Pipeline};
 use rwkv_burn_infer::logits::{RunMode, run_logits};
@@ -57,6 +57,9 @@ enum Command {
     Bench(BenchArgs),
     /// Print a checkpoint's version, sizes and parameter count.
     Info(InfoArgs),
+    /// Write a checkpoint with its projection matrices in another precision (bf16, f16, q8,
+    /// q4), as safetensors that load in that format directly, with nothing converted.
+    Quantize(QuantizeArgs),
     /// Print the token ids of a file's bytes as a JSON array.
     Tokenize(TokenizeArgs),
     /// Write the bytes of token ids to stdout.
@@ -79,6 +82,13 @@ struct ModelArgs {
     /// will be NaN where the values reach).
     #[arg(long)]
     allow_non_finite: bool,
+    /// Precision of the projection matrices: f32, bf16, f16, q8 (8-bit blocks of 32, ggml's
+    /// Q8_0) or q4 (4-bit blocks, ggml's Q4_0; the head in q8). Everything else stays f32, and
+    /// so does all arithmetic. Default: the precision the checkpoint stores them in (an
+    /// official bf16 release runs in bf16), f32 for f32 files. Packed on flex; other devices
+    /// compute with f32 copies of the format's values.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_weights)]
+    weights: Option<WeightFormat>,
 }
 
 #[derive(Args, Clone)]
@@ -241,6 +251,13 @@ struct BenchArgs {
     /// Load weights that hold NaN or infinite values instead of refusing them.
     #[arg(long)]
     allow_non_finite: bool,
+    /// Precision of the projection matrices: f32, bf16, f16, q8 (8-bit blocks of 32, ggml's
+    /// Q8_0) or q4 (4-bit blocks, ggml's Q4_0; the head in q8). Everything else stays f32, and
+    /// so does all arithmetic. Default: the precision the checkpoint stores them in (an
+    /// official bf16 release runs in bf16), f32 for f32 files. Packed on flex; other devices
+    /// compute with f32 copies of the format's values.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_weights)]
+    weights: Option<WeightFormat>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -257,6 +274,25 @@ struct InfoArgs {
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     /// Skip reading every weight for NaN and infinite values (the slow part for big models).
+    #[arg(long)]
+    allow_non_finite: bool,
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// Checkpoint: an official .pth, a safetensors file, or a Hugging Face model folder.
+    /// Default: the small byte-level RWKV-7 built into this binary.
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// The precision of the projections: f32, bf16, f16, q8 or q4 (see `--weights` of
+    /// `generate`). bf16 and f16 files are official checkpoints; q8 and q4 matrices are stored
+    /// as `NAME.q8` + `NAME.q8_scales` (`.q4` likewise), which only this tool reads.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_weights)]
+    to: WeightFormat,
+    /// Output file, `*.safetensors`. Not the model; written atomically.
+    #[arg(long, value_name = "OUT.safetensors")]
+    out: PathBuf,
+    /// Load weights that hold NaN or infinite values instead of refusing them.
     #[arg(long)]
     allow_non_finite: bool,
 }
@@ -301,6 +337,11 @@ struct LogitsArgs {
     out: PathBuf,
 }
 
+fn parse_weights(s: &str) -> Result<WeightFormat, String> {
+    s.parse()
+        .map_err(|e: rwkv_burn::weights::UnknownFormat| e.to_string())
+}
+
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     let spec: DeviceSpec = s
         .parse()
@@ -332,8 +373,8 @@ fn spinner(message: String) -> ProgressBar {
 fn load(args: &ModelArgs) -> Result<(RwkvConfig, Rwkv, burn::tensor::Device)> {
     let device = args.device.device()?;
     let (config, model) = match &args.model {
-        Some(path) => load_path(path, &device, args.allow_non_finite)?,
-        None => embedded::load_default(&device)?,
+        Some(path) => load_path(path, &device, args.allow_non_finite, args.weights)?,
+        None => load_checkpoint(embedded::default_checkpoint()?, &device, args.weights)?,
     };
     Ok((config, model, device))
 }
@@ -342,15 +383,40 @@ fn load_path(
     path: &Path,
     device: &burn::tensor::Device,
     allow_non_finite: bool,
+    weights: Option<WeightFormat>,
 ) -> Result<(RwkvConfig, Rwkv)> {
     let bar = spinner(format!("loading {}", path.display()));
     let mut checkpoint = Checkpoint::open(path)?;
     if allow_non_finite {
         checkpoint = checkpoint.allow_non_finite();
     }
-    let loaded = rwkv_burn::load::load_checkpoint(&checkpoint, device)?;
+    let loaded = load_checkpoint(checkpoint, device, weights);
     bar.finish_and_clear();
-    Ok(loaded)
+    loaded
+}
+
+/// Builds an opened checkpoint's model with its projections in `weights` (default: the
+/// precision they are stored in), saying so where the device computes with f32 copies.
+fn load_checkpoint(
+    checkpoint: Checkpoint,
+    device: &burn::tensor::Device,
+    weights: Option<WeightFormat>,
+) -> Result<(RwkvConfig, Rwkv)> {
+    let format = weights.unwrap_or_else(|| rwkv_burn::load::stored_format(&checkpoint));
+    let config = rwkv_burn::load::detect_config(&checkpoint)?;
+    let (model, _) = rwkv_burn::model::build_with(&checkpoint, &config, device, format)?;
+    warn_unpacked(device, format);
+    Ok((config, model))
+}
+
+/// One line where `device` computes a compressed format from f32 copies of its values.
+fn warn_unpacked(device: &burn::tensor::Device, format: WeightFormat) {
+    if !rwkv_burn::load::holds_format(device, format) {
+        note!(
+            "note: this device computes {format} weights from f32 copies of their values \
+             (the same results, without the memory saving; packed weights run on flex)"
+        );
+    }
 }
 
 /// Input files a run reads larger than this are refused (prompts, texts to score or
@@ -595,15 +661,15 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     let (label, model) = match (&args.model, &args.preset) {
         (Some(path), _) => (
             path.display().to_string(),
-            load_path(path, &device, args.allow_non_finite)?.1,
+            load_path(path, &device, args.allow_non_finite, args.weights)?.1,
         ),
         (None, Some(name)) => {
             let config = preset(name).context("unknown preset")?;
             let bar = spinner(format!("building a random {name} model"));
             let weights = rwkv_burn::init::RandomWeights::new(0);
-            let (model, names) = rwkv_burn::model::build_named(&weights, &config, &device)?;
-            bar.finish_and_clear();
             if let Some(path) = &args.save_model {
+                // The file holds the f32 weights; a format is applied when it is loaded.
+                let (model, names) = rwkv_burn::model::build_named(&weights, &config, &device)?;
                 let tensors = rwkv_burn::export::official_tensors(&model, &names);
                 rwkv_burn::export::write_official(
                     path,
@@ -612,22 +678,34 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
                 )?;
                 note!("wrote {}", path.display());
             }
+            let format = args.weights.unwrap_or_default();
+            let (model, _) = rwkv_burn::model::build_with(&weights, &config, &device, format)?;
+            warn_unpacked(&device, format);
+            bar.finish_and_clear();
             (name.clone(), model)
         }
         (None, None) => bail!("give --model or --preset"),
     };
     let result = bench::run(&model, &device, args.prefill, args.decode, args.batch)?;
+    let formats = weight_formats(&model);
+    let bytes_per_token = model.bytes_per_token();
+    // What batch-1 decode streams from the weights, the figure to set against the memory
+    // bandwidth.
+    let gb_per_s = bytes_per_token as f64 * result.decode_tokens_per_s / 1e9;
     if args.json {
         let mut value = serde_json::to_value(&result)?;
         value["model"] = label.into();
         value["device"] = args.device.name().into();
         value["threads"] = rayon::current_num_threads().into();
+        value["weights"] = formats.into();
+        value["weight_bytes_per_token"] = bytes_per_token.into();
+        value["decode_weight_gb_per_s"] = gb_per_s.into();
         outln!("{value}")?;
     } else {
         outln!(
-            "model {label} on {} ({} CPU threads)\n\
+            "model {label} on {} ({} CPU threads), weights {formats}\n\
              prefill ({} tokens):      {:>9.1} tokens/s\n\
-             decode batch 1:           {:>9.1} tokens/s\n\
+             decode batch 1:           {:>9.1} tokens/s ({:.2} MB of weights a token, {:.1} GB/s)\n\
              decode batch {}:           {:>9.1} tokens/s\n\
              peak RSS:                 {:>9.1} MiB",
             args.device,
@@ -635,11 +713,64 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             result.prefill_tokens,
             result.prefill_tokens_per_s,
             result.decode_tokens_per_s,
+            bytes_per_token as f64 / 1e6,
+            gb_per_s,
             result.batch,
             result.decode_batch_tokens_per_s,
             result.peak_rss_bytes as f64 / (1 << 20) as f64
         )?;
     }
+    Ok(())
+}
+
+/// Bytes of a checkpoint file, or of the files in a model folder.
+fn path_bytes(path: &Path) -> u64 {
+    match std::fs::read_dir(path) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum(),
+        Err(_) => std::fs::metadata(path).map_or(0, |m| m.len()),
+    }
+}
+
+/// The formats of a model's projections, e.g. `q4` or `q4 (head q8)`.
+fn weight_formats(model: &Rwkv) -> String {
+    let blocks = model.projections()[0].format();
+    let head = model.head.format();
+    if head == blocks {
+        blocks.to_string()
+    } else {
+        format!("{blocks} (head {head})")
+    }
+}
+
+fn quantize(args: QuantizeArgs) -> Result<()> {
+    if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        bail!("--out {}: name the file *.safetensors", args.out.display());
+    }
+    files::check_output(&args.out, &Inputs::new().protect_opt(args.model.as_deref()))?;
+    let mut checkpoint = match &args.model {
+        Some(path) => Checkpoint::open(path)?,
+        None => embedded::default_checkpoint()?,
+    };
+    if args.allow_non_finite {
+        checkpoint = checkpoint.allow_non_finite();
+    }
+    let bar = spinner(format!("converting to {}", args.to));
+    // Packed formats exist on flex, whatever device the file will later run on.
+    let device = DeviceSpec::Flex.device()?;
+    let config = rwkv_burn::load::detect_config(&checkpoint)?;
+    let (model, names) = rwkv_burn::model::build_with(&checkpoint, &config, &device, args.to)?;
+    rwkv_burn::export::write_in_format(&model, &names, &args.out)?;
+    bar.finish_and_clear();
+    note!(
+        "wrote {} ({} projections, {:.1} MB of weights a token)",
+        args.out.display(),
+        weight_formats(&model),
+        model.bytes_per_token() as f64 / 1e6
+    );
     Ok(())
 }
 
@@ -686,9 +817,16 @@ fn info(args: InfoArgs) -> Result<()> {
     if let Some(n) = config.head_size {
         text += &format!("heads:       {} x {n}\n", config.n_head());
     }
+    let file_bytes = match &args.model {
+        Some(path) => path_bytes(path),
+        None => embedded::DEFAULT_MODEL.len() as u64,
+    };
     text += &format!(
-        "parameters:  {parameters}\nstored as:   {} (computed in f32)\n",
-        checkpoint.dtypes()
+        "parameters:  {parameters}\nfile bytes:  {file_bytes}\nstored as:   {}\n\
+         runs as:     {} projections by default (--weights {}); everything else f32\n",
+        checkpoint.dtypes(),
+        rwkv_burn::load::stored_format(&checkpoint),
+        WeightFormat::ALL.map(WeightFormat::name).join("|"),
     );
     emit(text.as_bytes())?;
     Ok(())
@@ -737,6 +875,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval_cmd(args),
         Command::Bench(args) => bench_cmd(args),
         Command::Info(args) => info(args),
+        Command::Quantize(args) => quantize(args),
         Command::Tokenize(args) => tokenize(args),
         Command::Detokenize(args) => detokenize(args),
         Command::Logits(args) => logits(args),

@@ -41,10 +41,10 @@ pub mod wkv;
 
 pub use config::{RwkvConfig, Version};
 pub use device::DeviceSpec;
-pub use load::load_model;
+pub use load::{load_model, load_model_with};
 pub use model::Rwkv;
 pub use state::{State, StateError};
-pub use weights::LoadError;
+pub use weights::{LoadError, WeightFormat};
 
 #[cfg(test)]
 pub(crate) mod test_util;

@@ -53,6 +53,15 @@ pub enum IoError {
 /// never leaves a half-written file under the final name; a fifo or device is written into;
 /// anything else is refused.
 pub fn write(path: &Path, tensors: &[NamedTensor]) -> Result<(), IoError> {
+    write_with_metadata(path, tensors, &[])
+}
+
+/// [`write`], with `metadata` (key, value) in the file's header.
+pub fn write_with_metadata(
+    path: &Path,
+    tensors: &[NamedTensor],
+    metadata: &[(&str, &str)],
+) -> Result<(), IoError> {
     let format_err = |message: String| IoError::Format {
         path: path.to_path_buf(),
         message,
@@ -66,13 +75,21 @@ pub fn write(path: &Path, tensors: &[NamedTensor]) -> Result<(), IoError> {
             DType::BF16 => Dtype::BF16,
             DType::I64 => Dtype::I64,
             DType::I32 => Dtype::I32,
+            DType::I8 => Dtype::I8,
+            DType::U8 => Dtype::U8,
             other => return Err(format_err(format!("cannot store {other:?} ({})", t.name))),
         };
         let view = TensorView::new(dtype, t.data.shape().to_vec(), t.data.as_bytes())
             .map_err(|e| format_err(format!("tensor {}: {e}", t.name)))?;
         views.push((t.name.as_str(), view));
     }
-    let bytes = safetensors::serialize(views, None).map_err(|e| format_err(e.to_string()))?;
+    let metadata = (!metadata.is_empty()).then(|| {
+        metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    });
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| format_err(e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
@@ -86,7 +103,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
 }
 
 /// Reads every tensor of a safetensors file. Floats come back as f32 whatever their stored
-/// precision; integers keep their type.
+/// precision; integers (I64, I32, I8, U8) keep their type.
 pub fn read(path: &Path) -> Result<Vec<NamedTensor>, IoError> {
     read_limited(path, u64::MAX)
 }
@@ -112,6 +129,11 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<NamedTensor>, IoError
                     .collect::<Vec<_>>(),
                 shape,
             ),
+            Dtype::I8 => TensorData::new(
+                view.data().iter().map(|&b| b as i8).collect::<Vec<_>>(),
+                shape,
+            ),
+            Dtype::U8 => TensorData::new(view.data().to_vec(), shape),
             dtype => {
                 let source =
                     crate::dtype::SourceDType::from_safetensors(dtype).ok_or_else(|| {

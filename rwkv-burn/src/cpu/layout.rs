@@ -28,7 +28,10 @@ pub(super) fn weight_rows(values: &[f32], out: usize, input: usize, device: &Dev
     }
     let pad = ALIGN_BYTES / size_of::<f32>();
     let mut buffer = Vec::<f32>::with_capacity(values.len() + pad);
-    advise_huge_pages(&mut buffer);
+    advise_huge_pages(
+        buffer.as_mut_ptr().cast(),
+        buffer.capacity() * size_of::<f32>(),
+    );
     // Elements before the boundary; the buffer is never reallocated after this (its length
     // stays within the capacity), so the boundary stays where it is.
     let offset = buffer.as_ptr().align_offset(ALIGN_BYTES).min(pad);
@@ -44,18 +47,18 @@ pub(super) fn weight_rows(values: &[f32], out: usize, input: usize, device: &Dev
     Tensor::<2>::from_primitive::<Flex>(view)
 }
 
-/// Asks Linux to back the (not yet touched) capacity of `buffer` with 2 MiB pages where it
+/// Asks Linux to back the (not yet touched) `bytes` from `start` with 2 MiB pages where it
 /// can, before the first write faults it in: decode streams every weight once per token, and
 /// with 4 KiB pages that is a TLB miss every 4 KiB. Transparent huge pages are often in
 /// `madvise` mode, so without asking there are none. Measured with a standalone loop over
 /// the 4-169m token's matrices on one thread: 39.6 -> 40.9 GB/s. Best effort: an error
 /// (THP off, another kernel) changes nothing but speed.
-fn advise_huge_pages(buffer: &mut Vec<f32>) {
+pub(super) fn advise_huge_pages(start: *mut u8, bytes: usize) {
     #[cfg(target_os = "linux")]
     {
         const PAGE: usize = 4096;
-        let start = buffer.as_mut_ptr() as usize;
-        let end = start + buffer.capacity() * size_of::<f32>();
+        let start = start as usize;
+        let end = start + bytes;
         let (first, last) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
         if last > first {
             // SAFETY: the range lies inside this vector's allocation, and MADV_HUGEPAGE only
@@ -70,7 +73,7 @@ fn advise_huge_pages(buffer: &mut Vec<f32>) {
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = buffer;
+    let _ = (start, bytes);
 }
 
 #[cfg(test)]

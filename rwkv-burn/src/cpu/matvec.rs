@@ -43,24 +43,32 @@ pub(crate) fn small_rows(x: &Tensor<2>, weight: &Tensor<2>) -> Option<Tensor<2>>
     let x = xs.as_slice::<f32>()?;
 
     let kernel = Kernel::best();
-    let mut y = vec![0f32; m * n];
-    if n * k >= SPLIT_MIN_ELEMENTS && rayon::current_num_threads() >= 2 {
-        // Each thread writes its own output columns: outputs are laid out row by row, so the
-        // halves are gathered from two buffers.
-        let half = n / 2;
-        let (low, high) = rayon::join(
-            || columns(kernel, m, x, w, k, 0..half),
-            || columns(kernel, m, x, w, k, half..n),
-        );
-        for r in 0..m {
-            y[r * n..r * n + half].copy_from_slice(&low[r * half..(r + 1) * half]);
-            let rest = n - half;
-            y[r * n + half..(r + 1) * n].copy_from_slice(&high[r * rest..(r + 1) * rest]);
-        }
-    } else {
-        y = columns(kernel, m, x, w, k, 0..n);
-    }
+    let y = split_outputs(m, n, k, |cols| columns(kernel, m, x, w, k, cols));
     Some(Tensor::from_data(TensorData::new(y, [m, n]), &device))
+}
+
+/// `[m, n]` outputs of a product over `k` inputs, computed by `f` for ranges of outputs
+/// (`[m, range.len()]` each): on two threads, each writing its own output columns, where the
+/// weight is large enough for the split to pay; otherwise in one call.
+pub(super) fn split_outputs(
+    m: usize,
+    n: usize,
+    k: usize,
+    f: impl Fn(Range<usize>) -> Vec<f32> + Sync,
+) -> Vec<f32> {
+    if n * k < SPLIT_MIN_ELEMENTS || rayon::current_num_threads() < 2 {
+        return f(0..n);
+    }
+    // Outputs are laid out row by row, so the halves are gathered from two buffers.
+    let half = n / 2;
+    let (low, high) = rayon::join(|| f(0..half), || f(half..n));
+    let rest = n - half;
+    let mut y = vec![0f32; m * n];
+    for r in 0..m {
+        y[r * n..r * n + half].copy_from_slice(&low[r * half..(r + 1) * half]);
+        y[r * n + half..(r + 1) * n].copy_from_slice(&high[r * rest..(r + 1) * rest]);
+    }
+    y
 }
 
 /// Outputs `cols` of every row: `[M, cols.len()]`.
@@ -82,9 +90,10 @@ fn columns(
     y
 }
 
-/// The instruction sets a product can run on, fastest first.
+/// The instruction sets a product can run on, fastest first. `Avx2` also needs F16C and FMA
+/// (every AVX2 CPU has them), for the half-precision widening of `packed_dots.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
+pub(super) enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx512,
     #[cfg(target_arch = "x86_64")]
@@ -95,7 +104,7 @@ enum Kernel {
 impl Kernel {
     /// The kernels this CPU can run, fastest first.
     #[cfg(test)]
-    fn available() -> Vec<Kernel> {
+    pub(super) fn available() -> Vec<Kernel> {
         let mut kernels = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
@@ -104,6 +113,7 @@ impl Kernel {
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
             {
                 kernels.push(Kernel::Avx2);
             }
@@ -112,7 +122,7 @@ impl Kernel {
         kernels
     }
 
-    fn best() -> Kernel {
+    pub(super) fn best() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
@@ -120,6 +130,7 @@ impl Kernel {
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
             {
                 return Kernel::Avx2;
             }

@@ -14,6 +14,42 @@
 mod layout;
 #[cfg(feature = "flex")]
 mod matvec;
+#[cfg(feature = "flex")]
+mod packed;
+#[cfg(feature = "flex")]
+mod packed_dots;
+
+#[cfg(feature = "flex")]
+pub use packed::PackedMatrix;
+/// Without flex no device holds packed weights; the type exists so that the model's
+/// [`Projection`](crate::model::Projection) has one shape in every build.
+#[cfg(not(feature = "flex"))]
+#[derive(Debug)]
+pub struct PackedMatrix(());
+
+#[cfg(not(feature = "flex"))]
+impl PackedMatrix {
+    /// `[out, in]` (never called: no value of this type exists without flex).
+    pub fn dims(&self) -> [usize; 2] {
+        unreachable!("packed weights exist only with flex")
+    }
+    /// The format (never called).
+    pub fn format(&self) -> crate::weights::WeightFormat {
+        unreachable!("packed weights exist only with flex")
+    }
+    /// Bytes read per product (never called).
+    pub fn bytes(&self) -> usize {
+        unreachable!("packed weights exist only with flex")
+    }
+    /// The official name (never called).
+    pub fn name(&self) -> &str {
+        unreachable!("packed weights exist only with flex")
+    }
+    /// Values and scales as stored (never called).
+    pub fn stored_bytes(&self) -> (&[u8], Vec<u8>) {
+        unreachable!("packed weights exist only with flex")
+    }
+}
 
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
@@ -33,6 +69,102 @@ pub(crate) fn decode_weight(
     }
     let _ = (values, out, input, device);
     None
+}
+
+/// A checkpoint's `[out, in]` matrix in `format` (not f32) for the CPU decode kernels, or
+/// `None` where `device` does not run them (the loader then computes in f32 with the format's
+/// values).
+pub(crate) fn pack_weight(
+    name: &str,
+    format: crate::weights::WeightFormat,
+    values: &[f32],
+    out: usize,
+    input: usize,
+    device: &Device,
+) -> Option<PackedMatrix> {
+    #[cfg(feature = "flex")]
+    if holds_packed(device) {
+        return Some(PackedMatrix::pack(name, format, values, out, input));
+    }
+    let _ = (name, format, values, out, input, device);
+    None
+}
+
+/// A matrix a file stores in a block format, as it is (see [`PackedMatrix::from_blocks`]),
+/// where `device` holds packed weights; `None` elsewhere.
+pub(crate) fn packed_from_blocks(
+    name: &str,
+    format: crate::weights::WeightFormat,
+    [levels, scales]: [&[u8]; 2],
+    [out, input]: [usize; 2],
+    device: &Device,
+) -> Option<Result<PackedMatrix, String>> {
+    #[cfg(feature = "flex")]
+    if holds_packed(device) {
+        return Some(PackedMatrix::from_blocks(
+            name, format, levels, scales, out, input,
+        ));
+    }
+    let _ = (name, format, levels, scales, out, input, device);
+    None
+}
+
+/// Whether [`pack_weight`] packs weights for `device`.
+pub(crate) fn holds_packed(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        is_flex(device) && !is_autodiff(device)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+/// Whether tensors on `device` carry autodiff (devices compare equal with and without it).
+#[cfg(feature = "flex")]
+fn is_autodiff(device: &Device) -> bool {
+    use burn::backend::Flex;
+    Tensor::<1>::zeros([1], device)
+        .try_into_primitive::<Flex>()
+        .is_err()
+}
+
+/// `x @ Wᵀ` for a packed `W [out, in]`, `x [.., in]` on flex. Up to 16 rows (decode, batched
+/// decode) stream the packed rows, four input rows per pass; more rows (prefill) expand the
+/// matrix to f32 once and use the gemm, whose cost then dwarfs the expansion (a 768 x 768
+/// matrix expands in well under a millisecond; 512 rows multiply in tens).
+pub(crate) fn project_packed<const D: usize>(weight: &PackedMatrix, x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    {
+        use burn::tensor::TensorData;
+        let device = x.device();
+        let dims = x.dims();
+        let [out, input] = weight.dims();
+        assert_eq!(dims[D - 1], input, "input width of a packed projection");
+        let rows: usize = dims[..D - 1].iter().product();
+        let mut shape = dims;
+        shape[D - 1] = out;
+        let x = x.reshape([rows, input]);
+        if rows <= 4 * matvec::MAX_ROWS {
+            let xs = x.into_data().convert::<f32>();
+            let xs = xs.as_slice::<f32>().expect("f32 after convert");
+            let mut y = Vec::with_capacity(rows * out);
+            for group in xs.chunks(matvec::MAX_ROWS * input) {
+                y.extend(packed_dots::packed_rows(group, group.len() / input, weight));
+            }
+            return Tensor::<2>::from_data(TensorData::new(y, [rows, out]), &device).reshape(shape);
+        }
+        // `[out, in]` behind a transposed view, as the f32 weights: the gemm reads it as is.
+        let dense = Tensor::<2>::from_data(TensorData::new(weight.to_f32(), [out, input]), &device);
+        x.matmul(dense.transpose()).reshape(shape)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = weight;
+        unreachable!("packed weights exist only with flex: {:?}", x.dims())
+    }
 }
 
 /// `x @ W` through a bias-free Linear.

@@ -88,6 +88,85 @@ pub fn official_tensors(model: &Rwkv, names: &ParamNames) -> Vec<NamedTensor> {
         .collect()
 }
 
+/// The key in a safetensors header that names the format of a file [`write_in_format`]
+/// wrote (`"q8"`, ...).
+pub const WEIGHTS_METADATA_KEY: &str = "rwkv.weights";
+
+/// Every tensor of a model loaded in any [`WeightFormat`](crate::WeightFormat), as a file that
+/// loads back in that format with nothing converted: f32 parameters by their official names
+/// and shapes (as [`official_tensors`]); bf16/f16 projections as plain `[out, in]` tensors of
+/// that type (so the file is an official checkpoint any tool loads); q8/q4 projections as
+/// `NAME.q8` (I8 `[out, in]`) or `NAME.q4` (U8 `[out, in / 2]`, ggml's Q4_0 nibble order)
+/// beside `NAME.q8_scales`/`NAME.q4_scales` (F16 `[out, in / 32]`). Other tools refuse those
+/// names rather than misread them.
+pub fn format_tensors(model: &Rwkv, names: &ParamNames) -> Vec<NamedTensor> {
+    use crate::weights::{BLOCK, WeightFormat};
+    use half::{bf16, f16};
+    let mut tensors = official_tensors(model, names);
+    for projection in model.projections() {
+        let Some(packed) = projection.packed_matrix() else {
+            continue;
+        };
+        let [out, input] = packed.dims();
+        let (levels, scales) = packed.stored_bytes();
+        let name = packed.name().to_string();
+        match packed.format() {
+            WeightFormat::Bf16 => {
+                let values: Vec<bf16> = levels
+                    .chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                tensors.push(NamedTensor::new(
+                    name,
+                    TensorData::new(values, [out, input]),
+                ));
+            }
+            WeightFormat::F16 => {
+                let values: Vec<f16> = levels
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                tensors.push(NamedTensor::new(
+                    name,
+                    TensorData::new(values, [out, input]),
+                ));
+            }
+            format => {
+                let scales: Vec<f16> = scales
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                let levels = if format == WeightFormat::Q8 {
+                    let values: Vec<i8> = levels.iter().map(|&b| b as i8).collect();
+                    TensorData::new(values, [out, input])
+                } else {
+                    TensorData::new(levels.to_vec(), [out, input / 2])
+                };
+                tensors.push(NamedTensor::new(format!("{name}.{format}"), levels));
+                tensors.push(NamedTensor::new(
+                    format!("{name}.{format}_scales"),
+                    TensorData::new(scales, [out, input / BLOCK]),
+                ));
+            }
+        }
+    }
+    tensors
+}
+
+/// Writes a model in the format it was loaded in (see [`format_tensors`]) as safetensors,
+/// atomically, with the format under [`WEIGHTS_METADATA_KEY`] in the header.
+pub fn write_in_format(model: &Rwkv, names: &ParamNames, path: &Path) -> Result<(), IoError> {
+    let format = model
+        .projections()
+        .first()
+        .map_or(crate::WeightFormat::F32, |p| p.format());
+    safetensors_io::write_with_metadata(
+        path,
+        &format_tensors(model, names),
+        &[(WEIGHTS_METADATA_KEY, format.name())],
+    )
+}
+
 /// Writes the model as an official-format safetensors file (atomically).
 pub fn save_official(model: &Rwkv, names: &ParamNames, path: &Path) -> Result<(), IoError> {
     safetensors_io::write(path, &official_tensors(model, names))

@@ -3,7 +3,9 @@
 //! names or folders (`hf.rs` and `mod.rs` sit above).
 
 use crate::dtype::SourceDType;
-use crate::weights::{LoadError, Role, StoredData, StoredTensor, TensorIndex, WeightSource};
+use crate::weights::{
+    BLOCK, LoadError, Role, StoredData, StoredTensor, TensorIndex, WeightFormat, WeightSource,
+};
 use memmap2::Mmap;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -32,8 +34,18 @@ enum Source {
         map: Buffer,
         start: usize,
         end: usize,
+        /// Whether `map` maps a file (whose pages can be given back once read), rather than
+        /// bytes in memory.
+        file: bool,
     },
     Pth(pytorch_reader::Tensor),
+    /// A matrix in a block format: its levels and scales, two tensors of the file
+    /// (`NAME.q8` and `NAME.q8_scales`, see [`fold_blocks`]).
+    Blocks {
+        format: WeightFormat,
+        levels: Box<Source>,
+        scales: Box<Source>,
+    },
 }
 
 #[derive(Clone)]
@@ -104,7 +116,7 @@ impl Checkpoint {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_safetensors_buffer(Arc::new(map), path)
+        Self::from_safetensors_buffer(Arc::new(map), path, true)
     }
 
     /// A safetensors file already in memory (an embedded model, a browser upload), with the
@@ -113,10 +125,10 @@ impl Checkpoint {
         bytes: impl AsRef<[u8]> + Send + Sync + 'static,
         label: impl AsRef<Path>,
     ) -> Result<Self, LoadError> {
-        Self::from_safetensors_buffer(Arc::new(bytes), label.as_ref())
+        Self::from_safetensors_buffer(Arc::new(bytes), label.as_ref(), false)
     }
 
-    fn from_safetensors_buffer(buffer: Buffer, path: &Path) -> Result<Self, LoadError> {
+    fn from_safetensors_buffer(buffer: Buffer, path: &Path, file: bool) -> Result<Self, LoadError> {
         let map: &[u8] = (*buffer).as_ref();
         if map.len() < 9 {
             return Err(LoadError::NotACheckpoint {
@@ -160,15 +172,23 @@ impl Checkpoint {
                         map: buffer.clone(),
                         start: base + info.data_offsets.0,
                         end: base + info.data_offsets.1,
+                        file,
                     },
                 };
                 (name, entry)
             })
             .collect();
+        let entries = fold_blocks(strip_wrapper_prefix(entries)).map_err(|(name, detail)| {
+            LoadError::BadBlocks {
+                path: path.to_path_buf(),
+                name,
+                detail,
+            }
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             format: Format::Safetensors,
-            entries: strip_wrapper_prefix(entries),
+            entries,
             check_finite: true,
         })
     }
@@ -295,6 +315,19 @@ impl Checkpoint {
         names.join(", ")
     }
 
+    /// The stored element type of a tensor, if present and floating point.
+    pub fn stored_dtype(&self, name: &str) -> Option<SourceDType> {
+        self.entries.get(name).and_then(|e| e.dtype.clone().ok())
+    }
+
+    /// The block format a tensor is stored in (files `rwkv quantize` wrote), if any.
+    pub fn block_format(&self, name: &str) -> Option<WeightFormat> {
+        match self.entries.get(name)?.source {
+            Source::Blocks { format, .. } => Some(format),
+            _ => None,
+        }
+    }
+
     /// Shape of a tensor, if present.
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
         self.entries.get(name).map(|e| e.shape.as_slice())
@@ -310,6 +343,21 @@ impl Checkpoint {
                 path: self.path.clone(),
                 name: name.to_string(),
             })?;
+        if let Source::Blocks {
+            format,
+            levels,
+            scales,
+        } = &entry.source
+        {
+            return Ok(StoredTensor {
+                shape: entry.shape.clone(),
+                data: StoredData::Blocks {
+                    format: *format,
+                    levels: Cow::Borrowed(mapped(levels)),
+                    scales: Cow::Borrowed(mapped(scales)),
+                },
+            });
+        }
         let dtype = entry
             .dtype
             .clone()
@@ -327,7 +375,7 @@ impl Checkpoint {
                 detail: format!("tensor '{name}' has an impossible shape {:?}", entry.shape),
             })?;
         let bytes = match &entry.source {
-            Source::Mapped { map, start, end } => Cow::Borrowed(&(**map).as_ref()[*start..*end]),
+            Source::Mapped { .. } | Source::Blocks { .. } => Cow::Borrowed(mapped(&entry.source)),
             Source::Pth(tensor) => Cow::Owned(tensor.read().map_err(|e| match e.kind() {
                 std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => {
                     LoadError::Truncated {
@@ -397,6 +445,147 @@ impl WeightSource for Checkpoint {
     fn read(&self, name: &str, _: &[usize], _: Role) -> Result<StoredTensor<'_>, LoadError> {
         Checkpoint::read(self, name)
     }
+
+    fn release(&self, name: &str) {
+        if let Some(entry) = self.entries.get(name) {
+            release(&entry.source);
+        }
+    }
+}
+
+/// The bytes of a tensor of a mapped file.
+fn mapped(source: &Source) -> &[u8] {
+    match source {
+        Source::Mapped {
+            map, start, end, ..
+        } => &(**map).as_ref()[*start..*end],
+        _ => &[],
+    }
+}
+
+/// Tells Linux that a mapped file's tensor will not be read again, so that its pages leave
+/// this process's resident set (they stay in the page cache). Without it, loading a model
+/// touches every page of the file and the peak RSS is the file plus the model built from it:
+/// measured on a bf16 7-0.1b-shape file (RESULTS in the closing note of issue 17).
+fn release(source: &Source) {
+    match source {
+        #[cfg(target_os = "linux")]
+        Source::Mapped {
+            map,
+            start,
+            end,
+            file: true,
+        } => {
+            const PAGE: usize = 4096;
+            let base = (**map).as_ref().as_ptr() as usize;
+            let (first, last) = (
+                (base + start).next_multiple_of(PAGE),
+                (base + end) / PAGE * PAGE,
+            );
+            if last > first {
+                // SAFETY: the range lies inside a read-only file mapping that stays mapped;
+                // MADV_DONTNEED on it drops resident pages, which later reads fault back in from
+                // the file unchanged. No reference into these bytes outlives the caller's use.
+                unsafe {
+                    libc::madvise(
+                        first as *mut libc::c_void,
+                        last - first,
+                        libc::MADV_DONTNEED,
+                    );
+                }
+            }
+        }
+        Source::Blocks { levels, scales, .. } => {
+            release(levels);
+            release(scales);
+        }
+        _ => {}
+    }
+}
+
+/// Joins each matrix that `rwkv quantize` stored in a block format, `NAME.q8` (I8 `[out, in]`)
+/// or `NAME.q4` (U8 `[out, in / 2]`, two levels a byte as ggml's Q4_0) beside
+/// `NAME.{q8,q4}_scales` (F16 `[out, in / 32]`), into one tensor `NAME` of shape
+/// `[out, in]`, so that everything above reads it like any other weight. A half without
+/// the other, or halves whose types and shapes disagree, is `(name, what is wrong)`.
+fn fold_blocks(
+    mut entries: BTreeMap<String, Entry>,
+) -> Result<BTreeMap<String, Entry>, (String, String)> {
+    for format in [WeightFormat::Q8, WeightFormat::Q4] {
+        let suffix = format!(".{format}");
+        let scale_suffix = format!(".{format}_scales");
+        let names: Vec<String> = entries
+            .keys()
+            .filter(|n| n.ends_with(&suffix))
+            .cloned()
+            .collect();
+        for name in names {
+            let base = name.strip_suffix(&suffix).expect("filtered");
+            let base = base.to_string();
+            let levels = entries.remove(&name).expect("listed");
+            let scales = entries
+                .remove(&format!("{base}{scale_suffix}"))
+                .ok_or_else(|| {
+                    (
+                        name.clone(),
+                        format!("{format} levels without their scales"),
+                    )
+                })?;
+            let bad = |detail: String| (name.clone(), detail);
+            let level_dtype = if format == WeightFormat::Q8 {
+                "I8"
+            } else {
+                "U8"
+            };
+            if levels.dtype.as_ref().err().map(String::as_str) != Some(level_dtype)
+                || scales.dtype != Ok(SourceDType::F16)
+            {
+                return Err(bad(format!(
+                    "{format} levels must be {level_dtype} and scales F16"
+                )));
+            }
+            let (&[out, stored_in], &[scale_out, blocks]) =
+                (levels.shape.as_slice(), scales.shape.as_slice())
+            else {
+                return Err(bad("levels and scales must be matrices".into()));
+            };
+            let input = if format == WeightFormat::Q8 {
+                stored_in
+            } else {
+                stored_in.saturating_mul(2)
+            };
+            if scale_out != out || blocks.checked_mul(BLOCK) != Some(input) || input == 0 {
+                return Err(bad(format!(
+                    "levels {:?} and scales {:?} do not describe one matrix of {BLOCK}-value blocks",
+                    levels.shape, scales.shape
+                )));
+            }
+            if entries.contains_key(&base) {
+                return Err(bad(format!(
+                    "'{base}' is stored both plain and as {format}"
+                )));
+            }
+            entries.insert(
+                base,
+                Entry {
+                    shape: vec![out, input],
+                    dtype: Err(format.to_string()),
+                    source: Source::Blocks {
+                        format,
+                        levels: Box::new(levels.source),
+                        scales: Box::new(scales.source),
+                    },
+                },
+            );
+        }
+        if let Some(name) = entries.keys().find(|n| n.ends_with(&scale_suffix)) {
+            return Err((
+                name.clone(),
+                format!("scales without their {format} levels"),
+            ));
+        }
+    }
+    Ok(entries)
 }
 
 /// Training frameworks sometimes save the model under a wrapper (`module.` from

@@ -12,8 +12,9 @@ pub use crate::weights::LoadError;
 pub use checkpoint::{Checkpoint, Format, sniff};
 
 use crate::config::RwkvConfig;
-use crate::model::{Rwkv, build, build_named};
-use crate::weights::ParamNames;
+use crate::dtype::SourceDType;
+use crate::model::{Rwkv, build, build_named, build_with};
+use crate::weights::{ParamNames, WeightFormat};
 use burn::tensor::Device;
 use std::path::Path;
 
@@ -75,6 +76,47 @@ pub fn load_model_named(
     let config = detect_config(&checkpoint)?;
     let (model, names) = build_named(&checkpoint, &config, device)?;
     Ok((config, model, names))
+}
+
+/// Like [`load_model`], holding the projection matrices in `format` (see [`WeightFormat`]):
+/// bf16, f16, 8-bit or 4-bit blocks on flex, whose CPU kernels read them; on other devices
+/// the model computes in f32 with the format's values (same results, no memory saving).
+/// [`default_format`] picks the checkpoint's own precision.
+pub fn load_model_with(
+    path: impl AsRef<Path>,
+    device: &Device,
+    format: WeightFormat,
+) -> Result<(RwkvConfig, Rwkv), LoadError> {
+    let checkpoint = Checkpoint::open(path)?;
+    let config = detect_config(&checkpoint)?;
+    let (model, _) = build_with(&checkpoint, &config, device, format)?;
+    Ok((config, model))
+}
+
+/// The precision a checkpoint stores its projections in (its first block's first
+/// projection, and the head): bf16 or f16 where both are; q8 or q4 where the block's is (a
+/// file `rwkv quantize` wrote); else f32. What an inference command runs by default, so that
+/// an official bf16 release runs in bf16 and a quantized file as it is.
+pub fn stored_format(checkpoint: &Checkpoint) -> WeightFormat {
+    let probe = checkpoint
+        .names()
+        .filter(|n| n.starts_with("blocks.0.") && n.ends_with(".weight"))
+        .find(|n| checkpoint.shape(n).is_some_and(|s| s.len() == 2));
+    if let Some(format) = probe.and_then(|n| checkpoint.block_format(n)) {
+        return format;
+    }
+    let dtypes = [probe, Some("head.weight")].map(|n| n.and_then(|n| checkpoint.stored_dtype(n)));
+    match dtypes {
+        [Some(SourceDType::BF16), Some(SourceDType::BF16)] => WeightFormat::Bf16,
+        [Some(SourceDType::F16), Some(SourceDType::F16)] => WeightFormat::F16,
+        _ => WeightFormat::F32,
+    }
+}
+
+/// Whether `device` holds projections in `format` itself (packed for its kernels) rather
+/// than computing with f32 copies of the format's values.
+pub fn holds_format(device: &Device, format: WeightFormat) -> bool {
+    format == WeightFormat::F32 || crate::cpu::holds_packed(device)
 }
 
 /// Builds the model of an already opened checkpoint.

@@ -1,6 +1,7 @@
 //! A residual block: `x + att(ln1(x))`, then `x + ffn(ln2(x))`. The mixers are per version.
 
 use super::layers::load_layer_norm;
+use super::projection::Projection;
 use super::v4::{ChannelMix4, TimeMix4};
 use super::v5::TimeMix5;
 use super::v6::{ChannelMix6, TimeMix6};
@@ -57,6 +58,16 @@ impl TimeMix {
         }
     }
 
+    /// Its projections, for summaries of the weights.
+    pub fn projections(&self) -> Vec<&Projection> {
+        match self {
+            TimeMix::V4(m) => m.projections(),
+            TimeMix::V5(m) => m.projections(),
+            TimeMix::V6(m) => m.projections(),
+            TimeMix::V7(m) => m.projections(),
+        }
+    }
+
     /// The generation this mixer implements.
     pub fn version(&self) -> Version {
         match self {
@@ -80,6 +91,15 @@ pub enum ChannelMix {
 }
 
 impl ChannelMix {
+    /// Its projections, for summaries of the weights.
+    pub fn projections(&self) -> Vec<&Projection> {
+        match self {
+            ChannelMix::V4(m) => m.projections(),
+            ChannelMix::V6(m) => m.projections(),
+            ChannelMix::V7(m) => m.projections(),
+        }
+    }
+
     /// Width of the hidden layer (F).
     pub fn dim_ffn(&self) -> usize {
         match self {

@@ -39,12 +39,6 @@ pub fn linear(weight_in_out: Tensor<2>) -> Linear {
     }
 }
 
-/// `x @ W` through a bias-free Linear, on the fastest path the device has (the CPU's lives
-/// in [`crate::cpu`]).
-pub fn project<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
-    crate::cpu::project(linear, x)
-}
-
 /// eps of the per-head GroupNorm `ln_x` of RWKV-5 and later (hard-coded in the official code).
 pub const LN_X_EPS: f64 = 64e-5;
 

@@ -7,6 +7,7 @@
 mod block;
 pub mod layers;
 pub mod lora;
+pub mod projection;
 mod token_shift;
 pub mod v4;
 pub mod v5;
@@ -15,16 +16,18 @@ pub mod v7;
 
 pub use block::{Block, ChannelMix, TimeMix};
 pub use layers::{layer_norm, linear, ln_x};
+pub use projection::Projection;
 
 use crate::config::{LoraRanks, RwkvConfig, Version};
 use crate::state::State;
 use crate::weights::{
-    InitParam, LoadError, ParamNames, Role, Shapes, TensorIndex, WeightSource, Weights,
+    InitParam, LoadError, ParamNames, Role, Shapes, TensorIndex, WeightFormat, WeightSource,
+    Weights,
 };
 use burn::module::Module;
-use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::nn::{Embedding, LayerNorm};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use layers::{load_layer_norm, project};
+use layers::load_layer_norm;
 
 /// What the library needs to know about one RWKV version; each `vN.rs` defines its own.
 pub(crate) struct Spec {
@@ -207,13 +210,24 @@ pub fn build_named(
     config: &RwkvConfig,
     device: &Device,
 ) -> Result<(Rwkv, ParamNames), LoadError> {
+    build_with(source, config, device, WeightFormat::F32)
+}
+
+/// Like [`build_named`], holding the projections in `format` (f32 keeps every weight a
+/// trainable parameter; the other formats are for inference).
+pub fn build_with(
+    source: &dyn WeightSource,
+    config: &RwkvConfig,
+    device: &Device,
+    format: WeightFormat,
+) -> Result<(Rwkv, ParamNames), LoadError> {
     config
         .validate()
         .map_err(|detail| LoadError::BadDimensions {
             path: source.path().to_path_buf(),
             detail,
         })?;
-    let mut w = Weights::new(source, device);
+    let mut w = Weights::new(source, device).with_format(format);
     let (c, v) = (config.n_embd, config.vocab_size);
     let emb = Embedding {
         weight: w.tensor(Role::Embedding, "emb.weight", [v, c])?,
@@ -223,7 +237,7 @@ pub fn build_named(
         .map(|i| Block::load(&mut w, config, i))
         .collect::<Result<Vec<_>, _>>()?;
     let ln_out = load_layer_norm(&mut w, "ln_out", c)?;
-    let head = w.linear(Role::Head, "head.weight", v, c)?;
+    let head = Projection::load(&mut w, Role::Head, "head.weight", v, c)?;
     Ok((Rwkv::new(emb, ln0, blocks, ln_out, head), w.into_names()))
 }
 
@@ -256,7 +270,7 @@ pub struct Rwkv {
     /// Final LayerNorm.
     pub ln_out: LayerNorm,
     /// Output projection to vocabulary logits.
-    pub head: Linear,
+    pub head: Projection,
 }
 
 impl Rwkv {
@@ -285,7 +299,7 @@ impl Rwkv {
         ln0: LayerNorm,
         blocks: Vec<Block>,
         ln_out: LayerNorm,
-        head: Linear,
+        head: Projection,
     ) -> Self {
         Self {
             emb,
@@ -308,7 +322,7 @@ impl Rwkv {
     pub fn forward(&self, tokens: Tensor<2, Int>, state: &mut State) -> Tensor<3> {
         crate::cpu::on_worker(&tokens.device(), || {
             let hidden = self.hidden(tokens, state);
-            project(&self.head, self.ln_out.forward(hidden))
+            self.head.forward(self.ln_out.forward(hidden))
         })
     }
 
@@ -321,7 +335,7 @@ impl Rwkv {
             let last = hidden
                 .slice([0..batch, len - 1..len, 0..channels])
                 .reshape([batch, channels]);
-            project(&self.head, self.ln_out.forward(last))
+            self.head.forward(self.ln_out.forward(last))
         })
     }
 
@@ -333,12 +347,47 @@ impl Rwkv {
             state.layers.len(),
             self.blocks.len()
         );
-        let mut x = self.ln0.forward(self.emb.forward(tokens));
+        // The embedding may be held in its stored half type while the rest computes in f32
+        // (see `Weights`); the activations take the norms' type (a half type under `cast`).
+        let emb = self.emb.forward(tokens);
+        let compute = self.ln0.gamma.val().dtype();
+        let emb = if emb.dtype() == compute {
+            emb
+        } else {
+            emb.cast(burn::tensor::FloatDType::from(compute))
+        };
+        let mut x = self.ln0.forward(emb);
         let mut v_first = None;
         for (block, layer_state) in self.blocks.iter().zip(state.layers.iter_mut()) {
             x = block.forward(x, layer_state, &mut v_first);
         }
         x
+    }
+
+    /// Every projection (the blocks' in order, then the head).
+    pub fn projections(&self) -> Vec<&Projection> {
+        let mut all: Vec<&Projection> = self
+            .blocks
+            .iter()
+            .flat_map(|b| b.att.projections().into_iter().chain(b.ffn.projections()))
+            .collect();
+        all.push(&self.head);
+        all
+    }
+
+    /// Bytes one token reads from the weights: every projection once (in its format), the
+    /// other parameters (f32) except the embedding, of which one row is read.
+    pub fn bytes_per_token(&self) -> usize {
+        let projections: usize = self.projections().iter().map(|p| p.weight_bytes()).sum();
+        let dense: usize = self
+            .projections()
+            .iter()
+            .filter_map(|p| p.linear())
+            .map(|l| l.weight.val().shape().num_elements())
+            .sum();
+        let [vocab, channels] = self.emb.weight.dims();
+        let others = self.num_params() - dense - vocab * channels;
+        projections + (others + channels) * size_of::<f32>()
     }
 
     /// Vocabulary size (rows of the embedding).

@@ -7,14 +7,13 @@
 //! value.weight [C,F]}`.
 
 use super::block::{ChannelMix, TimeMix};
-use super::layers::project;
+use super::projection::Projection;
 use super::token_shift::{Blend, token_shift};
 use super::{Dims, Spec};
 use crate::config::{RwkvConfig, Version};
 use crate::weights::{InitParam, LoadError, Role, Weights};
 use crate::wkv::{Wkv4State, wkv4};
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, sigmoid};
 
@@ -51,13 +50,13 @@ pub struct TimeMix4 {
     /// Token-shift mix for the receptance `[C]`.
     pub time_mix_r: Param<Tensor<1>>,
     /// `C -> A`.
-    pub key: Linear,
+    pub key: Projection,
     /// `C -> A`.
-    pub value: Linear,
+    pub value: Projection,
     /// `C -> A`.
-    pub receptance: Linear,
+    pub receptance: Projection,
     /// `A -> C`.
-    pub output: Linear,
+    pub output: Projection,
 }
 
 impl TimeMix4 {
@@ -70,10 +69,10 @@ impl TimeMix4 {
             time_mix_k: w.per_channel(Role::Mix, "time_mix_k", c)?,
             time_mix_v: w.per_channel(Role::Mix, "time_mix_v", c)?,
             time_mix_r: w.per_channel(Role::Mix, "time_mix_r", c)?,
-            key: w.linear(Role::Matrix, "key.weight", a, c)?,
-            value: w.linear(Role::Matrix, "value.weight", a, c)?,
-            receptance: w.linear(Role::Matrix, "receptance.weight", a, c)?,
-            output: w.linear(Role::Output, "output.weight", c, a)?,
+            key: Projection::load(w, Role::Matrix, "key.weight", a, c)?,
+            value: Projection::load(w, Role::Matrix, "value.weight", a, c)?,
+            receptance: Projection::load(w, Role::Matrix, "receptance.weight", a, c)?,
+            output: Projection::load(w, Role::Output, "output.weight", c, a)?,
         })
     }
 
@@ -87,13 +86,17 @@ impl TimeMix4 {
         let (prev, last) = token_shift(x.clone(), shift.clone());
         *shift = last;
         let blend = Blend::new(x, prev);
-        let k = project(&self.key, blend.mix(self.time_mix_k.val()));
-        let v = project(&self.value, blend.mix(self.time_mix_v.val()));
-        let r = sigmoid(project(&self.receptance, blend.mix(self.time_mix_r.val())));
+        let k = self.key.forward(blend.mix(self.time_mix_k.val()));
+        let v = self.value.forward(blend.mix(self.time_mix_v.val()));
+        let r = sigmoid(self.receptance.forward(blend.mix(self.time_mix_r.val())));
         let w = self.time_decay.val().exp().neg();
         let (y, state) = wkv4(w, self.time_first.val(), k, v, wkv_state.clone());
         *wkv_state = state;
-        project(&self.output, r * y)
+        self.output.forward(r * y)
+    }
+    /// Its projections, for summaries of the weights.
+    pub fn projections(&self) -> Vec<&Projection> {
+        vec![&self.key, &self.value, &self.receptance, &self.output]
     }
 
     /// Width of the attention projections (A).
@@ -110,11 +113,11 @@ pub struct ChannelMix4 {
     /// Token-shift mix for the receptance `[C]`.
     pub time_mix_r: Param<Tensor<1>>,
     /// `C -> F`.
-    pub key: Linear,
+    pub key: Projection,
     /// `C -> C`.
-    pub receptance: Linear,
+    pub receptance: Projection,
     /// `F -> C`.
-    pub value: Linear,
+    pub value: Projection,
 }
 
 impl ChannelMix4 {
@@ -124,9 +127,9 @@ impl ChannelMix4 {
         Ok(Self {
             time_mix_k: w.per_channel(Role::Mix, "time_mix_k", c)?,
             time_mix_r: w.per_channel(Role::Mix, "time_mix_r", c)?,
-            key: w.linear(Role::Matrix, "key.weight", f, c)?,
-            receptance: w.linear(Role::Output, "receptance.weight", c, c)?,
-            value: w.linear(Role::Output, "value.weight", c, f)?,
+            key: Projection::load(w, Role::Matrix, "key.weight", f, c)?,
+            receptance: Projection::load(w, Role::Output, "receptance.weight", c, c)?,
+            value: Projection::load(w, Role::Output, "value.weight", c, f)?,
         })
     }
 
@@ -135,15 +138,19 @@ impl ChannelMix4 {
         let (prev, last) = token_shift(x.clone(), shift.clone());
         *shift = last;
         let blend = Blend::new(x, prev);
-        let k = project(&self.key, blend.mix(self.time_mix_k.val()));
-        let r = sigmoid(project(&self.receptance, blend.mix(self.time_mix_r.val())));
+        let k = self.key.forward(blend.mix(self.time_mix_k.val()));
+        let r = sigmoid(self.receptance.forward(blend.mix(self.time_mix_r.val())));
         let k = relu(k);
-        r * project(&self.value, k.clone() * k)
+        r * self.value.forward(k.clone() * k)
+    }
+    /// Its projections, for summaries of the weights.
+    pub fn projections(&self) -> Vec<&Projection> {
+        vec![&self.key, &self.receptance, &self.value]
     }
 
     /// Width of the hidden layer (F).
     pub fn dim_ffn(&self) -> usize {
-        self.key.weight.dims()[1]
+        self.key.out_features()
     }
 }
 

@@ -6,7 +6,8 @@
 //! ln_x.{weight,bias} [A]}`; the channel-mix's are RWKV-4's.
 
 use super::block::{ChannelMix, TimeMix};
-use super::layers::{apply_ln_x, load_ln_x, merge_heads, project, split_heads};
+use super::layers::{apply_ln_x, load_ln_x, merge_heads, split_heads};
+use super::projection::Projection;
 use super::token_shift::{Blend, token_shift};
 use super::v4::ChannelMix4;
 use super::{Dims, Spec, heads};
@@ -14,7 +15,7 @@ use crate::config::{RwkvConfig, Version};
 use crate::weights::{LoadError, Role, Weights};
 use crate::wkv::wkv5;
 use burn::module::{Module, Param};
-use burn::nn::{GroupNorm, Linear};
+use burn::nn::GroupNorm;
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 
@@ -68,15 +69,15 @@ pub struct TimeMix5 {
     /// Bonus for the current token `[H, N]` (`time_faaaa`, used as is).
     pub time_faaaa: Param<Tensor<2>>,
     /// `C -> A`.
-    pub receptance: Linear,
+    pub receptance: Projection,
     /// `C -> A`.
-    pub key: Linear,
+    pub key: Projection,
     /// `C -> A`.
-    pub value: Linear,
+    pub value: Projection,
     /// `C -> A`.
-    pub gate: Linear,
+    pub gate: Projection,
     /// `A -> C`.
-    pub output: Linear,
+    pub output: Projection,
     /// Per-head GroupNorm.
     pub ln_x: GroupNorm,
 }
@@ -93,11 +94,11 @@ impl TimeMix5 {
             time_mix_g: w.per_channel(Role::Mix, "time_mix_g", c)?,
             time_decay: w.matrix(Role::Decay, "time_decay", h, n)?,
             time_faaaa: w.matrix(Role::Bonus, "time_faaaa", h, n)?,
-            receptance: w.linear(Role::Matrix, "receptance.weight", a, c)?,
-            key: w.linear(Role::Matrix, "key.weight", a, c)?,
-            value: w.linear(Role::Matrix, "value.weight", a, c)?,
-            gate: w.linear(Role::Matrix, "gate.weight", a, c)?,
-            output: w.linear(Role::Output, "output.weight", c, a)?,
+            receptance: Projection::load(w, Role::Matrix, "receptance.weight", a, c)?,
+            key: Projection::load(w, Role::Matrix, "key.weight", a, c)?,
+            value: Projection::load(w, Role::Matrix, "value.weight", a, c)?,
+            gate: Projection::load(w, Role::Matrix, "gate.weight", a, c)?,
+            output: Projection::load(w, Role::Output, "output.weight", c, a)?,
             ln_x: load_ln_x(w, "ln_x", a, h)?,
         })
     }
@@ -110,22 +111,33 @@ impl TimeMix5 {
         let [batch, len, _] = x.dims();
         let blend = Blend::new(x, prev);
         let mix = |m: &Param<Tensor<1>>| blend.mix(m.val());
-        let r = split_heads(project(&self.receptance, mix(&self.time_mix_r)), heads);
-        let k = split_heads(project(&self.key, mix(&self.time_mix_k)), heads);
-        let v = split_heads(project(&self.value, mix(&self.time_mix_v)), heads);
-        let g = silu(project(&self.gate, mix(&self.time_mix_g)));
+        let r = split_heads(self.receptance.forward(mix(&self.time_mix_r)), heads);
+        let k = split_heads(self.key.forward(mix(&self.time_mix_k)), heads);
+        let v = split_heads(self.value.forward(mix(&self.time_mix_v)), heads);
+        let g = silu(self.gate.forward(mix(&self.time_mix_g)));
 
         let decay = self.time_decay.val().exp().neg().exp();
         let [_, n] = decay.dims();
         let w = decay.unsqueeze::<4>().expand([batch, len, heads, n]);
         let (y, state) = wkv5(r, k, v, w, self.time_faaaa.val(), kv.clone());
         *kv = state;
-        project(&self.output, apply_ln_x(&self.ln_x, merge_heads(y)) * g)
+        self.output
+            .forward(apply_ln_x(&self.ln_x, merge_heads(y)) * g)
+    }
+    /// Its projections, for summaries of the weights.
+    pub fn projections(&self) -> Vec<&Projection> {
+        vec![
+            &self.receptance,
+            &self.key,
+            &self.value,
+            &self.gate,
+            &self.output,
+        ]
     }
 
     /// Width of the attention projections (A).
     pub fn dim_att(&self) -> usize {
-        self.key.weight.dims()[1]
+        self.key.out_features()
     }
 
     /// Channels per head (N).

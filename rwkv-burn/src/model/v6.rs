@@ -8,15 +8,16 @@
 //! receptance.weight [C,C], value.weight [C,F]}`.
 
 use super::block::{ChannelMix, TimeMix};
-use super::layers::{apply_ln_x, load_ln_x, merge_heads, project, split_heads};
+use super::layers::{apply_ln_x, load_ln_x, merge_heads, split_heads};
 use super::lora::Lora;
+use super::projection::Projection;
 use super::token_shift::token_shift;
 use super::{Dims, Spec, heads};
 use crate::config::{LoraRanks, RwkvConfig, Version};
 use crate::weights::{InitParam, LoadError, Role, Weights};
 use crate::wkv::wkv5;
 use burn::module::{Module, Param};
-use burn::nn::{GroupNorm, Linear};
+use burn::nn::GroupNorm;
 use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, sigmoid, silu};
 
@@ -69,15 +70,15 @@ pub struct TimeMix6 {
     /// Bonus for the current token `[H, N]`.
     pub time_faaaa: Param<Tensor<2>>,
     /// `C -> A`.
-    pub receptance: Linear,
+    pub receptance: Projection,
     /// `C -> A`.
-    pub key: Linear,
+    pub key: Projection,
     /// `C -> A`.
-    pub value: Linear,
+    pub value: Projection,
     /// `C -> A`.
-    pub gate: Linear,
+    pub gate: Projection,
     /// `A -> C`.
-    pub output: Linear,
+    pub output: Projection,
     /// Per-head GroupNorm.
     pub ln_x: GroupNorm,
 }
@@ -100,11 +101,11 @@ impl TimeMix6 {
             time_decay: w.per_channel(Role::Decay, "time_decay", a)?,
             decay_lora: Lora::load(w, ["time_decay_w1", "time_decay_w2"], c, decay_rank, a)?,
             time_faaaa: w.matrix(Role::Bonus, "time_faaaa", h, n)?,
-            receptance: w.linear(Role::Matrix, "receptance.weight", a, c)?,
-            key: w.linear(Role::Matrix, "key.weight", a, c)?,
-            value: w.linear(Role::Matrix, "value.weight", a, c)?,
-            gate: w.linear(Role::Matrix, "gate.weight", a, c)?,
-            output: w.linear(Role::Output, "output.weight", c, a)?,
+            receptance: Projection::load(w, Role::Matrix, "receptance.weight", a, c)?,
+            key: Projection::load(w, Role::Matrix, "key.weight", a, c)?,
+            value: Projection::load(w, Role::Matrix, "value.weight", a, c)?,
+            gate: Projection::load(w, Role::Matrix, "gate.weight", a, c)?,
+            output: Projection::load(w, Role::Output, "output.weight", c, a)?,
             ln_x: load_ln_x(w, "ln_x", a, h)?,
         })
     }
@@ -142,22 +143,33 @@ impl TimeMix6 {
         let rx = mix(&self.time_maa_r, 3);
         let gx = mix(&self.time_maa_g, 4);
 
-        let r = split_heads(project(&self.receptance, rx), heads);
-        let k = split_heads(project(&self.key, kx), heads);
-        let v = split_heads(project(&self.value, vx), heads);
-        let g = silu(project(&self.gate, gx));
+        let r = split_heads(self.receptance.forward(rx), heads);
+        let k = split_heads(self.key.forward(kx), heads);
+        let v = split_heads(self.value.forward(vx), heads);
+        let g = silu(self.gate.forward(gx));
         let decay =
             self.time_decay.val().unsqueeze::<3>() + self.decay_lora.forward(wx, Tensor::tanh);
         let w = split_heads(decay.exp().neg().exp(), heads);
 
         let (y, state) = wkv5(r, k, v, w, self.time_faaaa.val(), kv.clone());
         *kv = state;
-        project(&self.output, apply_ln_x(&self.ln_x, merge_heads(y)) * g)
+        self.output
+            .forward(apply_ln_x(&self.ln_x, merge_heads(y)) * g)
+    }
+    /// Its projections, for summaries of the weights.
+    pub fn projections(&self) -> Vec<&Projection> {
+        vec![
+            &self.receptance,
+            &self.key,
+            &self.value,
+            &self.gate,
+            &self.output,
+        ]
     }
 
     /// Width of the attention projections (A).
     pub fn dim_att(&self) -> usize {
-        self.key.weight.dims()[1]
+        self.key.out_features()
     }
 
     /// Channels per head (N).
@@ -183,11 +195,11 @@ pub struct ChannelMix6 {
     /// Mix for the receptance `[C]`.
     pub time_maa_r: Param<Tensor<1>>,
     /// `C -> F`.
-    pub key: Linear,
+    pub key: Projection,
     /// `C -> C`.
-    pub receptance: Linear,
+    pub receptance: Projection,
     /// `F -> C`.
-    pub value: Linear,
+    pub value: Projection,
 }
 
 impl ChannelMix6 {
@@ -197,9 +209,9 @@ impl ChannelMix6 {
         Ok(Self {
             time_maa_k: w.per_channel(Role::Mix, "time_maa_k", c)?,
             time_maa_r: w.per_channel(Role::Mix, "time_maa_r", c)?,
-            key: w.linear(Role::Matrix, "key.weight", f, c)?,
-            receptance: w.linear(Role::Output, "receptance.weight", c, c)?,
-            value: w.linear(Role::Output, "value.weight", c, f)?,
+            key: Projection::load(w, Role::Matrix, "key.weight", f, c)?,
+            receptance: Projection::load(w, Role::Output, "receptance.weight", c, c)?,
+            value: Projection::load(w, Role::Output, "value.weight", c, f)?,
         })
     }
 
@@ -210,13 +222,17 @@ impl ChannelMix6 {
         let sx = prev - x.clone();
         let kx = x.clone() + sx.clone() * self.time_maa_k.val().unsqueeze::<3>();
         let rx = x + sx * self.time_maa_r.val().unsqueeze::<3>();
-        let k = relu(project(&self.key, kx));
-        sigmoid(project(&self.receptance, rx)) * project(&self.value, k.clone() * k)
+        let k = relu(self.key.forward(kx));
+        sigmoid(self.receptance.forward(rx)) * self.value.forward(k.clone() * k)
+    }
+    /// Its projections, for summaries of the weights.
+    pub fn projections(&self) -> Vec<&Projection> {
+        vec![&self.key, &self.receptance, &self.value]
     }
 
     /// Width of the hidden layer (F).
     pub fn dim_ffn(&self) -> usize {
-        self.key.weight.dims()[1]
+        self.key.out_features()
     }
 }
 

@@ -7,15 +7,16 @@
 //! unused `v0/v1/v2`), `blocks.i.ffn.{x_k [1,1,C], key.weight [F,C], value.weight [C,F]}`.
 
 use super::block::{ChannelMix, TimeMix};
-use super::layers::{apply_ln_x, load_ln_x, merge_heads, project, split_heads};
+use super::layers::{apply_ln_x, load_ln_x, merge_heads, split_heads};
 use super::lora::Lora;
+use super::projection::Projection;
 use super::token_shift::token_shift;
 use super::{Dims, Spec, heads};
 use crate::config::{LoraRanks, RwkvConfig, Version};
 use crate::weights::{InitParam, LoadError, Role, Weights};
 use crate::wkv::wkv7;
 use burn::module::{Module, Param};
-use burn::nn::{GroupNorm, Linear};
+use burn::nn::GroupNorm;
 use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, sigmoid};
 
@@ -93,13 +94,13 @@ pub struct TimeMix7 {
     /// Per-head bonus `[H, N]`.
     pub r_k: Param<Tensor<2>>,
     /// `C -> C`.
-    pub receptance: Linear,
+    pub receptance: Projection,
     /// `C -> C`.
-    pub key: Linear,
+    pub key: Projection,
     /// `C -> C`.
-    pub value: Linear,
+    pub value: Projection,
     /// `C -> C`.
-    pub output: Linear,
+    pub output: Projection,
     /// Per-head GroupNorm.
     pub ln_x: GroupNorm,
     /// Whether this is layer 0, whose value becomes every later layer's residual.
@@ -144,10 +145,10 @@ impl TimeMix7 {
             k_k: w.per_channel(Role::Bias, "k_k", c)?,
             k_a: w.per_channel(Role::Bias, "k_a", c)?,
             r_k: w.matrix(Role::Bonus, "r_k", h, n)?,
-            receptance: w.linear(Role::Matrix, "receptance.weight", c, c)?,
-            key: w.linear(Role::Matrix, "key.weight", c, c)?,
-            value: w.linear(Role::Matrix, "value.weight", c, c)?,
-            output: w.linear(Role::Output, "output.weight", c, c)?,
+            receptance: Projection::load(w, Role::Matrix, "receptance.weight", c, c)?,
+            key: Projection::load(w, Role::Matrix, "key.weight", c, c)?,
+            value: Projection::load(w, Role::Matrix, "value.weight", c, c)?,
+            output: Projection::load(w, Role::Output, "output.weight", c, c)?,
             ln_x: load_ln_x(w, "ln_x", c, h)?,
             first_layer,
         })
@@ -176,9 +177,9 @@ impl TimeMix7 {
         );
         let bias = |p: &Param<Tensor<1>>| p.val().unsqueeze::<3>();
 
-        let r = project(&self.receptance, xr);
-        let k = project(&self.key, xk);
-        let mut v = project(&self.value, xv.clone());
+        let r = self.receptance.forward(xr);
+        let k = self.key.forward(xk);
+        let mut v = self.value.forward(xv.clone());
         let w_raw = self.w_lora.forward(xw, Tensor::tanh);
         let w = (sigmoid(bias(&self.w0) + w_raw) * (-DECAY_SCALE)).exp();
         let a = sigmoid(bias(&self.a0) + self.a_lora.forward(xa, |x| x));
@@ -211,12 +212,16 @@ impl TimeMix7 {
         // Bonus: per head, (r . (k * r_k)) * v.
         let rk = (split(r) * split(k) * self.r_k.val().unsqueeze::<4>()).sum_dim(3);
         let bonus = merge_heads(rk * split(v));
-        project(&self.output, (y + bonus) * g)
+        self.output.forward((y + bonus) * g)
+    }
+    /// Its projections, for summaries of the weights.
+    pub fn projections(&self) -> Vec<&Projection> {
+        vec![&self.receptance, &self.key, &self.value, &self.output]
     }
 
     /// Width of the attention (A = C).
     pub fn dim_att(&self) -> usize {
-        self.key.weight.dims()[1]
+        self.key.out_features()
     }
 
     /// Channels per head (N).
@@ -252,9 +257,9 @@ pub struct ChannelMix7 {
     /// Mix for the key `[C]`.
     pub x_k: Param<Tensor<1>>,
     /// `C -> F`.
-    pub key: Linear,
+    pub key: Projection,
     /// `F -> C`.
-    pub value: Linear,
+    pub value: Projection,
 }
 
 impl ChannelMix7 {
@@ -263,8 +268,8 @@ impl ChannelMix7 {
         let (c, f) = (config.n_embd, config.dim_ffn);
         Ok(Self {
             x_k: w.per_channel(Role::Mix, "x_k", c)?,
-            key: w.linear(Role::Matrix, "key.weight", f, c)?,
-            value: w.linear(Role::Output, "value.weight", c, f)?,
+            key: Projection::load(w, Role::Matrix, "key.weight", f, c)?,
+            value: Projection::load(w, Role::Output, "value.weight", c, f)?,
         })
     }
 
@@ -273,13 +278,17 @@ impl ChannelMix7 {
         let (prev, last) = token_shift(x.clone(), shift.clone());
         *shift = last;
         let kx = x.clone() + (prev - x) * self.x_k.val().unsqueeze::<3>();
-        let k = relu(project(&self.key, kx));
-        project(&self.value, k.clone() * k)
+        let k = relu(self.key.forward(kx));
+        self.value.forward(k.clone() * k)
+    }
+    /// Its projections, for summaries of the weights.
+    pub fn projections(&self) -> Vec<&Projection> {
+        vec![&self.key, &self.value]
     }
 
     /// Width of the hidden layer (F).
     pub fn dim_ffn(&self) -> usize {
-        self.key.weight.dims()[1]
+        self.key.out_features()
     }
 }
 

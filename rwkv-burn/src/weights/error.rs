@@ -132,4 +132,14 @@ pub enum LoadError {
         /// The value (NaN, inf or -inf).
         value: f32,
     },
+    /// A matrix stored in a block format does not hold what its format needs.
+    #[error("{path}: tensor '{name}': {detail}")]
+    BadBlocks {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// What does not fit.
+        detail: String,
+    },
 }

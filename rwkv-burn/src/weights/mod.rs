@@ -5,12 +5,16 @@
 //! ([`ParamNames`]) for gradients and export.
 
 mod error;
+mod format;
 mod names;
 mod source;
 
 pub use error::LoadError;
+pub use format::{BLOCK, UnknownFormat, WeightFormat};
 pub use names::{Layout, NamedParam, ParamNames, stable_id};
 pub use source::{InitParam, Role, Shapes, StoredData, StoredTensor, TensorIndex, WeightSource};
+
+use crate::dtype::SourceDType;
 
 use burn::module::{Param, ParamId};
 use burn::nn::Linear;
@@ -27,6 +31,17 @@ pub struct Weights<'a> {
     names: Vec<NamedParam>,
     /// The device's largest buffer, checked before each tensor is uploaded.
     max_buffer: Option<u64>,
+    /// The precision projections are held in.
+    format: WeightFormat,
+}
+
+/// A projection matrix as [`Weights::linear`] placed it.
+#[derive(Debug)]
+pub enum LoadedMatrix {
+    /// A Burn layer with an f32 weight `[in, out]`.
+    Dense(Linear),
+    /// The checkpoint's `[out, in]` rows in a compressed format, for the CPU kernels.
+    Packed(crate::cpu::PackedMatrix),
 }
 
 /// How official checkpoints store a vector of model shape `[len]`.
@@ -47,7 +62,16 @@ impl<'a> Weights<'a> {
             scope: String::new(),
             names: Vec::new(),
             max_buffer: crate::device::max_buffer_bytes(device),
+            format: WeightFormat::F32,
         }
+    }
+
+    /// Holds projections in `format` (see [`WeightFormat::for_tensor`] for which): packed on
+    /// devices whose kernels read the format (flex), and elsewhere as f32 tensors of the
+    /// format's values, so that every device computes the same model.
+    pub fn with_format(mut self, format: WeightFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// The device parameters are placed on.
@@ -126,6 +150,12 @@ impl<'a> Weights<'a> {
     /// The values of tensor `name` as f32, refusing NaN and infinities where the source
     /// asks for the check (one pass over values already in cache from the conversion).
     fn values(&self, name: &str, tensor: StoredTensor<'_>) -> Result<Vec<f32>, LoadError> {
+        self.check_buffer(name, &tensor)?;
+        self.checked_f32(name, tensor)
+    }
+
+    /// Refuses a tensor larger than the device's largest buffer, at f32.
+    fn check_buffer(&self, name: &str, tensor: &StoredTensor<'_>) -> Result<(), LoadError> {
         if let Some(limit) = self.max_buffer {
             let bytes = (tensor.elements() as u64).saturating_mul(4);
             if bytes > limit {
@@ -137,6 +167,11 @@ impl<'a> Weights<'a> {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The values as f32, refusing NaN and infinities where the source asks for the check.
+    fn checked_f32(&self, name: &str, tensor: StoredTensor<'_>) -> Result<Vec<f32>, LoadError> {
         let values = tensor.into_f32();
         if self.source.checks_finite()
             && let Some(index) = values.iter().position(|v| !v.is_finite())
@@ -190,12 +225,70 @@ impl<'a> Weights<'a> {
     ) -> Result<Param<Tensor<D>>, LoadError> {
         let name = self.name(leaf);
         let (tensor, stored) = self.read(&name, &shape, official, role)?;
-        let mut param = Param::from_tensor(Tensor::from_data(
-            TensorData::new(self.values(&name, tensor)?, shape),
-            self.device,
-        ));
+        let tensor = match self.stored_half(&name, role, &tensor)? {
+            // Created in the data's own type (`from_data` alone converts to the device's
+            // default float type).
+            Some(halves) => {
+                let dtype = halves.dtype();
+                Tensor::from_data(halves, (self.device, dtype))
+            }
+            None => Tensor::from_data(
+                TensorData::new(self.values(&name, tensor)?, shape),
+                self.device,
+            ),
+        };
+        let mut param = Param::from_tensor(tensor);
+        self.source.release(&name);
         self.record(name, &mut param.id, stored, D, Layout::Same);
         Ok(param)
+    }
+
+    /// The embedding in the half type a file stores it in, when the model is loaded in a
+    /// compressed format on a device that holds them (flex): it is a lookup of one row per
+    /// token, so its precision costs nothing, while at f32 it would be the largest tensor in
+    /// memory (a World model's 65536 rows). `None` keeps the f32 path.
+    fn stored_half(
+        &self,
+        name: &str,
+        role: Role,
+        tensor: &StoredTensor<'_>,
+    ) -> Result<Option<TensorData>, LoadError> {
+        use half::{bf16, f16};
+        let StoredData::Bytes { dtype, bytes } = &tensor.data else {
+            return Ok(None);
+        };
+        if role != Role::Embedding
+            || self.format == WeightFormat::F32
+            || !crate::cpu::holds_packed(self.device)
+        {
+            return Ok(None);
+        }
+        let shape = tensor.shape.clone();
+        let pairs = bytes.chunks_exact(2).map(|c| [c[0], c[1]]);
+        let (data, finite) = match dtype {
+            SourceDType::BF16 => {
+                let values: Vec<bf16> = pairs.map(bf16::from_le_bytes).collect();
+                let finite = values.iter().position(|v| !v.is_finite());
+                (TensorData::new(values, shape), finite)
+            }
+            SourceDType::F16 => {
+                let values: Vec<f16> = pairs.map(f16::from_le_bytes).collect();
+                let finite = values.iter().position(|v| !v.is_finite());
+                (TensorData::new(values, shape), finite)
+            }
+            _ => return Ok(None),
+        };
+        if self.source.checks_finite()
+            && let Some(index) = finite
+        {
+            return Err(LoadError::NonFinite {
+                path: self.path().to_path_buf(),
+                name: name.to_string(),
+                index,
+                value: dtype.to_f32(&bytes[index * 2..index * 2 + 2])[0],
+            });
+        }
+        Ok(Some(data))
     }
 
     fn vector_as(
@@ -259,9 +352,11 @@ impl<'a> Weights<'a> {
         })
     }
 
-    /// A torch `nn.Linear` weight `[out, in]` as a bias-free [`Linear`], laid out for the
-    /// device: [`crate::cpu::decode_weight`] keeps the checkpoint's layout where the CPU decode
-    /// kernels stream it; elsewhere it is transposed on the host to Burn's `[in, out]`, as
+    /// A torch `nn.Linear` weight `[out, in]`, laid out for the device in the precision the
+    /// reader was given ([`with_format`](Self::with_format)): packed where the device's kernels
+    /// read that format; else an f32 bias-free [`Linear`] (of the format's values), for which
+    /// [`crate::cpu::decode_weight`] keeps the checkpoint's layout where the CPU decode kernels
+    /// stream it, and elsewhere it is transposed on the host to Burn's `[in, out]`, as
     /// backends may copy strided operands on every product.
     pub fn linear(
         &mut self,
@@ -269,11 +364,66 @@ impl<'a> Weights<'a> {
         leaf: &str,
         out: usize,
         input: usize,
-    ) -> Result<Linear, LoadError> {
+    ) -> Result<LoadedMatrix, LoadError> {
         let name = self.name(leaf);
         let shape = [out, input];
         let (tensor, stored) = self.read(&name, &shape, &shape, role)?;
+        let format = self.format.for_tensor(role, input);
+        // A file already in this block format is taken as it is: nothing re-quantized.
+        if let StoredData::Blocks {
+            format: stored,
+            levels,
+            scales,
+        } = &tensor.data
+            && *stored == format
+            && let Some(packed) = crate::cpu::packed_from_blocks(
+                &name,
+                format,
+                [levels, scales],
+                [out, input],
+                self.device,
+            )
+        {
+            let packed = packed.map(LoadedMatrix::Packed);
+            self.source.release(&name);
+            return match packed {
+                Ok(packed) => Ok(packed),
+                Err(detail) => Err(LoadError::BadBlocks {
+                    path: self.path().to_path_buf(),
+                    name,
+                    detail,
+                }),
+            };
+        }
+        if format != WeightFormat::F32 {
+            self.check_buffer(&name, &tensor)?;
+            let values = self.checked_f32(&name, tensor)?;
+            if let Some(packed) =
+                crate::cpu::pack_weight(&name, format, &values, out, input, self.device)
+            {
+                return Ok(LoadedMatrix::Packed(packed));
+            }
+            let rounded = format.round_trip(&values, input);
+            drop(values);
+            return Ok(LoadedMatrix::Dense(
+                self.dense_linear(name, rounded, stored, out, input),
+            ));
+        }
         let values = self.values(&name, tensor)?;
+        Ok(LoadedMatrix::Dense(
+            self.dense_linear(name, values, stored, out, input),
+        ))
+    }
+
+    /// An f32 bias-free [`Linear`] of `values` (`[out, in]`), recorded under `name`.
+    fn dense_linear(
+        &mut self,
+        name: String,
+        values: Vec<f32>,
+        stored: Vec<usize>,
+        out: usize,
+        input: usize,
+    ) -> Linear {
         let weight = match crate::cpu::decode_weight(&values, out, input, self.device) {
             Some(weight) => weight,
             None => {
@@ -291,7 +441,7 @@ impl<'a> Weights<'a> {
             bias: None,
         };
         self.record(name, &mut layer.weight.id, stored, 2, Layout::Transposed);
-        Ok(layer)
+        layer
     }
 }
 
@@ -406,7 +556,9 @@ mod tests {
         let mut w = Weights::new(&source, &device);
         w.per_channel(Role::Mix, "m", 4).unwrap();
         w.vector(Role::Decay, "v", 4).unwrap();
-        let linear = w.linear(Role::Matrix, "w", 3, 2).unwrap();
+        let LoadedMatrix::Dense(linear) = w.linear(Role::Matrix, "w", 3, 2).unwrap() else {
+            panic!("f32 weights load as a Burn layer");
+        };
         assert_eq!(linear.weight.dims(), [2, 3]);
         let names = w.into_names();
         let shapes: Vec<_> = names

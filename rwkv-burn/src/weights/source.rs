@@ -2,6 +2,7 @@
 //! element type it stores them in.
 
 use super::error::LoadError;
+use super::format::{BLOCK, WeightFormat};
 use crate::dtype::SourceDType;
 use std::borrow::Cow;
 use std::path::Path;
@@ -63,14 +64,25 @@ pub enum StoredData<'a> {
         /// `shape.product() * dtype.size()` bytes.
         bytes: Cow<'a, [u8]>,
     },
+    /// A `[out, in]` matrix in a block format, as a file stores it (`rwkv quantize` output):
+    /// the lengths were checked against the shape.
+    Blocks {
+        /// The format (q8 or q4).
+        format: WeightFormat,
+        /// [`WeightFormat::level_bytes`] of the elements.
+        levels: Cow<'a, [u8]>,
+        /// One little-endian f16 scale per block of 32 values.
+        scales: Cow<'a, [u8]>,
+    },
 }
 
 impl StoredTensor<'_> {
-    /// The stored element type.
-    pub fn dtype(&self) -> SourceDType {
+    /// The stored element type; `None` for block formats.
+    pub fn dtype(&self) -> Option<SourceDType> {
         match &self.data {
-            StoredData::F32(_) => SourceDType::F32,
-            StoredData::Bytes { dtype, .. } => *dtype,
+            StoredData::F32(_) => Some(SourceDType::F32),
+            StoredData::Bytes { dtype, .. } => Some(*dtype),
+            StoredData::Blocks { .. } => None,
         }
     }
 
@@ -79,6 +91,7 @@ impl StoredTensor<'_> {
         match &self.data {
             StoredData::F32(values) => values.len(),
             StoredData::Bytes { dtype, bytes } => bytes.len() / dtype.size(),
+            StoredData::Blocks { scales, .. } => scales.len() / 2 * BLOCK,
         }
     }
 
@@ -87,6 +100,32 @@ impl StoredTensor<'_> {
         match self.data {
             StoredData::F32(values) => values,
             StoredData::Bytes { dtype, bytes } => dtype.to_f32(&bytes),
+            StoredData::Blocks {
+                format,
+                levels,
+                scales,
+            } => {
+                let mut values = Vec::with_capacity(scales.len() / 2 * BLOCK);
+                for (b, d) in scales.chunks_exact(2).enumerate() {
+                    let d = half::f16::from_le_bytes([d[0], d[1]]).to_f32();
+                    match format {
+                        WeightFormat::Q4 => {
+                            let bytes = &levels[b * BLOCK / 2..(b + 1) * BLOCK / 2];
+                            let nibbles = bytes
+                                .iter()
+                                .map(|q| q & 15)
+                                .chain(bytes.iter().map(|q| q >> 4));
+                            values.extend(nibbles.map(|q| (f32::from(q) - 8.0) * d));
+                        }
+                        _ => values.extend(
+                            levels[b * BLOCK..(b + 1) * BLOCK]
+                                .iter()
+                                .map(|&q| f32::from(q as i8) * d),
+                        ),
+                    }
+                }
+                values
+            }
         }
     }
 }
@@ -118,6 +157,11 @@ pub trait WeightSource {
         expected: &[usize],
         role: Role,
     ) -> Result<StoredTensor<'_>, LoadError>;
+    /// Says that tensor `name` has been read and will not be again (a memory-mapped file can
+    /// give its pages back). Nothing by default.
+    fn release(&self, name: &str) {
+        let _ = name;
+    }
 }
 
 /// Names and shapes of stored tensors: what detecting a model's version and dimensions reads.

@@ -8,3 +8,4 @@ mod fixtures;
 mod modes;
 mod mutations;
 mod tokenizers;
+mod weight_formats;

@@ -1,0 +1,92 @@
+//! What each weight format costs in quality (README, "Weight formats"): the perplexity of the
+//! embedded model on its held-out text (the last 5% of `kjv-genesis-exodus.txt`, which its
+//! training never saw), and the mean KL divergence and top-1 agreement of the logits against
+//! f32 on a random model of the RWKV-7 0.1B shape over 512 tokens. One JSON line per format.
+//!
+//! `cargo run --release -p rwkv-burn-benches --bin weight-quality`
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rwkv_burn::load::Checkpoint;
+use rwkv_burn::model::{build_with, token_tensor};
+use rwkv_burn::{Rwkv, RwkvConfig, State, WeightFormat};
+use std::path::PathBuf;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Log-probabilities `[T, V]` of every position, the tokens fed in chunks of 128.
+fn log_probs(model: &Rwkv, config: &RwkvConfig, ids: &[u32], device: &Device) -> Vec<Vec<f32>> {
+    let mut state = State::zeros(config, 1, device);
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(128) {
+        let logits: Tensor<3> = model.forward(token_tensor(chunk, 1, device), &mut state);
+        let logp = burn::tensor::activation::log_softmax(logits, 2);
+        let data: TensorData = logp.into_data();
+        let values = data.try_to_vec::<f32>().expect("f32 logits");
+        out.extend(values.chunks(config.vocab_size).map(<[f32]>::to_vec));
+    }
+    out
+}
+
+fn main() {
+    let device = Device::flex();
+    let text = std::fs::read(root().join("rwkv-burn-train/assets/corpus/kjv-genesis-exodus.txt"))
+        .expect("the training corpus");
+    let held_out: Vec<u32> = text[text.len() * 95 / 100..]
+        .iter()
+        .map(|&b| u32::from(b))
+        .collect();
+    let embedded =
+        Checkpoint::open(root().join("rwkv-burn-infer/assets/default-model.safetensors"))
+            .expect("the embedded model");
+    let config = rwkv_burn::load::detect_config(&embedded).expect("its config");
+
+    let random_config = rwkv_burn::presets::preset("7-0.1b").expect("preset");
+    let source = rwkv_burn::init::RandomWeights::new(0);
+    let mut rng = rwkv_burn::random::Lcg::new(42);
+    let tokens: Vec<u32> = (0..512)
+        .map(|_| (rng.next_u64() % random_config.vocab_size as u64) as u32)
+        .collect();
+    let (f32_model, _) = build_with(&source, &random_config, &device, WeightFormat::F32).unwrap();
+    let reference = log_probs(&f32_model, &random_config, &tokens, &device);
+    drop(f32_model);
+
+    for format in WeightFormat::ALL {
+        let (model, _) = build_with(&embedded, &config, &device, format).unwrap();
+        let logp = log_probs(&model, &config, &held_out, &device);
+        // Position t predicts token t + 1.
+        let nll: f64 = (0..held_out.len() - 1)
+            .map(|t| -f64::from(logp[t][held_out[t + 1] as usize]))
+            .sum::<f64>()
+            / (held_out.len() - 1) as f64;
+
+        let (model, _) = build_with(&source, &random_config, &device, format).unwrap();
+        let logp = log_probs(&model, &random_config, &tokens, &device);
+        let (mut kl, mut agree) = (0f64, 0usize);
+        for (p, q) in reference.iter().zip(&logp) {
+            kl += p
+                .iter()
+                .zip(q)
+                .map(|(&lp, &lq)| f64::from(lp).exp() * f64::from(lp - lq))
+                .sum::<f64>();
+            let top = |v: &[f32]| {
+                v.iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i)
+            };
+            agree += usize::from(top(p) == top(q));
+        }
+        println!(
+            "{{\"weights\": \"{format}\", \"embedded_held_out_bytes\": {}, \"embedded_perplexity\": {:.5}, \
+             \"random_7_0_1b_mean_kl\": {:.3e}, \"random_7_0_1b_top1_agreement\": {:.4}, \
+             \"random_7_0_1b_bytes_per_token\": {}}}",
+            held_out.len(),
+            nll.exp(),
+            kl / reference.len() as f64,
+            agree as f64 / reference.len() as f64,
+            model.bytes_per_token()
+        );
+    }
+}

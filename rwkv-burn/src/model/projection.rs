@@ -1,0 +1,100 @@
+//! A projection `x @ W` of the model (time-mix and channel-mix matrices, the head), in the
+//! precision the model was loaded with ([`WeightFormat`]).
+
+use crate::cpu::PackedMatrix;
+use crate::weights::{LoadError, LoadedMatrix, Role, WeightFormat, Weights};
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::Tensor;
+use std::sync::Arc;
+
+/// A bias-free projection: a Burn [`Linear`] with its weight `[in, out]` in f32 (training,
+/// and every device), or on the CPU a [`PackedMatrix`] holding the checkpoint's `[out, in]`
+/// rows in bf16, f16, or 8-/4-bit blocks. Packed weights are not parameters: a model that
+/// holds them is for inference (load with [`WeightFormat::F32`] to train or export).
+#[derive(Module, Debug)]
+pub struct Projection {
+    dense: Option<Linear>,
+    #[module(skip)]
+    packed: Option<Arc<PackedMatrix>>,
+}
+
+impl Projection {
+    /// A projection with an f32 (or Burn-dtype) weight.
+    pub fn dense(linear: Linear) -> Self {
+        Self {
+            dense: Some(linear),
+            packed: None,
+        }
+    }
+
+    /// A projection with a packed weight.
+    pub fn packed(weight: PackedMatrix) -> Self {
+        Self {
+            dense: None,
+            packed: Some(Arc::new(weight)),
+        }
+    }
+
+    /// Reads the torch `nn.Linear` weight `leaf` (`[out, in]`) in the reader's precision.
+    pub fn load(
+        w: &mut Weights,
+        role: Role,
+        leaf: &str,
+        out: usize,
+        input: usize,
+    ) -> Result<Self, LoadError> {
+        Ok(match w.linear(role, leaf, out, input)? {
+            LoadedMatrix::Dense(linear) => Self::dense(linear),
+            LoadedMatrix::Packed(packed) => Self::packed(packed),
+        })
+    }
+
+    /// The packed matrix, when the weight is held in a compressed format.
+    pub fn packed_matrix(&self) -> Option<&PackedMatrix> {
+        self.packed.as_deref()
+    }
+
+    /// The Burn layer, when the weight is a parameter.
+    pub fn linear(&self) -> Option<&Linear> {
+        self.dense.as_ref()
+    }
+
+    /// Output width.
+    pub fn out_features(&self) -> usize {
+        match (&self.dense, &self.packed) {
+            (Some(linear), _) => linear.weight.dims()[1],
+            (None, Some(packed)) => packed.dims()[0],
+            (None, None) => unreachable!("a projection has a weight"),
+        }
+    }
+
+    /// The format the weight is held in.
+    pub fn format(&self) -> WeightFormat {
+        match &self.packed {
+            Some(packed) => packed.format(),
+            None => WeightFormat::F32,
+        }
+    }
+
+    /// Bytes one product reads from the weight (values and scales).
+    pub fn weight_bytes(&self) -> usize {
+        match (&self.dense, &self.packed) {
+            (Some(linear), _) => {
+                let weight = linear.weight.val();
+                weight.shape().num_elements() * weight.dtype().size()
+            }
+            (None, Some(packed)) => packed.bytes(),
+            (None, None) => 0,
+        }
+    }
+
+    /// `x @ W` on the fastest path the device has (the CPU's lives in [`crate::cpu`]).
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match (&self.dense, &self.packed) {
+            (Some(linear), _) => crate::cpu::project(linear, x),
+            (None, Some(packed)) => crate::cpu::project_packed(packed, x),
+            (None, None) => unreachable!("a projection has a weight"),
+        }
+    }
+}

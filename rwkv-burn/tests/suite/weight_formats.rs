@@ -1,0 +1,348 @@
+//! Half-precision and quantized weights (`WeightFormat`): a model loaded in a format equals the
+//! f32 model run on that format's values (each projection rounded, or quantized and
+//! dequantized, by `WeightFormat::round_trip`), on every CPU device and fixture version, in
+//! sequence, step and chunked modes. On flex the projections are packed and multiplied by the
+//! format kernels (decode's few rows) and by the gemm on the expanded matrix (prefill's many);
+//! elsewhere they are f32 copies of the same values.
+
+use crate::common::{assert_matches, devices, fixtures, token_tensor};
+use burn::tensor::Device;
+use rwkv_burn::load::Checkpoint;
+use rwkv_burn::model::build_with;
+use rwkv_burn::weights::{LoadError, Role, StoredData, StoredTensor, WeightSource};
+use rwkv_burn::{DeviceSpec, Rwkv, RwkvConfig, State, WeightFormat};
+use std::path::Path;
+
+/// A checkpoint whose projections read back as the values `format` holds them in: the
+/// reference a model in that format must equal.
+struct Rounded<'a> {
+    inner: &'a Checkpoint,
+    format: WeightFormat,
+}
+
+impl WeightSource for Rounded<'_> {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        WeightSource::contains(self.inner, name)
+    }
+
+    fn read(
+        &self,
+        name: &str,
+        expected: &[usize],
+        role: Role,
+    ) -> Result<StoredTensor<'_>, LoadError> {
+        let tensor = self.inner.read(name)?;
+        let &[_, cols] = expected else {
+            return Ok(tensor);
+        };
+        let format = self.format.for_tensor(role, cols);
+        let shape = tensor.shape.clone();
+        Ok(StoredTensor {
+            shape,
+            data: StoredData::F32(format.round_trip(&tensor.into_f32(), cols)),
+        })
+    }
+}
+
+fn cpu_devices() -> Vec<(DeviceSpec, Device)> {
+    devices()
+        .into_iter()
+        .filter(|(spec, _)| {
+            matches!(
+                spec,
+                DeviceSpec::Flex | DeviceSpec::NdArray | DeviceSpec::LibTorch
+            )
+        })
+        .collect()
+}
+
+/// Logits of `tokens` fed in `chunks` from a zero state, and the final state's values.
+fn run(
+    model: &Rwkv,
+    config: &RwkvConfig,
+    tokens: &[i64],
+    chunks: &[usize],
+    device: &Device,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut state = State::zeros(config, 1, device);
+    let mut logits = Vec::new();
+    let mut start = 0;
+    for &len in chunks {
+        let chunk = token_tensor(&tokens[start..start + len], 1, device);
+        logits.extend(
+            model
+                .forward(chunk, &mut state)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap(),
+        );
+        start += len;
+    }
+    let state = state
+        .sequence_official(0)
+        .into_iter()
+        .flat_map(|t| t.data.try_to_vec::<f32>().unwrap())
+        .collect();
+    (logits, state)
+}
+
+fn check(version_dir: &str, weights: &str) {
+    let checkpoint = Checkpoint::open(fixtures().join(version_dir).join(weights)).unwrap();
+    let config = rwkv_burn::load::detect_config(&checkpoint).unwrap();
+    // 40 tokens: more than the 16 rows that go through the packed kernels, so the full pass
+    // takes the expanded-matrix gemm and the steps the kernels.
+    let tokens: Vec<i64> = (0..40)
+        .map(|i| (i * 37 + 11) % config.vocab_size as i64)
+        .collect();
+    let modes: [(&str, Vec<usize>); 3] = [
+        ("sequence", vec![tokens.len()]),
+        ("step", vec![1; tokens.len()]),
+        ("chunks", vec![3, 1, 17, 2, 4, 13]),
+    ];
+    for (spec, device) in cpu_devices() {
+        for format in [
+            WeightFormat::Bf16,
+            WeightFormat::F16,
+            WeightFormat::Q8,
+            WeightFormat::Q4,
+        ] {
+            let reference = Rounded {
+                inner: &checkpoint,
+                format,
+            };
+            let (want_model, _) =
+                build_with(&reference, &config, &device, WeightFormat::F32).unwrap();
+            let (model, _) = build_with(&checkpoint, &config, &device, format).unwrap();
+            let packed = spec == DeviceSpec::Flex;
+            assert_eq!(
+                model.head.format() == WeightFormat::F32,
+                !packed,
+                "{version_dir} {format} on {spec}: packed only on flex"
+            );
+            for (mode, chunks) in &modes {
+                let what = format!("{version_dir}/{weights} {format} on {spec}, {mode}");
+                let (want, want_state) = run(&want_model, &config, &tokens, chunks, &device);
+                let (got, got_state) = run(&model, &config, &tokens, chunks, &device);
+                assert_matches(&got, &want, &format!("{what}: logits"));
+                assert_matches(&got_state, &want_state, &format!("{what}: state"));
+            }
+        }
+    }
+}
+
+#[test]
+fn rwkv4_in_every_format_equals_f32_on_the_formats_values() {
+    check("rwkv4", "weights.safetensors");
+}
+
+#[test]
+fn rwkv5_in_every_format_equals_f32_on_the_formats_values() {
+    check("rwkv5", "weights.safetensors");
+}
+
+#[test]
+fn rwkv6_in_every_format_equals_f32_on_the_formats_values() {
+    check("rwkv6", "weights.safetensors");
+}
+
+#[test]
+fn rwkv7_in_every_format_equals_f32_on_the_formats_values() {
+    check("rwkv7", "weights.safetensors");
+}
+
+/// The formats change the logits by what their rounding costs, no more. Measured on the
+/// RWKV-7 fixture (uniform-noise weights, the hardest case for block scales), worst error over
+/// the largest logit (6.0): bf16 2.9e-3, f16 3.3e-4, q8 8.3e-3, q4 0.13; the bounds are about
+/// 2-3x those. A kernel reading the wrong block or nibble shows up as an error of the logits'
+/// own size.
+#[test]
+fn formats_stay_close_to_f32() {
+    let checkpoint = Checkpoint::open(fixtures().join("rwkv7/weights.safetensors")).unwrap();
+    let config = rwkv_burn::load::detect_config(&checkpoint).unwrap();
+    let device = Device::flex();
+    let tokens: Vec<i64> = (0..24).map(|i| (i * 53 + 7) % 256).collect();
+    let (f32_model, _) = build_with(&checkpoint, &config, &device, WeightFormat::F32).unwrap();
+    let (want, _) = run(&f32_model, &config, &tokens, &[24], &device);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (format, bound) in [
+        (WeightFormat::Bf16, 1e-2),
+        (WeightFormat::F16, 1e-3),
+        (WeightFormat::Q8, 2.5e-2),
+        (WeightFormat::Q4, 0.3),
+    ] {
+        let (model, _) = build_with(&checkpoint, &config, &device, format).unwrap();
+        let (got, _) = run(&model, &config, &tokens, &[1; 24], &device);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+        assert!(
+            worst <= bound * scale,
+            "{format}: worst error {worst} against logits up to {scale}"
+        );
+    }
+}
+
+/// A file written in a format (`rwkv quantize`'s writer) loads back in that format to the
+/// very same logits as quantizing at load (the levels are taken as stored), and in f32 to the
+/// f32 model on the format's values; the bf16/f16 files are plain official checkpoints.
+#[test]
+fn files_written_in_a_format_load_back_without_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    for version_dir in ["rwkv4", "rwkv7"] {
+        let checkpoint =
+            Checkpoint::open(fixtures().join(version_dir).join("weights.safetensors")).unwrap();
+        let config = rwkv_burn::load::detect_config(&checkpoint).unwrap();
+        let tokens: Vec<i64> = (0..20).map(|i| (i * 29 + 3) % 256).collect();
+        let chunks = [20];
+        for format in [
+            WeightFormat::Bf16,
+            WeightFormat::F16,
+            WeightFormat::Q8,
+            WeightFormat::Q4,
+        ] {
+            let (model, names) = build_with(&checkpoint, &config, &device, format).unwrap();
+            let path = dir
+                .path()
+                .join(format!("{version_dir}-{format}.safetensors"));
+            rwkv_burn::export::write_in_format(&model, &names, &path).unwrap();
+
+            let file = Checkpoint::open(&path).unwrap();
+            assert_eq!(rwkv_burn::load::detect_config(&file).unwrap(), config);
+            // The file runs in its own format by default.
+            assert_eq!(rwkv_burn::load::stored_format(&file), format);
+            let (again, _) = build_with(&file, &config, &device, format).unwrap();
+            let (want, _) = run(&model, &config, &tokens, &chunks, &device);
+            let (got, _) = run(&again, &config, &tokens, &chunks, &device);
+            assert_eq!(got, want, "{version_dir} {format}: reloaded logits");
+
+            let (unpacked, _) = build_with(&file, &config, &device, WeightFormat::F32).unwrap();
+            let reference = Rounded {
+                inner: &checkpoint,
+                format,
+            };
+            let (rounded, _) = build_with(&reference, &config, &device, WeightFormat::F32).unwrap();
+            let (got, _) = run(&unpacked, &config, &tokens, &chunks, &device);
+            let (want, _) = run(&rounded, &config, &tokens, &chunks, &device);
+            assert_matches(&got, &want, &format!("{version_dir} {format} read as f32"));
+        }
+    }
+}
+
+/// Damaged block files: a missing half, a scale of the wrong shape, levels of the wrong
+/// type, a level of -128: each a typed error naming the tensor, never a panic.
+#[test]
+fn damaged_block_files_are_refused_by_name() {
+    use rwkv_burn::safetensors_io::{NamedTensor, read, write};
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let checkpoint = Checkpoint::open(fixtures().join("rwkv7/weights.safetensors")).unwrap();
+    let config = rwkv_burn::load::detect_config(&checkpoint).unwrap();
+    let (model, names) = build_with(&checkpoint, &config, &device, WeightFormat::Q8).unwrap();
+    let good = dir.path().join("good.safetensors");
+    rwkv_burn::export::write_in_format(&model, &names, &good).unwrap();
+    let tensors = read(&good).unwrap();
+    let key = "blocks.0.att.key.weight";
+    type Edit<'a> = Box<dyn Fn(&mut Vec<NamedTensor>) + 'a>;
+    let edits: [(&str, Edit); 4] = [
+        (
+            "no scales",
+            Box::new(|t| t.retain(|t| t.name != format!("{key}.q8_scales"))),
+        ),
+        (
+            "short scales",
+            Box::new(|t| {
+                let s = t
+                    .iter_mut()
+                    .find(|t| t.name == format!("{key}.q8_scales"))
+                    .unwrap();
+                let [rows, cols] = s.data.shape().to_vec()[..] else {
+                    unreachable!()
+                };
+                s.data = burn::tensor::TensorData::new(
+                    vec![half::f16::ONE; rows * (cols - 1)],
+                    [rows, cols - 1],
+                );
+            }),
+        ),
+        (
+            "f32 levels",
+            Box::new(|t| {
+                let s = t
+                    .iter_mut()
+                    .find(|t| t.name == format!("{key}.q8"))
+                    .unwrap();
+                s.data = s.data.clone().convert::<f32>();
+            }),
+        ),
+        (
+            "level -128",
+            Box::new(|t| {
+                let s = t
+                    .iter_mut()
+                    .find(|t| t.name == format!("{key}.q8"))
+                    .unwrap();
+                let shape = s.data.shape().to_vec();
+                let mut values = s.data.clone().try_to_vec::<i8>().unwrap();
+                values[5] = -128;
+                s.data = burn::tensor::TensorData::new(values, shape);
+            }),
+        ),
+    ];
+    for (what, edit) in edits {
+        let mut damaged = tensors.clone();
+        // `read` gives floats back as f32: the scales must go back as F16.
+        for t in damaged.iter_mut().filter(|t| t.name.ends_with("_scales")) {
+            t.data = t.data.clone().convert::<half::f16>();
+        }
+        edit(&mut damaged);
+        let path = dir.path().join("damaged.safetensors");
+        write(&path, &damaged).unwrap();
+        let err = Checkpoint::open(&path)
+            .and_then(|file| {
+                let config = rwkv_burn::load::detect_config(&file)?;
+                build_with(&file, &config, &device, WeightFormat::Q8).map(drop)
+            })
+            .expect_err(what);
+        assert!(
+            matches!(&err, LoadError::BadBlocks { name, .. } if name.starts_with(key)),
+            "{what}: {err}"
+        );
+    }
+}
+
+/// An official bf16 checkpoint (what BlinkDL releases; here the fixture exported in bf16)
+/// runs in bf16 by default, its embedding kept in bf16 too, to the logits of the same file
+/// loaded in f32: its values are already bf16, so nothing is rounded.
+#[test]
+fn an_official_bf16_checkpoint_runs_in_bf16_as_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let fixture = fixtures().join("rwkv7/weights.safetensors");
+    let (_, model, names) = rwkv_burn::load::load_model_named(&fixture, &device).unwrap();
+    let path = dir.path().join("bf16.pth");
+    let tensors = rwkv_burn::export::official_tensors(&model, &names);
+    rwkv_burn::export::write_official(&path, &tensors, rwkv_burn::export::StorageDType::BF16)
+        .unwrap();
+
+    let file = Checkpoint::open(&path).unwrap();
+    let config = rwkv_burn::load::detect_config(&file).unwrap();
+    let format = rwkv_burn::load::stored_format(&file);
+    assert_eq!(format, WeightFormat::Bf16);
+    let (model, _) = build_with(&file, &config, &device, format).unwrap();
+    assert_eq!(model.emb.weight.val().dtype(), burn::tensor::DType::BF16);
+    assert_eq!(model.head.format(), WeightFormat::Bf16);
+    let (reference, _) = build_with(&file, &config, &device, WeightFormat::F32).unwrap();
+    let tokens: Vec<i64> = (0..30).map(|i| (i * 41 + 5) % 256).collect();
+    for chunks in [vec![30], vec![1; 30]] {
+        let (got, got_state) = run(&model, &config, &tokens, &chunks, &device);
+        let (want, want_state) = run(&reference, &config, &tokens, &chunks, &device);
+        assert_matches(&got, &want, "bf16 checkpoint: logits");
+        assert_matches(&got_state, &want_state, "bf16 checkpoint: state");
+    }
+}
