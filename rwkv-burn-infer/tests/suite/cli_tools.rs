@@ -211,3 +211,50 @@ fn the_embedded_model_generates_without_any_file() {
         .count();
     assert!(letters * 10 >= text.chars().count() * 7, "{text:?}");
 }
+
+/// `rwkv quantize` writes a file that runs in its format by default, to the logits of
+/// quantizing at load (`--weights`), bit for bit; `info` says which format it runs in; an
+/// unknown format is a usage error that lists the valid ones.
+#[test]
+fn quantize_writes_a_file_that_runs_as_quantizing_at_load_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model("rwkv6");
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    for format in ["bf16", "q8", "q4"] {
+        let file = path(&format!("m-{format}.safetensors"));
+        rwkv(
+            &["quantize", "--model", &m, "--to", format, "--out", &file],
+            None,
+        );
+        let info = rwkv(&["info", "--model", &file], None);
+        let info = String::from_utf8(info.stdout).unwrap();
+        assert!(
+            info.contains(&format!("runs as:     {format} projections")),
+            "{info}"
+        );
+        let logits = |model: &str, weights: Option<&str>, out: &str| {
+            let mut args = vec![
+                "logits",
+                "--model",
+                model,
+                "--tokens",
+                "1,2,3,200,7",
+                "--step",
+            ];
+            args.extend(weights.map(|w| ["--weights", w]).into_iter().flatten());
+            args.extend(["--out", out]);
+            rwkv(&args, None);
+            std::fs::read(out).unwrap()
+        };
+        let from_file = logits(&file, None, &path("a.safetensors"));
+        let at_load = logits(&m, Some(format), &path("b.safetensors"));
+        assert_eq!(from_file, at_load, "{format}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_rwkv"))
+        .args(["generate", "--weights", "q5", "--prompt", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("one of: f32, bf16, f16, q8, q4"), "{err}");
+}
