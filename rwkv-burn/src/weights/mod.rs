@@ -398,6 +398,7 @@ impl<'a> Weights<'a> {
         if format != WeightFormat::F32 {
             self.check_buffer(&name, &tensor)?;
             let values = self.checked_f32(&name, tensor)?;
+            self.source.release(&name);
             if let Some(packed) =
                 crate::cpu::pack_weight(&name, format, &values, out, input, self.device)
             {
@@ -410,6 +411,7 @@ impl<'a> Weights<'a> {
             ));
         }
         let values = self.values(&name, tensor)?;
+        self.source.release(&name);
         Ok(LoadedMatrix::Dense(
             self.dense_linear(name, values, stored, out, input),
         ))
