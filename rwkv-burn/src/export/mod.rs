@@ -94,7 +94,8 @@ pub const WEIGHTS_METADATA_KEY: &str = "rwkv.weights";
 
 /// Every tensor of a model loaded in any [`WeightFormat`](crate::WeightFormat), as a file that
 /// loads back in that format with nothing converted: f32 parameters by their official names
-/// and shapes (as [`official_tensors`]); bf16/f16 projections as plain `[out, in]` tensors of
+/// and shapes (as [`official_tensors`]), the embedding in its half type where the model holds
+/// it so; bf16/f16 projections as plain `[out, in]` tensors of
 /// that type (so the file is an official checkpoint any tool loads); q8/q4 projections as
 /// `NAME.q8` (I8 `[out, in]`) or `NAME.q4` (U8 `[out, in / 2]`, ggml's Q4_0 nibble order)
 /// beside `NAME.q8_scales`/`NAME.q4_scales` (F16 `[out, in / 32]`). Other tools refuse those
@@ -103,6 +104,15 @@ pub fn format_tensors(model: &Rwkv, names: &ParamNames) -> Vec<NamedTensor> {
     use crate::weights::{BLOCK, WeightFormat};
     use half::{bf16, f16};
     let mut tensors = official_tensors(model, names);
+    // An embedding held in its stored half type (see `Weights`) is written in that type: its
+    // values are that type's, so nothing is rounded, and a World model's table is half the
+    // bytes.
+    let emb = model.emb.weight.val().dtype();
+    if matches!(emb, burn::tensor::DType::BF16 | burn::tensor::DType::F16)
+        && let Some(t) = tensors.iter_mut().find(|t| t.name == "emb.weight")
+    {
+        t.data = t.data.clone().convert_dtype(emb);
+    }
     for projection in model.projections() {
         let Some(packed) = projection.packed_matrix() else {
             continue;

@@ -345,4 +345,18 @@ fn an_official_bf16_checkpoint_runs_in_bf16_as_stored() {
         assert_matches(&got, &want, "bf16 checkpoint: logits");
         assert_matches(&got_state, &want_state, "bf16 checkpoint: state");
     }
+
+    // Quantized from it, the file keeps the embedding in bf16, and reloads to the same logits.
+    let (q8, names) = build_with(&file, &config, &device, WeightFormat::Q8).unwrap();
+    let written = dir.path().join("q8.safetensors");
+    rwkv_burn::export::write_in_format(&q8, &names, &written).unwrap();
+    let again = Checkpoint::open(&written).unwrap();
+    assert_eq!(
+        again.stored_dtype("emb.weight"),
+        Some(rwkv_burn::dtype::SourceDType::BF16)
+    );
+    let (reloaded, _) = build_with(&again, &config, &device, WeightFormat::Q8).unwrap();
+    let (want, _) = run(&q8, &config, &tokens, &[30], &device);
+    let (got, _) = run(&reloaded, &config, &tokens, &[30], &device);
+    assert_eq!(got, want, "q8 from a bf16 checkpoint, reloaded");
 }
