@@ -89,6 +89,11 @@ struct ModelArgs {
     /// compute with f32 copies of the format's values.
     #[arg(long, value_name = "FORMAT", value_parser = parse_weights)]
     weights: Option<WeightFormat>,
+    /// With q8/q4 weights: multiply by the f32 inputs as they are. By default, CPUs with
+    /// AVX-512 VNNI round each block of 32 inputs to 8 bits and multiply as integers (as
+    /// ggml does): faster, with a small bounded error (see the README's weight formats).
+    #[arg(long)]
+    exact_products: bool,
 }
 
 #[derive(Args, Clone)]
@@ -258,6 +263,11 @@ struct BenchArgs {
     /// compute with f32 copies of the format's values.
     #[arg(long, value_name = "FORMAT", value_parser = parse_weights)]
     weights: Option<WeightFormat>,
+    /// With q8/q4 weights: multiply by the f32 inputs as they are. By default, CPUs with
+    /// AVX-512 VNNI round each block of 32 inputs to 8 bits and multiply as integers (as
+    /// ggml does): faster, with a small bounded error (see the README's weight formats).
+    #[arg(long)]
+    exact_products: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -376,6 +386,7 @@ fn load(args: &ModelArgs) -> Result<(RwkvConfig, Rwkv, burn::tensor::Device)> {
         Some(path) => load_path(path, &device, args.allow_non_finite, args.weights)?,
         None => load_checkpoint(embedded::default_checkpoint()?, &device, args.weights)?,
     };
+    model.set_exact_products(args.exact_products);
     Ok((config, model, device))
 }
 
@@ -686,6 +697,7 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         }
         (None, None) => bail!("give --model or --preset"),
     };
+    model.set_exact_products(args.exact_products);
     let result = bench::run(&model, &device, args.prefill, args.decode, args.batch)?;
     let formats = weight_formats(&model);
     let bytes_per_token = model.bytes_per_token();
@@ -698,18 +710,24 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
         value["device"] = args.device.name().into();
         value["threads"] = rayon::current_num_threads().into();
         value["weights"] = formats.into();
+        value["inputs"] = if model.rounds_inputs() { "int8" } else { "f32" }.into();
         value["weight_bytes_per_token"] = bytes_per_token.into();
         value["decode_weight_gb_per_s"] = gb_per_s.into();
         outln!("{value}")?;
     } else {
         outln!(
-            "model {label} on {} ({} CPU threads), weights {formats}\n\
+            "model {label} on {} ({} CPU threads), weights {formats}{}\n\
              prefill ({} tokens):      {:>9.1} tokens/s\n\
              decode batch 1:           {:>9.1} tokens/s ({:.2} MB of weights a token, {:.1} GB/s)\n\
              decode batch {}:           {:>9.1} tokens/s\n\
              peak RSS:                 {:>9.1} MiB",
             args.device,
             rayon::current_num_threads(),
+            if model.rounds_inputs() {
+                " (8-bit inputs)"
+            } else {
+                ""
+            },
             result.prefill_tokens,
             result.prefill_tokens_per_s,
             result.decode_tokens_per_s,
@@ -828,8 +846,74 @@ fn info(args: InfoArgs) -> Result<()> {
         rwkv_burn::load::stored_format(&checkpoint),
         WeightFormat::ALL.map(WeightFormat::name).join("|"),
     );
+    text += &tensor_groups(&checkpoint);
     emit(text.as_bytes())?;
     Ok(())
+}
+
+/// The group of an official tensor name, for `rwkv info`'s table.
+fn tensor_group(name: &str) -> &'static str {
+    let leaf = name.rsplit('.').nth(1).unwrap_or("");
+    let low_rank = |leaf: &str| {
+        leaf.ends_with("w1")
+            || leaf.ends_with("w2")
+            || matches!(leaf, "a1" | "a2" | "v1" | "v2" | "g1" | "g2")
+    };
+    match name {
+        "emb.weight" => "embedding",
+        "head.weight" => "head",
+        _ if name.contains(".att.") && name.ends_with(".weight") && !leaf.starts_with("ln") => {
+            "time-mix matrices"
+        }
+        _ if name.contains(".ffn.") && name.ends_with(".weight") => "channel-mix matrices",
+        _ if low_rank(name.rsplit('.').next().unwrap_or("")) => "low-rank factors",
+        _ if name.contains("ln") => "norms",
+        _ => "mixes, decays, other vectors",
+    }
+}
+
+/// A table of the checkpoint's tensors by group: how many, how they are stored, their bytes.
+fn tensor_groups(checkpoint: &Checkpoint) -> String {
+    use std::collections::BTreeMap;
+    const ORDER: [&str; 7] = [
+        "embedding",
+        "time-mix matrices",
+        "channel-mix matrices",
+        "head",
+        "low-rank factors",
+        "norms",
+        "mixes, decays, other vectors",
+    ];
+    let mut groups: BTreeMap<&str, (usize, BTreeMap<String, usize>, u64)> = BTreeMap::new();
+    for name in checkpoint.names() {
+        let Some((stored, bytes)) = checkpoint.stored_as(name) else {
+            continue;
+        };
+        let group = groups.entry(tensor_group(name)).or_default();
+        group.0 += 1;
+        *group.1.entry(stored).or_default() += 1;
+        group.2 += bytes.unwrap_or(0);
+    }
+    let mut text = format!(
+        "{:<30} {:>7} {:>14}  stored as\n",
+        "tensors", "count", "bytes"
+    );
+    for name in ORDER {
+        if let Some((count, stored, bytes)) = groups.get(name) {
+            let stored: Vec<String> = stored
+                .iter()
+                .map(|(s, n)| {
+                    if *n == *count {
+                        s.clone()
+                    } else {
+                        format!("{s} x{n}")
+                    }
+                })
+                .collect();
+            text += &format!("{name:<30} {count:>7} {bytes:>14}  {}\n", stored.join(", "));
+        }
+    }
+    text
 }
 
 fn tokenize(args: TokenizeArgs) -> Result<()> {

@@ -11,6 +11,8 @@
 //! in this module; the model meets it only through these functions.
 
 #[cfg(feature = "flex")]
+mod int8_dots;
+#[cfg(feature = "flex")]
 mod layout;
 #[cfg(feature = "flex")]
 mod matvec;
@@ -18,6 +20,8 @@ mod matvec;
 mod packed;
 #[cfg(feature = "flex")]
 mod packed_dots;
+#[cfg(feature = "flex")]
+mod packed_prefill;
 
 #[cfg(feature = "flex")]
 pub use packed::PackedMatrix;
@@ -43,6 +47,18 @@ impl PackedMatrix {
     }
     /// The official name (never called).
     pub fn name(&self) -> &str {
+        unreachable!("packed weights exist only with flex")
+    }
+    /// Sets f32 inputs for block formats (never called).
+    pub fn set_exact_inputs(&self, _exact: bool) {
+        unreachable!("packed weights exist only with flex")
+    }
+    /// Whether products use f32 inputs (never called).
+    pub fn exact_inputs(&self) -> bool {
+        unreachable!("packed weights exist only with flex")
+    }
+    /// Whether products round inputs to 8 bits (never called).
+    pub fn rounds_inputs(&self) -> bool {
         unreachable!("packed weights exist only with flex")
     }
     /// Values and scales as stored (never called).
@@ -133,8 +149,9 @@ fn is_autodiff(device: &Device) -> bool {
 
 /// `x @ Wᵀ` for a packed `W [out, in]`, `x [.., in]` on flex. Up to 16 rows (decode, batched
 /// decode) stream the packed rows, four input rows per pass; more rows (prefill) expand the
-/// matrix to f32 once and use the gemm, whose cost then dwarfs the expansion (a 768 x 768
-/// matrix expands in well under a millisecond; 512 rows multiply in tens).
+/// matrix to f32 slice by slice and use the gemm (`packed_prefill.rs`), whose cost then
+/// dwarfs the expansion (a 768 x 768 matrix expands in well under a millisecond; 512 rows
+/// multiply in tens).
 pub(crate) fn project_packed<const D: usize>(weight: &PackedMatrix, x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "flex")]
     {
@@ -156,9 +173,10 @@ pub(crate) fn project_packed<const D: usize>(weight: &PackedMatrix, x: Tensor<D>
             }
             return Tensor::<2>::from_data(TensorData::new(y, [rows, out]), &device).reshape(shape);
         }
-        // `[out, in]` behind a transposed view, as the f32 weights: the gemm reads it as is.
-        let dense = Tensor::<2>::from_data(TensorData::new(weight.to_f32(), [out, input]), &device);
-        x.matmul(dense.transpose()).reshape(shape)
+        let xs = x.into_data().convert::<f32>();
+        let xs = xs.as_slice::<f32>().expect("f32 after convert");
+        let y = packed_prefill::product(xs, rows, weight);
+        Tensor::<2>::from_data(TensorData::new(y, [rows, out]), &device).reshape(shape)
     }
     #[cfg(not(feature = "flex"))]
     {

@@ -5,17 +5,23 @@
 //! scale. Inputs and sums stay f32, so a product equals the f32 product with the format's
 //! values up to the order of the additions.
 
+use super::int8_dots::{self, QuantizedInputs};
 use super::matvec::{Kernel, MAX_ROWS, split_outputs};
 use super::packed::{PackedMatrix, Rows};
 use crate::weights::WeightFormat;
 use std::ops::Range;
 
-/// `x [m, k] · Wᵀ` for `W [n, k]` packed, `1 <= m <= MAX_ROWS`: `[m, n]` row-major.
+/// `x [m, k] · Wᵀ` for `W [n, k]` packed, `1 <= m <= MAX_ROWS`: `[m, n]` row-major. Block
+/// formats go to `int8_dots.rs` where [`PackedMatrix::rounds_inputs`] says so.
 pub(super) fn packed_rows(x: &[f32], m: usize, weight: &PackedMatrix) -> Vec<f32> {
     let [n, k] = weight.dims();
     assert!((1..=MAX_ROWS).contains(&m) && x.len() == m * k);
-    let kernel = Kernel::best();
     let rows = weight.rows();
+    if weight.rounds_inputs() {
+        let x = QuantizedInputs::new(weight.format(), x, m, k);
+        return split_outputs(m, n, k, |cols| int8_dots::columns(rows, &x, cols));
+    }
+    let kernel = Kernel::best();
     split_outputs(m, n, k, |cols| columns(kernel, rows, m, x, cols))
 }
 
@@ -397,10 +403,21 @@ mod tests {
         let (n, k) = (1030, 1024);
         let values = rng.vec(n * k, 0.5);
         let packed = PackedMatrix::pack("w", WeightFormat::Q4, &values, n, k);
+        packed.set_exact_inputs(true);
         for m in 1..=MAX_ROWS {
             let x = rng.vec(m * k, 1.0);
             let whole = columns(Kernel::best(), packed.rows(), m, &x, 0..n);
             assert_eq!(packed_rows(&x, m, &packed), whole);
+        }
+        // With 8-bit inputs (where the CPU has them): the same split, one quantization.
+        packed.set_exact_inputs(false);
+        if int8_dots::available() {
+            for m in 1..=MAX_ROWS {
+                let x = rng.vec(m * k, 1.0);
+                let quantized = QuantizedInputs::new(WeightFormat::Q4, &x, m, k);
+                let whole = int8_dots::columns(packed.rows(), &quantized, 0..n);
+                assert_eq!(packed_rows(&x, m, &packed), whole);
+            }
         }
     }
 }

@@ -320,6 +320,27 @@ impl Checkpoint {
         self.entries.get(name).and_then(|e| e.dtype.clone().ok())
     }
 
+    /// How a tensor is stored, as `rwkv info` reports it: its block format (`q8`, `q4`) or
+    /// element type (`f32`, `bf16`, ...), and its bytes in the file (levels and scales for
+    /// block formats; `None` for a non-float type, whose size this reader does not know).
+    pub fn stored_as(&self, name: &str) -> Option<(String, Option<u64>)> {
+        let entry = self.entries.get(name)?;
+        let elements: usize = entry.shape.iter().product();
+        if let Source::Blocks { format, .. } = entry.source {
+            let cols = entry.shape.last().copied().unwrap_or(0);
+            let rows = elements.checked_div(cols).unwrap_or(0);
+            let bytes = format.row_bytes(cols) * rows;
+            return Some((format.to_string(), Some(bytes as u64)));
+        }
+        Some(match &entry.dtype {
+            Ok(dtype) => (
+                format!("{dtype:?}").to_lowercase(),
+                Some((elements * dtype.size()) as u64),
+            ),
+            Err(other) => (other.to_lowercase(), None),
+        })
+    }
+
     /// The block format a tensor is stored in (files `rwkv quantize` wrote), if any.
     pub fn block_format(&self, name: &str) -> Option<WeightFormat> {
         match self.entries.get(name)?.source {

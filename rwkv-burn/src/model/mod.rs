@@ -390,6 +390,28 @@ impl Rwkv {
         projections + (others + channels) * size_of::<f32>()
     }
 
+    /// For q8/q4 weights on the CPU: `true` multiplies by f32 inputs (products exact up to
+    /// summation order), `false` (the default) lets CPUs with AVX-512 VNNI round each block
+    /// of 32 inputs to 8 bits and multiply as integers, as ggml does (faster; the error
+    /// bound is in [`PackedMatrix::set_exact_inputs`](crate::cpu::PackedMatrix::set_exact_inputs)).
+    /// No effect on other formats or devices.
+    pub fn set_exact_products(&self, exact: bool) {
+        for projection in self.projections() {
+            if let Some(packed) = projection.packed_matrix() {
+                packed.set_exact_inputs(exact);
+            }
+        }
+    }
+
+    /// Whether any projection rounds its inputs to 8 bits (see
+    /// [`set_exact_products`](Self::set_exact_products)).
+    pub fn rounds_inputs(&self) -> bool {
+        self.projections()
+            .iter()
+            .filter_map(|p| p.packed_matrix())
+            .any(|p| p.rounds_inputs())
+    }
+
     /// Vocabulary size (rows of the embedding).
     pub fn vocab_size(&self) -> usize {
         self.emb.weight.dims()[0]
