@@ -232,6 +232,20 @@ fn quantize_writes_a_file_that_runs_as_quantizing_at_load_does() {
             info.contains(&format!("runs as:     {format} projections")),
             "{info}"
         );
+        // The table of tensor groups: the matrices in the format, the head in q8 for q4,
+        // everything else f32 (as the source stored it).
+        let group = |name: &str| {
+            let line = info
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or("");
+            line.rsplit("  ").next().unwrap_or("").to_string()
+        };
+        assert_eq!(group("time-mix matrices"), format, "{info}");
+        assert_eq!(group("channel-mix matrices"), format, "{info}");
+        let head = if format == "q4" { "q8" } else { format };
+        assert_eq!(group("head"), head, "{info}");
+        assert_eq!(group("norms"), "f32", "{info}");
         let logits = |model: &str, weights: Option<&str>, out: &str| {
             let mut args = vec![
                 "logits",
