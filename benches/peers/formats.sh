@@ -16,7 +16,8 @@
 #   LLAMA_BENCH  [../peers/llama.cpp/build/bin/llama-bench]   skipped when absent
 #   PY [python3]            a Python with numpy for benches/peers/rwkv_cpp.py
 #   PRESETS [4-169m 7-0.1b]  THREADS [1 2]  REPS [3]  PREFILL [512]  DECODE [128]
-#   FORMATS [f32 bf16 f16 q8 q4]
+#   FORMATS [f32 bf16 f16 q8 q4]  RWKV_CPP_FORMATS [FP32 FP16 Q8_0 Q4_0]
+#   LLAMA_FORMATS [f32 f16 q8_0 q4_0]
 set -uo pipefail
 rwkv=${1:?usage: formats.sh RWKV_BIN}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -63,7 +64,7 @@ for rep in $(seq 1 "${REPS:-3}"); do
       base=$preset
       [ "$preset" = 7-0.1b ] && base=7-0.1b-nov0
       if [ -f "$rwkv_cpp/build/librwkv.so" ]; then
-        for format in FP32 FP16 Q8_0 Q4_0; do
+        for format in ${RWKV_CPP_FORMATS:-FP32 FP16 Q8_0 Q4_0}; do
           [ -f "$models/$base-$format.bin" ] || continue
           record rwkv.cpp "$format" "$preset" "$threads" "$rep" \
             "$py" "$here/rwkv_cpp.py" "$rwkv_cpp" "$models/$base-$format.bin" \
@@ -71,7 +72,7 @@ for rep in $(seq 1 "${REPS:-3}"); do
         done
       fi
       if [ -x "$llama_bench" ] && [ "$preset" = 7-0.1b ]; then
-        for format in f32 f16 q8_0 q4_0; do
+        for format in ${LLAMA_FORMATS:-f32 f16 q8_0 q4_0}; do
           [ -f "$models/gguf/$preset-$format.gguf" ] || continue
           record llama.cpp "$format" "$preset" "$threads" "$rep" \
             "$llama_bench" -m "$models/gguf/$preset-$format.gguf" -t "$threads" \
