@@ -173,30 +173,35 @@ pub(super) fn columns(rows: Rows, x: &QuantizedInputs, cols: Range<usize>) -> Ve
     assert!(available(), "AVX-512 VNNI kernels on a CPU without them");
     assert_eq!(rows.format, x.format);
     let mut y = vec![0f32; x.m * cols.len()];
-    macro_rules! with_rows {
-        ($f:ident) => {
-            match x.m {
-                1 => $f::<1>(rows, x, cols, &mut y),
-                2 => $f::<2>(rows, x, cols, &mut y),
-                3 => $f::<3>(rows, x, cols, &mut y),
-                _ => $f::<4>(rows, x, cols, &mut y),
-            }
-        };
-    }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `available` checked the features both kernels are compiled for.
-    unsafe {
-        if x.format == WeightFormat::Q8 {
-            with_rows!(q8_vnni);
-        } else {
-            with_rows!(q4_vnni);
+    {
+        macro_rules! with_rows {
+            ($f:ident) => {
+                match x.m {
+                    1 => $f::<1>(rows, x, cols, &mut y),
+                    2 => $f::<2>(rows, x, cols, &mut y),
+                    3 => $f::<3>(rows, x, cols, &mut y),
+                    _ => $f::<4>(rows, x, cols, &mut y),
+                }
+            };
+        }
+        // SAFETY: `available` checked the features both kernels are compiled for.
+        unsafe {
+            if x.format == WeightFormat::Q8 {
+                with_rows!(q8_vnni);
+            } else {
+                with_rows!(q4_vnni);
+            }
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (rows, cols, &mut y);
     y
 }
 
 /// Groups per contraction tile: every input row's tile (bytes and lane scales) stays in L1
 /// while the weight rows stream past.
+#[cfg(target_arch = "x86_64")]
 fn tile_groups<const M: usize>(group_bytes: usize) -> usize {
     (16384 / M / (group_bytes + 64)).max(1)
 }
