@@ -425,7 +425,8 @@ fn warn_unpacked(device: &burn::tensor::Device, format: WeightFormat) {
     if !rwkv_burn::load::holds_format(device, format) {
         note!(
             "note: this device computes {format} weights from f32 copies of their values \
-             (the same results, without the memory saving; packed weights run on flex)"
+             (the same results, without the memory saving; flex packs every format, libtorch \
+             holds bf16/f16, wgpu f16 where the adapter has it)"
         );
     }
 }

@@ -113,10 +113,13 @@ pub fn stored_format(checkpoint: &Checkpoint) -> WeightFormat {
     }
 }
 
-/// Whether `device` holds projections in `format` itself (packed for its kernels) rather
-/// than computing with f32 copies of the format's values.
+/// Whether `device` holds projections in `format` itself (packed for the CPU kernels, or
+/// bf16/f16 tensors where the device has that element type) rather than computing with f32
+/// copies of the format's values.
 pub fn holds_format(device: &Device, format: WeightFormat) -> bool {
-    format == WeightFormat::F32 || crate::cpu::holds_packed(device)
+    format == WeightFormat::F32
+        || crate::cpu::holds_packed(device)
+        || crate::weights::holds_as_tensor(device, format)
 }
 
 /// Builds the model of an already opened checkpoint.

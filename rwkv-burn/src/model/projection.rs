@@ -5,7 +5,7 @@ use crate::cpu::PackedMatrix;
 use crate::weights::{LoadError, LoadedMatrix, Role, WeightFormat, Weights};
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use std::sync::Arc;
 
 /// A bias-free projection: a Burn [`Linear`] with its weight `[in, out]` in f32 (training,
@@ -50,6 +50,22 @@ impl Projection {
         })
     }
 
+    /// [`load`](Self::load) for a matrix whose inputs are mostly zero (the channel-mix
+    /// value), which the CPU holds so that decode skips them (see
+    /// [`Weights::linear_sparse_inputs`]).
+    pub fn load_sparse_inputs(
+        w: &mut Weights,
+        role: Role,
+        leaf: &str,
+        out: usize,
+        input: usize,
+    ) -> Result<Self, LoadError> {
+        Ok(match w.linear_sparse_inputs(role, leaf, out, input)? {
+            LoadedMatrix::Dense(linear) => Self::dense(linear),
+            LoadedMatrix::Packed(packed) => Self::packed(packed),
+        })
+    }
+
     /// The packed matrix, when the weight is held in a compressed format.
     pub fn packed_matrix(&self) -> Option<&PackedMatrix> {
         self.packed.as_deref()
@@ -71,9 +87,14 @@ impl Projection {
 
     /// The format the weight is held in.
     pub fn format(&self) -> WeightFormat {
-        match &self.packed {
-            Some(packed) => packed.format(),
-            None => WeightFormat::F32,
+        match (&self.dense, &self.packed) {
+            (_, Some(packed)) => packed.format(),
+            (Some(linear), None) => match linear.weight.val().dtype() {
+                DType::BF16 => WeightFormat::Bf16,
+                DType::F16 => WeightFormat::F16,
+                _ => WeightFormat::F32,
+            },
+            (None, None) => unreachable!("a projection has a weight"),
         }
     }
 
@@ -92,7 +113,18 @@ impl Projection {
     /// `x @ W` on the fastest path the device has (the CPU's lives in [`crate::cpu`]).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match (&self.dense, &self.packed) {
-            (Some(linear), _) => crate::cpu::project(linear, x),
+            (Some(linear), _) => {
+                let weight = linear.weight.val();
+                if weight.dtype() == x.dtype() {
+                    crate::cpu::project(linear, x)
+                } else {
+                    // A bf16/f16 weight on a device without packed kernels: widened to the
+                    // input's f32 for the product, so the arithmetic is f32 on the format's
+                    // values (what the tests compare against).
+                    let dtype = x.dtype();
+                    x.matmul(weight.cast(dtype).unsqueeze())
+                }
+            }
             (None, Some(packed)) => crate::cpu::project_packed(packed, x),
             (None, None) => unreachable!("a projection has a weight"),
         }

@@ -81,6 +81,16 @@ impl WeightFormat {
         }
     }
 
+    /// The Burn element type a device can hold this format in as a plain tensor (bf16, f16),
+    /// where it has no packed kernels for it.
+    pub fn tensor_dtype(self) -> Option<burn::tensor::DType> {
+        match self {
+            Self::Bf16 => Some(burn::tensor::DType::BF16),
+            Self::F16 => Some(burn::tensor::DType::F16),
+            _ => None,
+        }
+    }
+
     /// Whether the format packs values in blocks along a row.
     pub fn is_block(self) -> bool {
         matches!(self, Self::Q8 | Self::Q4)

@@ -365,6 +365,29 @@ impl<'a> Weights<'a> {
         out: usize,
         input: usize,
     ) -> Result<LoadedMatrix, LoadError> {
+        self.load_linear(role, leaf, [out, input], false)
+    }
+
+    /// [`linear`](Self::linear) for a matrix whose inputs are mostly zero (the channel-mix
+    /// value, after `relu(..)²`): held input-major on the CPU (f32 weights), where decode
+    /// skips the rows of zero inputs (`cpu/zero_inputs.rs`). The same values and results.
+    pub fn linear_sparse_inputs(
+        &mut self,
+        role: Role,
+        leaf: &str,
+        out: usize,
+        input: usize,
+    ) -> Result<LoadedMatrix, LoadError> {
+        self.load_linear(role, leaf, [out, input], true)
+    }
+
+    fn load_linear(
+        &mut self,
+        role: Role,
+        leaf: &str,
+        [out, input]: [usize; 2],
+        input_major: bool,
+    ) -> Result<LoadedMatrix, LoadError> {
         let name = self.name(leaf);
         let shape = [out, input];
         let (tensor, stored) = self.read(&name, &shape, &shape, role)?;
@@ -384,7 +407,7 @@ impl<'a> Weights<'a> {
                 self.device,
             )
         {
-            let packed = packed.map(LoadedMatrix::Packed);
+            let packed = packed.map(|p| LoadedMatrix::Packed(input_major_if(p, input_major)));
             self.source.release(&name);
             return match packed {
                 Ok(packed) => Ok(packed),
@@ -402,31 +425,47 @@ impl<'a> Weights<'a> {
             if let Some(packed) =
                 crate::cpu::pack_weight(&name, format, &values, out, input, self.device)
             {
-                return Ok(LoadedMatrix::Packed(packed));
+                return Ok(LoadedMatrix::Packed(input_major_if(packed, input_major)));
             }
             let rounded = format.round_trip(&values, input);
             drop(values);
-            return Ok(LoadedMatrix::Dense(
-                self.dense_linear(name, rounded, stored, out, input),
-            ));
+            let mut linear = self.dense_linear(name, rounded, stored, [out, input], input_major);
+            if holds_as_tensor(self.device, format)
+                && let Some(dtype) = format.tensor_dtype()
+            {
+                // Exact: the values are the format's own. Products cast the weight back to
+                // f32 (`Projection::forward`), so the arithmetic stays f32.
+                linear.weight = linear.weight.map(|w| w.cast(dtype));
+            }
+            return Ok(LoadedMatrix::Dense(linear));
         }
         let values = self.values(&name, tensor)?;
         self.source.release(&name);
-        Ok(LoadedMatrix::Dense(
-            self.dense_linear(name, values, stored, out, input),
-        ))
+        Ok(LoadedMatrix::Dense(self.dense_linear(
+            name,
+            values,
+            stored,
+            [out, input],
+            input_major,
+        )))
     }
 
-    /// An f32 bias-free [`Linear`] of `values` (`[out, in]`), recorded under `name`.
+    /// An f32 bias-free [`Linear`] of `values` (`[out, in]`), recorded under `name`: laid out
+    /// for the CPU's decode kernels where the device has them, else (and `input_major`) a
+    /// dense `[in, out]` tensor.
     fn dense_linear(
         &mut self,
         name: String,
         values: Vec<f32>,
         stored: Vec<usize>,
-        out: usize,
-        input: usize,
+        [out, input]: [usize; 2],
+        input_major: bool,
     ) -> Linear {
-        let weight = match crate::cpu::decode_weight(&values, out, input, self.device) {
+        let laid_out = match input_major {
+            true => None,
+            false => crate::cpu::decode_weight(&values, out, input, self.device),
+        };
+        let weight = match laid_out {
             Some(weight) => weight,
             None => {
                 let mut transposed = vec![0f32; values.len()];
@@ -445,6 +484,26 @@ impl<'a> Weights<'a> {
         self.record(name, &mut layer.weight.id, stored, 2, Layout::Transposed);
         layer
     }
+}
+
+/// `packed` held input-major where `input_major` asks for it.
+fn input_major_if(packed: crate::cpu::PackedMatrix, input_major: bool) -> crate::cpu::PackedMatrix {
+    if input_major {
+        packed.into_input_major()
+    } else {
+        packed
+    }
+}
+
+/// Whether `device`, which has no packed kernels, holds a projection in `format` as a Burn
+/// tensor of that element type (bf16/f16 where the device supports it: libtorch, wgpu with
+/// `shader-f16` for f16; not ndarray, not training devices).
+pub(crate) fn holds_as_tensor(device: &Device, format: WeightFormat) -> bool {
+    !crate::cpu::holds_packed(device)
+        && !device.is_autodiff()
+        && format
+            .tensor_dtype()
+            .is_some_and(|dtype| device.supports_dtype(dtype))
 }
 
 #[cfg(test)]

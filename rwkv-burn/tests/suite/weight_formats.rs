@@ -97,6 +97,16 @@ fn run(
 const INT8_INPUTS_BOUND: f32 = 0.05;
 
 fn check(version_dir: &str, weights: &str) {
+    check_on(version_dir, weights, cpu_devices(), &WeightFormat::ALL[1..]);
+}
+
+/// [`check`] on `devices`, for `formats`.
+fn check_on(
+    version_dir: &str,
+    weights: &str,
+    devices: Vec<(DeviceSpec, Device)>,
+    formats: &[WeightFormat],
+) {
     let checkpoint = Checkpoint::open(fixtures().join(version_dir).join(weights)).unwrap();
     let config = rwkv_burn::load::detect_config(&checkpoint).unwrap();
     // 40 tokens: more than the 16 rows that go through the packed kernels, so the full pass
@@ -109,13 +119,8 @@ fn check(version_dir: &str, weights: &str) {
         ("step", vec![1; tokens.len()]),
         ("chunks", vec![3, 1, 17, 2, 4, 13]),
     ];
-    for (spec, device) in cpu_devices() {
-        for format in [
-            WeightFormat::Bf16,
-            WeightFormat::F16,
-            WeightFormat::Q8,
-            WeightFormat::Q4,
-        ] {
+    for (spec, device) in devices {
+        for &format in formats {
             let reference = Rounded {
                 inner: &checkpoint,
                 format,
@@ -123,12 +128,17 @@ fn check(version_dir: &str, weights: &str) {
             let (want_model, _) =
                 build_with(&reference, &config, &device, WeightFormat::F32).unwrap();
             let (model, _) = build_with(&checkpoint, &config, &device, format).unwrap();
-            let packed = spec == DeviceSpec::Flex;
+            // Packed on flex; bf16/f16 tensors where the device has the type (libtorch, wgpu
+            // with shader-f16); elsewhere f32 copies of the format's values.
+            let holds = rwkv_burn::load::holds_format(&device, format);
             assert_eq!(
-                model.head.format() == WeightFormat::F32,
-                !packed,
-                "{version_dir} {format} on {spec}: packed only on flex"
+                model.head.format() != WeightFormat::F32,
+                holds,
+                "{version_dir} {format} on {spec}: held in its format"
             );
+            if holds && !format.is_block() {
+                assert_eq!(model.head.format(), format, "{version_dir} on {spec}");
+            }
             // f32 inputs: the products are exact up to summation order.
             model.set_exact_products(true);
             for (mode, chunks) in &modes {
@@ -159,6 +169,32 @@ fn check(version_dir: &str, weights: &str) {
             }
         }
     }
+}
+
+/// The GPU devices of this build (wgpu: lavapipe in CI) hold bf16/f16 weights as tensors of
+/// that type where the adapter has it (f16 with `shader-f16`; wgpu has no bf16) and compute
+/// in f32 on their values: RWKV-7, every mode.
+#[test]
+fn half_weights_on_gpu_devices_equal_f32_on_the_formats_values() {
+    let gpus: Vec<_> = devices()
+        .into_iter()
+        .filter(|(spec, _)| {
+            !matches!(
+                spec,
+                DeviceSpec::Flex | DeviceSpec::NdArray | DeviceSpec::LibTorch
+            )
+        })
+        .collect();
+    if gpus.is_empty() {
+        eprintln!("skipped: no GPU device in this build");
+        return;
+    }
+    check_on(
+        "rwkv7",
+        "weights.safetensors",
+        gpus,
+        &[WeightFormat::F16, WeightFormat::Bf16],
+    );
 }
 
 #[test]
