@@ -68,8 +68,8 @@ fn products(x: &[f32], m: usize, w: &[f32], k: usize, n: usize) -> Vec<f32> {
 }
 
 /// `x [m, k] · Wᵀ` for an input-major packed `W` (`[n, k]` as the checkpoint has it) and
-/// `m <= MAX_ROWS`: each nonzero input's row of weights is widened to f32 a tile at a time
-/// and added as in [`products`].
+/// `m <= MAX_ROWS`: the nonzero inputs' rows of weights widened to f32 a tile at a time and
+/// added as in [`products`].
 pub(super) fn packed_products(x: &[f32], m: usize, weight: &PackedMatrix) -> Vec<f32> {
     let [n, k] = weight.dims();
     assert!((1..=MAX_ROWS).contains(&m) && x.len() == m * k && weight.is_input_major());
@@ -78,58 +78,19 @@ pub(super) fn packed_products(x: &[f32], m: usize, weight: &PackedMatrix) -> Vec
         .collect();
     let kernel = Kernel::best();
     split_outputs(m, n, k, |cols| {
-        let width = cols.len();
-        let mut y = vec![0f32; m * width];
-        let mut row = vec![0f32; TILE.min(width)];
-        let mut from = cols.start;
-        while from < cols.end {
-            let to = (from + TILE).min(cols.end);
-            let row = &mut row[..to - from];
-            for &i in nonzero.iter() {
-                weight.expand_input(i, from..to, row);
-                for r in 0..m {
-                    let a = x[r * k + i];
-                    if a != 0.0 {
-                        let out = &mut y[r * width + from - cols.start..][..to - from];
-                        axpy(kernel, a, row, out);
-                    }
-                }
-            }
-            from = to;
+        let mut y = vec![0f32; m * cols.len()];
+        match kernel {
+            // SAFETY (both): `Kernel::best` returns these only when the CPU has the features.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe {
+                add_packed_rows_avx512(x, m, weight, &nonzero, cols, &mut y)
+            },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { add_packed_rows_avx2(x, m, weight, &nonzero, cols, &mut y) },
+            Kernel::Portable => add_packed_rows::<false>(x, m, weight, &nonzero, cols, &mut y),
         }
         y
     })
-}
-
-/// `y += a · w` with the kernel's instructions.
-fn axpy(kernel: Kernel, a: f32, w: &[f32], y: &mut [f32]) {
-    match kernel {
-        // SAFETY (both): `Kernel::best` returns these only when the CPU has the features.
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { axpy_avx512(a, w, y) },
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { axpy_avx2(a, w, y) },
-        Kernel::Portable => axpy_loop::<false>(a, w, y),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-fn axpy_avx512(a: f32, w: &[f32], y: &mut [f32]) {
-    axpy_loop::<true>(a, w, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn axpy_avx2(a: f32, w: &[f32], y: &mut [f32]) {
-    axpy_loop::<true>(a, w, y)
-}
-
-#[inline(always)]
-fn axpy_loop<const FMA: bool>(a: f32, w: &[f32], y: &mut [f32]) {
-    for (o, w) in y.iter_mut().zip(w) {
-        *o = if FMA { a.mul_add(*w, *o) } else { *o + a * w };
-    }
 }
 
 /// [`add_rows`] compiled for AVX-512.
@@ -167,8 +128,9 @@ fn add_rows_avx2(
 }
 
 /// `y[r, ..] += x[r, i] · w[i, cols]` for every nonzero input `i`, a tile of outputs at a time
-/// (`y` is `[m, cols.len()]`). `FMA` multiplies and adds in one rounding (`mul_add`), which
-/// only the CPUs with FMA do in one instruction; the portable loop adds the rounded product.
+/// and four inputs at once (each output read and written once per four rows of weights;
+/// one at a time the loads and stores of `y` made the 7-0.1b shape's decode slower than the
+/// dense kernel it replaced). `y` is `[m, cols.len()]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn add_rows<const FMA: bool>(
@@ -182,20 +144,110 @@ fn add_rows<const FMA: bool>(
     y: &mut [f32],
 ) {
     let width = cols.len();
+    let zeros = [0f32; TILE];
     let mut from = cols.start;
     while from < cols.end {
         let to = (from + TILE).min(cols.end);
-        for &i in nonzero {
-            let row = &w[i * n + from..i * n + to];
+        for group in nonzero.chunks(4) {
+            let rows: [&[f32]; 4] = std::array::from_fn(|j| match group.get(j) {
+                Some(&i) => &w[i * n + from..i * n + to],
+                None => &zeros[..to - from],
+            });
             for r in 0..m {
-                let a = x[r * k + i];
-                if a == 0.0 {
+                let a: [f32; 4] =
+                    std::array::from_fn(|j| group.get(j).map_or(0.0, |&i| x[r * k + i]));
+                if a == [0.0; 4] {
                     continue;
                 }
                 let out = &mut y[r * width + from - cols.start..][..to - from];
-                for (o, w) in out.iter_mut().zip(row) {
-                    *o = if FMA { a.mul_add(*w, *o) } else { *o + a * w };
+                combine::<FMA>(a, rows, out);
+            }
+        }
+        from = to;
+    }
+}
+
+/// `y += Σ_j a[j] · rows[j]`.
+#[inline(always)]
+fn combine<const FMA: bool>(a: [f32; 4], rows: [&[f32]; 4], y: &mut [f32]) {
+    let len = y.len();
+    let [r0, r1, r2, r3] = rows.map(|r| &r[..len]);
+    for o in 0..len {
+        let mut v = y[o];
+        if FMA {
+            v = a[0].mul_add(r0[o], v);
+            v = a[1].mul_add(r1[o], v);
+            v = a[2].mul_add(r2[o], v);
+            v = a[3].mul_add(r3[o], v);
+        } else {
+            v = v + a[0] * r0[o] + a[1] * r1[o] + a[2] * r2[o] + a[3] * r3[o];
+        }
+        y[o] = v;
+    }
+}
+
+/// [`add_packed_rows`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn add_packed_rows_avx512(
+    x: &[f32],
+    m: usize,
+    weight: &PackedMatrix,
+    nonzero: &[usize],
+    cols: Range<usize>,
+    y: &mut [f32],
+) {
+    add_packed_rows::<true>(x, m, weight, nonzero, cols, y)
+}
+
+/// [`add_packed_rows`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn add_packed_rows_avx2(
+    x: &[f32],
+    m: usize,
+    weight: &PackedMatrix,
+    nonzero: &[usize],
+    cols: Range<usize>,
+    y: &mut [f32],
+) {
+    add_packed_rows::<true>(x, m, weight, nonzero, cols, y)
+}
+
+/// [`add_rows`] for an input-major packed matrix: each group of four nonzero inputs' rows
+/// widened to f32 into a buffer, then combined.
+#[inline(always)]
+fn add_packed_rows<const FMA: bool>(
+    x: &[f32],
+    m: usize,
+    weight: &PackedMatrix,
+    nonzero: &[usize],
+    cols: Range<usize>,
+    y: &mut [f32],
+) {
+    let k = weight.dims()[1];
+    let width = cols.len();
+    let mut buffer = vec![0f32; 4 * TILE];
+    let mut from = cols.start;
+    while from < cols.end {
+        let to = (from + TILE).min(cols.end);
+        let len = to - from;
+        for group in nonzero.chunks(4) {
+            for (j, rows) in buffer.chunks_exact_mut(TILE).enumerate() {
+                match group.get(j) {
+                    Some(&i) => weight.expand_input(i, from..to, &mut rows[..len]),
+                    None => rows[..len].fill(0.0),
                 }
+            }
+            let rows: [&[f32]; 4] = std::array::from_fn(|j| &buffer[j * TILE..j * TILE + len]);
+            for r in 0..m {
+                let a: [f32; 4] =
+                    std::array::from_fn(|j| group.get(j).map_or(0.0, |&i| x[r * k + i]));
+                if a == [0.0; 4] {
+                    continue;
+                }
+                let out = &mut y[r * width + from - cols.start..][..len];
+                combine::<FMA>(a, rows, out);
             }
         }
         from = to;
