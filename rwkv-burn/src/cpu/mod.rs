@@ -22,8 +22,6 @@ mod packed;
 mod packed_dots;
 #[cfg(feature = "flex")]
 mod packed_prefill;
-#[cfg(feature = "flex")]
-mod zero_inputs;
 
 #[cfg(feature = "flex")]
 pub use packed::PackedMatrix;
@@ -63,16 +61,8 @@ impl PackedMatrix {
     pub fn rounds_inputs(&self) -> bool {
         unreachable!("packed weights exist only with flex")
     }
-    /// The input-major form (never called).
-    pub fn into_input_major(self) -> Self {
-        unreachable!("packed weights exist only with flex")
-    }
-    /// Whether held input-major (never called).
-    pub fn is_input_major(&self) -> bool {
-        unreachable!("packed weights exist only with flex")
-    }
     /// Values and scales as stored (never called).
-    pub fn stored_bytes(&self) -> (std::borrow::Cow<'_, [u8]>, Vec<u8>) {
+    pub fn stored_bytes(&self) -> (&[u8], Vec<u8>) {
         unreachable!("packed weights exist only with flex")
     }
 }
@@ -216,10 +206,6 @@ pub(crate) fn project<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D
     let x = x.reshape([rows, inputs]);
     #[cfg(feature = "flex")]
     if let Some(y) = matvec::small_rows(&x, &weight) {
-        return y.reshape(out);
-    }
-    #[cfg(feature = "flex")]
-    if let Some(y) = zero_inputs::small_rows(&x, &weight) {
         return y.reshape(out);
     }
     x.matmul(weight).reshape(out)

@@ -6,7 +6,6 @@
 
 use crate::weights::{BLOCK, WeightFormat};
 use half::{bf16, f16};
-use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,10 +24,6 @@ pub struct PackedMatrix {
     offset: usize,
     /// Block formats: one scale per block, row by row (`out * in / 32`), the f16 scale as f32.
     scales: Vec<f32>,
-    /// Input-major (see [`PackedMatrix::into_input_major`]): buffer row `i` holds weight
-    /// `(o, i)` for every `o`, and block scales are `[in / 32, out]`. Otherwise the
-    /// checkpoint's `[out, in]` rows and scales `[out, in / 32]`.
-    input_major: bool,
     /// Block formats: multiply by f32 inputs (`packed_dots.rs`) even where the CPU has the
     /// 8-bit input kernels (`int8_dots.rs`); see [`PackedMatrix::set_exact_inputs`].
     exact_inputs: AtomicBool,
@@ -107,7 +102,6 @@ impl PackedMatrix {
             buffer,
             offset,
             scales,
-            input_major: false,
             exact_inputs: AtomicBool::new(false),
         }
     }
@@ -164,7 +158,6 @@ impl PackedMatrix {
             buffer,
             offset,
             scales,
-            input_major: false,
             exact_inputs: AtomicBool::new(false),
         })
     }
@@ -176,118 +169,13 @@ impl PackedMatrix {
 
     /// The values as the format stores them (bf16/f16 bits, or block levels), and for block
     /// formats the scales as little-endian f16: what a file of this format holds.
-    pub fn stored_bytes(&self) -> (Cow<'_, [u8]>, Vec<u8>) {
-        let (levels, scales) = if self.input_major {
-            let (levels, scales) = self.transposed(false);
-            (Cow::Owned(levels), Cow::Owned(scales))
-        } else {
-            (
-                Cow::Borrowed(&self.buffer[self.offset..]),
-                Cow::Borrowed(self.scales.as_slice()),
-            )
-        };
-        let scales = scales
+    pub fn stored_bytes(&self) -> (&[u8], Vec<u8>) {
+        let scales = self
+            .scales
             .iter()
             .flat_map(|d| f16::from_f32(*d).to_le_bytes())
             .collect();
-        (levels, scales)
-    }
-
-    /// The same matrix held input-major, for products whose inputs are mostly zero
-    /// (`zero_inputs.rs` reads only the rows of nonzero inputs): the same values, levels and
-    /// scales, transposed. A q4 matrix with an odd number of outputs stays as it is (its
-    /// rows pair outputs in bytes).
-    pub fn into_input_major(self) -> Self {
-        if self.input_major || (self.format == WeightFormat::Q4 && !self.out.is_multiple_of(2)) {
-            return self;
-        }
-        let (levels, scales) = self.transposed(true);
-        let (mut buffer, offset) = aligned_buffer(levels.len());
-        buffer.extend_from_slice(&levels);
-        Self {
-            buffer,
-            offset,
-            scales,
-            input_major: true,
-            ..self
-        }
-    }
-
-    /// Whether the matrix is held input-major (see [`PackedMatrix::into_input_major`]).
-    pub fn is_input_major(&self) -> bool {
-        self.input_major
-    }
-
-    /// The levels and scales in the other layout: input-major from row-major when
-    /// `to_input_major`, else back.
-    fn transposed(&self, to_input_major: bool) -> (Vec<u8>, Vec<f32>) {
-        let (out, input) = (self.out, self.input);
-        let n = out * input;
-        let old = &self.buffer[self.offset..][..self.format.level_bytes(n)];
-        // (rows, cols) of the layout being read.
-        let (rows, cols) = if to_input_major {
-            (out, input)
-        } else {
-            (input, out)
-        };
-        let mut levels = vec![0u8; old.len()];
-        match self.format {
-            WeightFormat::Bf16 | WeightFormat::F16 => {
-                for r in 0..rows {
-                    for c in 0..cols {
-                        let (from, to) = (2 * (r * cols + c), 2 * (c * rows + r));
-                        levels[to..to + 2].copy_from_slice(&old[from..from + 2]);
-                    }
-                }
-            }
-            WeightFormat::Q8 => {
-                for r in 0..rows {
-                    for c in 0..cols {
-                        levels[c * rows + r] = old[r * cols + c];
-                    }
-                }
-            }
-            WeightFormat::Q4 => {
-                for o in 0..out {
-                    for i in 0..input {
-                        let (q, at, high) = if to_input_major {
-                            (
-                                row_major_nibble(old, input, o, i),
-                                i * out / 2 + o / 2,
-                                o % 2 == 1,
-                            )
-                        } else {
-                            let byte = old[i * out / 2 + o / 2];
-                            let q = if o % 2 == 1 { byte >> 4 } else { byte & 15 };
-                            let within = i % BLOCK;
-                            (
-                                q,
-                                o * input / 2 + i / BLOCK * (BLOCK / 2) + within % (BLOCK / 2),
-                                within >= BLOCK / 2,
-                            )
-                        };
-                        levels[at] |= if high { q << 4 } else { q };
-                    }
-                }
-            }
-            WeightFormat::F32 => unreachable!("f32 weights are not packed"),
-        }
-        let blocks = if self.format.is_block() {
-            input / BLOCK
-        } else {
-            0
-        };
-        let mut scales = vec![0f32; self.scales.len()];
-        for o in 0..out {
-            for b in 0..blocks {
-                if to_input_major {
-                    scales[b * out + o] = self.scales[o * blocks + b];
-                } else {
-                    scales[o * blocks + b] = self.scales[b * out + o];
-                }
-            }
-        }
-        (levels, scales)
+        (&self.buffer[self.offset..], scales)
     }
 
     /// The format.
@@ -311,7 +199,7 @@ impl PackedMatrix {
 
     /// Whether this CPU runs this matrix's products on 8-bit inputs.
     pub fn rounds_inputs(&self) -> bool {
-        !self.input_major && !self.exact_inputs() && super::int8_dots::available()
+        !self.exact_inputs() && super::int8_dots::available()
     }
 
     /// `[out, in]`.
@@ -325,7 +213,6 @@ impl PackedMatrix {
     }
 
     pub(super) fn rows(&self) -> Rows<'_> {
-        assert!(!self.input_major, "row kernels on an input-major matrix");
         Rows {
             format: self.format,
             k: self.input,
@@ -337,43 +224,8 @@ impl PackedMatrix {
     /// The matrix in f32, `[out, in]` row-major: the values every kernel multiplies by.
     pub fn to_f32(&self) -> Vec<f32> {
         let mut values = vec![0f32; self.out * self.input];
-        if self.input_major {
-            let mut inputs = vec![0f32; self.out * self.input];
-            self.expand_inputs(0..self.input, &mut inputs);
-            for (i, row) in inputs.chunks_exact(self.out).enumerate() {
-                for (o, v) in row.iter().enumerate() {
-                    values[o * self.input + i] = *v;
-                }
-            }
-        } else {
-            self.expand_rows(0..self.out, &mut values);
-        }
+        self.expand_rows(0..self.out, &mut values);
         values
-    }
-
-    /// Input-major matrices: the weights of `inputs` for every output, `[inputs.len(), out]`
-    /// into `values` (what prefill multiplies by; see `packed_prefill.rs`).
-    pub(super) fn expand_inputs(&self, inputs: Range<usize>, values: &mut [f32]) {
-        use rayon::prelude::*;
-        assert!(self.input_major && values.len() == inputs.len() * self.out);
-        values
-            .par_chunks_mut(self.out)
-            .zip(inputs)
-            .for_each(|(values, i)| self.expand_input(i, 0..self.out, values));
-    }
-
-    /// Input-major matrices: the weights of input `i` for outputs `cols` into `values`.
-    pub(super) fn expand_input(&self, i: usize, cols: Range<usize>, values: &mut [f32]) {
-        assert!(self.input_major && i < self.input && cols.end <= self.out);
-        assert_eq!(values.len(), cols.len());
-        let row = &self.buffer[self.offset..][self.format.level_bytes(i * self.out)..]
-            [..self.format.level_bytes(self.out)];
-        let scales = if self.format.is_block() {
-            &self.scales[i / BLOCK * self.out..][..self.out]
-        } else {
-            &[]
-        };
-        expand_input_row(self.format, row, scales, cols, values);
     }
 
     /// Rows `rows` in f32 into `values` (`rows.len() * in` long): what prefill multiplies by
@@ -383,7 +235,6 @@ impl PackedMatrix {
     /// prefill.
     pub(super) fn expand_rows(&self, rows: Range<usize>, values: &mut [f32]) {
         use rayon::prelude::*;
-        assert!(!self.input_major, "expand_rows of an input-major matrix");
         assert!(rows.end <= self.out && values.len() == rows.len() * self.input);
         let first = rows.start * self.input;
         let n = values.len();
@@ -498,123 +349,6 @@ fn expand_loops(format: WeightFormat, bytes: &[u8], scales: &[f32], values: &mut
     }
 }
 
-/// Level `(o, i)` of a row-major Q4_0 matrix with `input` values per row.
-fn row_major_nibble(levels: &[u8], input: usize, o: usize, i: usize) -> u8 {
-    let within = i % BLOCK;
-    let byte = levels[o * input / 2 + i / BLOCK * (BLOCK / 2) + within % (BLOCK / 2)];
-    if within < BLOCK / 2 {
-        byte & 15
-    } else {
-        byte >> 4
-    }
-}
-
-/// One input-major row's weights for outputs `cols` (`row`: that input's levels for every
-/// output; `scales`: its block's scale for every output), with the widest vectors the CPU has.
-fn expand_input_row(
-    format: WeightFormat,
-    row: &[u8],
-    scales: &[f32],
-    cols: Range<usize>,
-    values: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
-            // SAFETY: the features were just checked.
-            return unsafe { expand_input_avx512(format, row, scales, cols, values) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
-            // SAFETY: the features were just checked.
-            return unsafe { expand_input_avx2(format, row, scales, cols, values) };
-        }
-    }
-    expand_input_loops(format, row, scales, cols, values)
-}
-
-/// [`expand_input_loops`] for AVX-512.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,f16c,fma")]
-fn expand_input_avx512(
-    format: WeightFormat,
-    row: &[u8],
-    scales: &[f32],
-    cols: Range<usize>,
-    values: &mut [f32],
-) {
-    expand_input_loops(format, row, scales, cols, values)
-}
-
-/// [`expand_input_loops`] for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn expand_input_avx2(
-    format: WeightFormat,
-    row: &[u8],
-    scales: &[f32],
-    cols: Range<usize>,
-    values: &mut [f32],
-) {
-    expand_input_loops(format, row, scales, cols, values)
-}
-
-#[inline(always)]
-fn expand_input_loops(
-    format: WeightFormat,
-    row: &[u8],
-    scales: &[f32],
-    cols: Range<usize>,
-    values: &mut [f32],
-) {
-    let (a, b) = (cols.start, cols.end);
-    match format {
-        WeightFormat::Bf16 => {
-            for (v, c) in values.iter_mut().zip(row[2 * a..2 * b].chunks_exact(2)) {
-                *v = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
-            }
-        }
-        WeightFormat::F16 => {
-            for (v, c) in values.iter_mut().zip(row[2 * a..2 * b].chunks_exact(2)) {
-                *v = f16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-        }
-        WeightFormat::Q8 => {
-            for ((v, &q), &d) in values.iter_mut().zip(&row[a..b]).zip(&scales[a..b]) {
-                *v = f32::from(q as i8) * d;
-            }
-        }
-        WeightFormat::Q4 => {
-            let mut o = a;
-            let mut at = 0;
-            if o % 2 == 1 && o < b {
-                values[0] = (f32::from(row[o / 2] >> 4) - 8.0) * scales[o];
-                o += 1;
-                at = 1;
-            }
-            let pairs = (b - o) / 2;
-            for ((v, &q), d) in values[at..at + 2 * pairs]
-                .chunks_exact_mut(2)
-                .zip(&row[o / 2..o / 2 + pairs])
-                .zip(scales[o..o + 2 * pairs].chunks_exact(2))
-            {
-                v[0] = (f32::from(q & 15) - 8.0) * d[0];
-                v[1] = (f32::from(q >> 4) - 8.0) * d[1];
-            }
-            o += 2 * pairs;
-            if o < b {
-                values[at + 2 * pairs] = (f32::from(row[o / 2] & 15) - 8.0) * scales[o];
-            }
-        }
-        WeightFormat::F32 => unreachable!("f32 weights are not packed"),
-    }
-}
-
 /// An empty buffer of `capacity` bytes (plus alignment) on huge pages, and the offset of its
 /// first cache line, up to which it is already filled.
 fn aligned_buffer(capacity: usize) -> (Vec<u8>, usize) {
@@ -693,10 +427,10 @@ mod tests {
             if format.is_block() {
                 let (levels, scales) = packed.stored_bytes();
                 let again =
-                    PackedMatrix::from_blocks("m", format, &levels, &scales, out, input).unwrap();
+                    PackedMatrix::from_blocks("m", format, levels, &scales, out, input).unwrap();
                 assert_eq!(again.to_f32(), packed.to_f32());
                 assert!(
-                    PackedMatrix::from_blocks("m", format, &levels, &scales[2..], out, input)
+                    PackedMatrix::from_blocks("m", format, levels, &scales[2..], out, input)
                         .is_err()
                 );
             }

@@ -16,9 +16,6 @@ use std::ops::Range;
 pub(super) fn packed_rows(x: &[f32], m: usize, weight: &PackedMatrix) -> Vec<f32> {
     let [n, k] = weight.dims();
     assert!((1..=MAX_ROWS).contains(&m) && x.len() == m * k);
-    if weight.is_input_major() {
-        return super::zero_inputs::packed_products(x, m, weight);
-    }
     let rows = weight.rows();
     if weight.rounds_inputs() {
         let x = QuantizedInputs::new(weight.format(), x, m, k);

@@ -10,7 +10,7 @@
 //! scale and an add of its own, about as many instructions per product as gemm's f32 FMAs.
 
 use super::packed::PackedMatrix;
-use std::cell::RefCell;
+use std::cell::Cell;
 
 /// At most this many weights expanded at once (16 MiB of f32): whole matrices of the small
 /// models, slices of the large ones.
@@ -18,7 +18,7 @@ const SLICE_WEIGHTS: usize = 1 << 22;
 
 thread_local! {
     /// The expanded slice, grown to the largest needed and kept.
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// `x [rows, in] · Wᵀ` as `[rows, out]`, row-major.
@@ -29,17 +29,21 @@ pub(super) fn product(x: &[f32], rows: usize, weight: &PackedMatrix) -> Vec<f32>
     if rows == 0 || out == 0 {
         return y;
     }
-    if weight.is_input_major() {
-        input_major_product(x, rows, weight, &mut y);
-        return y;
-    }
     let slice_rows = (SLICE_WEIGHTS / input.max(1)).clamp(1, out);
     let parallelism = if rayon::current_num_threads() > 1 {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
-    SCRATCH.with_borrow_mut(|scratch| {
+    // Taken out of the thread-local for the call, not borrowed: while this thread waits in
+    // the expansion's or gemm's parallel sections, rayon may hand it another model's product
+    // (tests run models side by side on one pool), which then finds the slot empty and
+    // allocates its own buffer. A `RefCell` borrow held across them would panic there, on a
+    // worker thread, whose message the test harness does not capture: one suite run failed
+    // that way, with an empty failure report, before this change.
+    let mut scratch = SCRATCH.take();
+    {
+        let scratch = &mut scratch;
         let mut first = 0;
         while first < out {
             let last = (first + slice_rows).min(out);
@@ -77,57 +81,9 @@ pub(super) fn product(x: &[f32], rows: usize, weight: &PackedMatrix) -> Vec<f32>
             }
             first = last;
         }
-    });
+    }
+    SCRATCH.set(scratch);
     y
-}
-
-/// [`product`] for an input-major `W`: slices of its inputs expanded to `[len, out]` and
-/// their products added into `y`.
-fn input_major_product(x: &[f32], rows: usize, weight: &PackedMatrix, y: &mut [f32]) {
-    let [out, input] = weight.dims();
-    let slice_inputs = (SLICE_WEIGHTS / out.max(1)).clamp(1, input);
-    let parallelism = if rayon::current_num_threads() > 1 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    SCRATCH.with_borrow_mut(|scratch| {
-        let mut first = 0;
-        while first < input {
-            let last = (first + slice_inputs).min(input);
-            let n = last - first;
-            scratch.resize(n * out, 0.0);
-            let w = &mut scratch[..n * out];
-            weight.expand_inputs(first..last, w);
-            // SAFETY: `dst` is `y` ([rows, out], row stride `out`), read and added to after
-            // the first slice; `lhs` is columns `first..last` of `x` ([rows, input]); `rhs`
-            // is `w` ([n, out], row-major). Every index lies inside those slices.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    out,
-                    n,
-                    y.as_mut_ptr(),
-                    1,
-                    out as isize,
-                    first > 0,
-                    x.as_ptr().add(first),
-                    1,
-                    input as isize,
-                    w.as_ptr(),
-                    1,
-                    out as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
-            first = last;
-        }
-    });
 }
 
 #[cfg(test)]
@@ -151,16 +107,6 @@ mod tests {
             let w = packed.to_f32();
             let x = rng.vec(rows * input, 1.0);
             let y = product(&x, rows, &packed);
-            // Input-major (slices of inputs when the matrix is large): the same product.
-            let input_major =
-                PackedMatrix::pack("w", format, &values, out, input).into_input_major();
-            let again = product(&x, rows, &input_major);
-            for (a, b) in again.iter().zip(&y) {
-                assert!(
-                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                    "{format}: {a} vs {b}"
-                );
-            }
             for r in 0..rows {
                 for o in 0..out {
                     let want: f64 = (0..input)

@@ -50,22 +50,6 @@ impl Projection {
         })
     }
 
-    /// [`load`](Self::load) for a matrix whose inputs are mostly zero (the channel-mix
-    /// value), which the CPU holds so that decode skips them (see
-    /// [`Weights::linear_sparse_inputs`]).
-    pub fn load_sparse_inputs(
-        w: &mut Weights,
-        role: Role,
-        leaf: &str,
-        out: usize,
-        input: usize,
-    ) -> Result<Self, LoadError> {
-        Ok(match w.linear_sparse_inputs(role, leaf, out, input)? {
-            LoadedMatrix::Dense(linear) => Self::dense(linear),
-            LoadedMatrix::Packed(packed) => Self::packed(packed),
-        })
-    }
-
     /// The packed matrix, when the weight is held in a compressed format.
     pub fn packed_matrix(&self) -> Option<&PackedMatrix> {
         self.packed.as_deref()

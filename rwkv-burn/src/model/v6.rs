@@ -211,7 +211,7 @@ impl ChannelMix6 {
             time_maa_r: w.per_channel(Role::Mix, "time_maa_r", c)?,
             key: Projection::load(w, Role::Matrix, "key.weight", f, c)?,
             receptance: Projection::load(w, Role::Output, "receptance.weight", c, c)?,
-            value: Projection::load_sparse_inputs(w, Role::Output, "value.weight", c, f)?,
+            value: Projection::load(w, Role::Output, "value.weight", c, f)?,
         })
     }
 

@@ -269,7 +269,7 @@ impl ChannelMix7 {
         Ok(Self {
             x_k: w.per_channel(Role::Mix, "x_k", c)?,
             key: Projection::load(w, Role::Matrix, "key.weight", f, c)?,
-            value: Projection::load_sparse_inputs(w, Role::Output, "value.weight", c, f)?,
+            value: Projection::load(w, Role::Output, "value.weight", c, f)?,
         })
     }
 

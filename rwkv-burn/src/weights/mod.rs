@@ -365,29 +365,6 @@ impl<'a> Weights<'a> {
         out: usize,
         input: usize,
     ) -> Result<LoadedMatrix, LoadError> {
-        self.load_linear(role, leaf, [out, input], false)
-    }
-
-    /// [`linear`](Self::linear) for a matrix whose inputs are mostly zero (the channel-mix
-    /// value, after `relu(..)²`): held input-major on the CPU (f32 weights), where decode
-    /// skips the rows of zero inputs (`cpu/zero_inputs.rs`). The same values and results.
-    pub fn linear_sparse_inputs(
-        &mut self,
-        role: Role,
-        leaf: &str,
-        out: usize,
-        input: usize,
-    ) -> Result<LoadedMatrix, LoadError> {
-        self.load_linear(role, leaf, [out, input], true)
-    }
-
-    fn load_linear(
-        &mut self,
-        role: Role,
-        leaf: &str,
-        [out, input]: [usize; 2],
-        input_major: bool,
-    ) -> Result<LoadedMatrix, LoadError> {
         let name = self.name(leaf);
         let shape = [out, input];
         let (tensor, stored) = self.read(&name, &shape, &shape, role)?;
@@ -407,7 +384,7 @@ impl<'a> Weights<'a> {
                 self.device,
             )
         {
-            let packed = packed.map(|p| LoadedMatrix::Packed(input_major_if(p, input_major)));
+            let packed = packed.map(LoadedMatrix::Packed);
             self.source.release(&name);
             return match packed {
                 Ok(packed) => Ok(packed),
@@ -425,11 +402,11 @@ impl<'a> Weights<'a> {
             if let Some(packed) =
                 crate::cpu::pack_weight(&name, format, &values, out, input, self.device)
             {
-                return Ok(LoadedMatrix::Packed(input_major_if(packed, input_major)));
+                return Ok(LoadedMatrix::Packed(packed));
             }
             let rounded = format.round_trip(&values, input);
             drop(values);
-            let mut linear = self.dense_linear(name, rounded, stored, [out, input], input_major);
+            let mut linear = self.dense_linear(name, rounded, stored, out, input);
             if holds_as_tensor(self.device, format)
                 && let Some(dtype) = format.tensor_dtype()
             {
@@ -441,31 +418,21 @@ impl<'a> Weights<'a> {
         }
         let values = self.values(&name, tensor)?;
         self.source.release(&name);
-        Ok(LoadedMatrix::Dense(self.dense_linear(
-            name,
-            values,
-            stored,
-            [out, input],
-            input_major,
-        )))
+        Ok(LoadedMatrix::Dense(
+            self.dense_linear(name, values, stored, out, input),
+        ))
     }
 
-    /// An f32 bias-free [`Linear`] of `values` (`[out, in]`), recorded under `name`: laid out
-    /// for the CPU's decode kernels where the device has them, else (and `input_major`) a
-    /// dense `[in, out]` tensor.
+    /// An f32 bias-free [`Linear`] of `values` (`[out, in]`), recorded under `name`.
     fn dense_linear(
         &mut self,
         name: String,
         values: Vec<f32>,
         stored: Vec<usize>,
-        [out, input]: [usize; 2],
-        input_major: bool,
+        out: usize,
+        input: usize,
     ) -> Linear {
-        let laid_out = match input_major {
-            true => None,
-            false => crate::cpu::decode_weight(&values, out, input, self.device),
-        };
-        let weight = match laid_out {
+        let weight = match crate::cpu::decode_weight(&values, out, input, self.device) {
             Some(weight) => weight,
             None => {
                 let mut transposed = vec![0f32; values.len()];
@@ -483,15 +450,6 @@ impl<'a> Weights<'a> {
         };
         self.record(name, &mut layer.weight.id, stored, 2, Layout::Transposed);
         layer
-    }
-}
-
-/// `packed` held input-major where `input_major` asks for it.
-fn input_major_if(packed: crate::cpu::PackedMatrix, input_major: bool) -> crate::cpu::PackedMatrix {
-    if input_major {
-        packed.into_input_major()
-    } else {
-        packed
     }
 }
 
