@@ -13,11 +13,6 @@ use rwkv_burn::model::token_tensor;
 use rwkv_burn::model::{ChannelMix, TimeMix};
 use rwkv_burn::state::WkvState;
 use rwkv_burn::{Rwkv, RwkvConfig, State};
-use std::path::PathBuf;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// `[B, T, C]` shifted one token later, `prev` first.
 fn shifted(x: &Tensor<3>, prev: &Tensor<2>) -> Tensor<3> {
@@ -79,17 +74,8 @@ fn report(label: &str, counts: &[(usize, usize)]) {
 
 fn main() {
     let device = Device::flex();
-    let text = std::fs::read(root().join("rwkv-burn-train/assets/corpus/kjv-genesis-exodus.txt"))
-        .expect("the training corpus");
-    let held_out: Vec<u32> = text[text.len() * 95 / 100..]
-        .iter()
-        .map(|&b| u32::from(b))
-        .collect();
-    let embedded = rwkv_burn::load::Checkpoint::open(
-        root().join("rwkv-burn-infer/assets/default-model.safetensors"),
-    )
-    .expect("the embedded model");
-    let config = rwkv_burn::load::detect_config(&embedded).expect("its config");
+    let held_out = rwkv_burn_benches::held_out_text();
+    let (embedded, config) = rwkv_burn_benches::embedded_model();
     let (model, _) =
         rwkv_burn::model::build_with(&embedded, &config, &device, rwkv_burn::WeightFormat::F32)
             .expect("the embedded model");
@@ -98,8 +84,7 @@ fn main() {
         &zeros(&model, &config, &held_out, &device),
     );
 
-    let random_config = rwkv_burn::presets::preset("7-0.1b").expect("preset");
-    let source = rwkv_burn::init::RandomWeights::new(0);
+    let (source, random_config, tokens) = rwkv_burn_benches::random_model();
     let (model, _) = rwkv_burn::model::build_with(
         &source,
         &random_config,
@@ -107,10 +92,6 @@ fn main() {
         rwkv_burn::WeightFormat::F32,
     )
     .expect("random model");
-    let mut rng = rwkv_burn::random::Lcg::new(42);
-    let tokens: Vec<u32> = (0..512)
-        .map(|_| (rng.next_u64() % random_config.vocab_size as u64) as u32)
-        .collect();
     report(
         "random 7-0.1b",
         &zeros(&model, &random_config, &tokens, &device),

@@ -7,14 +7,8 @@
 //! `cargo run --release -p rwkv-burn-benches --bin weight-quality`
 
 use burn::tensor::{Device, Tensor, TensorData};
-use rwkv_burn::load::Checkpoint;
 use rwkv_burn::model::{build_with, token_tensor};
 use rwkv_burn::{Rwkv, RwkvConfig, State, WeightFormat};
-use std::path::PathBuf;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Log-probabilities `[T, V]` of every position, the tokens fed in chunks of `chunk`.
 fn log_probs(
@@ -38,23 +32,9 @@ fn log_probs(
 
 fn main() {
     let device = Device::flex();
-    let text = std::fs::read(root().join("rwkv-burn-train/assets/corpus/kjv-genesis-exodus.txt"))
-        .expect("the training corpus");
-    let held_out: Vec<u32> = text[text.len() * 95 / 100..]
-        .iter()
-        .map(|&b| u32::from(b))
-        .collect();
-    let embedded =
-        Checkpoint::open(root().join("rwkv-burn-infer/assets/default-model.safetensors"))
-            .expect("the embedded model");
-    let config = rwkv_burn::load::detect_config(&embedded).expect("its config");
-
-    let random_config = rwkv_burn::presets::preset("7-0.1b").expect("preset");
-    let source = rwkv_burn::init::RandomWeights::new(0);
-    let mut rng = rwkv_burn::random::Lcg::new(42);
-    let tokens: Vec<u32> = (0..512)
-        .map(|_| (rng.next_u64() % random_config.vocab_size as u64) as u32)
-        .collect();
+    let held_out = rwkv_burn_benches::held_out_text();
+    let (embedded, config) = rwkv_burn_benches::embedded_model();
+    let (source, random_config, tokens) = rwkv_burn_benches::random_model();
     let (f32_model, _) = build_with(&source, &random_config, &device, WeightFormat::F32).unwrap();
     let reference = log_probs(&f32_model, &random_config, &tokens, 128, &device);
     drop(f32_model);

@@ -206,7 +206,47 @@ fn tile_groups<const M: usize>(group_bytes: usize) -> usize {
     (16384 / M / (group_bytes + 64)).max(1)
 }
 
-/// Q8_0 weights: a pair of blocks per step, two accumulator chains per input row.
+/// The loops both kernels share: tiles of groups, every output column `o`, two accumulator
+/// chains per input row (`acc[r][0]`, `acc[r][1]`, alternating by group so that each chain's
+/// additions wait on half as many), and `$step` for each group `g` into chain `chain`; the
+/// chains' sum is added to `y[r, o]`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! over_groups {
+    ($m:ident, $groups:expr, $tile:expr, $cols:expr, $y:expr,
+     |$o:ident, $acc:ident, $g:ident, $chain:ident| $step:block) => {{
+        let width = $cols.len();
+        let mut from = 0;
+        while from < $groups {
+            let to = (from + $tile).min($groups);
+            for (c, $o) in $cols.clone().enumerate() {
+                let mut $acc = [[_mm512_setzero_ps(); 2]; $m];
+                let mut $g = from;
+                while $g + 2 <= to {
+                    {
+                        let $chain = 0;
+                        $step
+                    }
+                    $g += 1;
+                    {
+                        let $chain = 1;
+                        $step
+                    }
+                    $g += 1;
+                }
+                if $g < to {
+                    let $chain = 0;
+                    $step
+                }
+                for (r, acc) in $acc.iter().enumerate() {
+                    $y[r * width + c] += _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+                }
+            }
+            from = to;
+        }
+    }};
+}
+
+/// Q8_0 weights: a pair of blocks per group.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 fn q8_vnni<const M: usize>(rows: Rows, x: &QuantizedInputs, cols: Range<usize>, y: &mut [f32]) {
@@ -217,71 +257,50 @@ fn q8_vnni<const M: usize>(rows: Rows, x: &QuantizedInputs, cols: Range<usize>, 
     assert!(rows.covers(cols.end) && x.m == M && groups == blocks.div_ceil(2));
     assert!(y.len() >= M * cols.len());
     let row_bytes = groups * 64;
-    let width = cols.len();
-    let tile = tile_groups::<M>(64);
     let zero = _mm512_setzero_si512();
     let offset = _mm512_set1_epi8(-128);
     let lane_block = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     let (xb, xs) = (x.bytes.as_ptr(), x.lane_scales.as_ptr());
-    let mut from = 0;
-    while from < groups {
-        let to = (from + tile).min(groups);
-        for (c, o) in cols.clone().enumerate() {
+    over_groups!(
+        M,
+        groups,
+        tile_groups::<M>(64),
+        cols,
+        y,
+        |o, acc, g, chain| {
             let w = rows.bytes[o * k..].as_ptr();
             let s = rows.scales[o * blocks..].as_ptr();
-            let mut acc = [[_mm512_setzero_ps(); 2]; M];
-            // SAFETY: group `g < groups` reads the weight row's bytes `64 g ..` (the last,
-            // half group masked to its 32 bytes) and scales `2 g ..` (one for a half group),
-            // inside row `o < cols.end` that `covers` checked; and each input row's 64 bytes
-            // and 16 lane scales of group `g`, inside what `new` allocated for `M` rows.
+            let b = 2 * g;
+            // SAFETY: group `g < groups` reads the weight row's bytes `64 g ..` (the last, half
+            // group masked to its 32 bytes) and scales `2 g ..` (one for a half group), inside
+            // row `o < cols.end` that `covers` checked; and each input row's 64 bytes and 16
+            // lane scales of group `g`, inside what `new` allocated for `M` rows.
             unsafe {
-                macro_rules! step {
-                    ($g:expr, $chain:expr) => {{
-                        let (g, chain) = ($g, $chain);
-                        let b = 2 * g;
-                        let (wv, dw) = if b + 2 <= blocks {
-                            (
-                                _mm512_loadu_si512(w.add(b * BLOCK).cast()),
-                                _mm_castpd_ps(_mm_load_sd(s.add(b).cast())),
-                            )
-                        } else {
-                            (
-                                _mm512_maskz_loadu_epi8(0xFFFF_FFFF, w.add(b * BLOCK).cast()),
-                                _mm_load_ss(s.add(b)),
-                            )
-                        };
-                        let dw = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(dw));
-                        let take = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wv));
-                        for (r, acc) in acc.iter_mut().enumerate() {
-                            let xv = _mm512_loadu_si512(xb.add(r * row_bytes + g * 64).cast());
-                            let sum = _mm512_dpbusd_epi32(take, xv, wv);
-                            let scale =
-                                _mm512_mul_ps(dw, _mm512_loadu_ps(xs.add((r * groups + g) * 16)));
-                            acc[chain] =
-                                _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[chain]);
-                        }
-                    }};
+                let (wv, dw) = if b + 2 <= blocks {
+                    (
+                        _mm512_loadu_si512(w.add(b * BLOCK).cast()),
+                        _mm_castpd_ps(_mm_load_sd(s.add(b).cast())),
+                    )
+                } else {
+                    (
+                        _mm512_maskz_loadu_epi8(0xFFFF_FFFF, w.add(b * BLOCK).cast()),
+                        _mm_load_ss(s.add(b)),
+                    )
+                };
+                let dw = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(dw));
+                let take = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wv));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_loadu_si512(xb.add(r * row_bytes + g * 64).cast());
+                    let sum = _mm512_dpbusd_epi32(take, xv, wv);
+                    let scale = _mm512_mul_ps(dw, _mm512_loadu_ps(xs.add((r * groups + g) * 16)));
+                    acc[chain] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[chain]);
                 }
-                let mut g = from;
-                while g + 2 <= to {
-                    step!(g, 0);
-                    step!(g + 1, 1);
-                    g += 2;
-                }
-                if g < to {
-                    step!(g, 0);
-                }
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                y[r * width + c] += _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
             }
         }
-        from = to;
-    }
+    );
 }
 
-/// Q4_0 weights: four blocks per step (64 bytes of nibbles), two accumulator chains per
-/// input row.
+/// Q4_0 weights: four blocks (64 bytes of nibbles) per group.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 fn q4_vnni<const M: usize>(rows: Rows, x: &QuantizedInputs, cols: Range<usize>, y: &mut [f32]) {
@@ -292,81 +311,56 @@ fn q4_vnni<const M: usize>(rows: Rows, x: &QuantizedInputs, cols: Range<usize>, 
     assert!(rows.covers(cols.end) && x.m == M && groups == blocks.div_ceil(4));
     assert!(y.len() >= M * cols.len());
     let row_bytes = groups * 128;
-    let width = cols.len();
-    let tile = tile_groups::<M>(128);
     let nibble = _mm512_set1_epi8(15);
     let lane_block = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     let (xb, xs, xo) = (x.bytes.as_ptr(), x.lane_scales.as_ptr(), x.starts.as_ptr());
-    let mut from = 0;
-    while from < groups {
-        let to = (from + tile).min(groups);
-        for (c, o) in cols.clone().enumerate() {
+    over_groups!(
+        M,
+        groups,
+        tile_groups::<M>(128),
+        cols,
+        y,
+        |o, acc, g, chain| {
             let w = rows.bytes[o * k / 2..].as_ptr();
             let s = rows.scales[o * blocks..].as_ptr();
-            let mut acc = [[_mm512_setzero_ps(); 2]; M];
+            let b = 4 * g;
             // SAFETY: group `g < groups` reads the weight row's bytes `64 g ..` and scales
-            // `4 g ..`, masked to the blocks the row has, inside row `o < cols.end` that
-            // `covers` checked; and each input row's 128 bytes, 16 lane scales and 16 starts
-            // of group `g`, inside what `new` allocated for `M` rows.
+            // `4 g ..`, masked to the blocks the row has, inside row `o < cols.end` that `covers`
+            // checked; and each input row's 128 bytes, 16 lane scales and 16 starts of group `g`,
+            // inside what `new` allocated for `M` rows.
             unsafe {
-                macro_rules! step {
-                    ($g:expr, $chain:expr) => {{
-                        let (g, chain) = ($g, $chain);
-                        let b = 4 * g;
-                        let (raw, dw) = if b + 4 <= blocks {
-                            (
-                                _mm512_loadu_si512(w.add(b * BLOCK / 2).cast()),
-                                _mm_loadu_ps(s.add(b)),
-                            )
-                        } else {
-                            let have = blocks - b;
-                            (
-                                _mm512_maskz_loadu_epi8(
-                                    (1u64 << (16 * have)) - 1,
-                                    w.add(b * BLOCK / 2).cast(),
-                                ),
-                                _mm_maskz_loadu_ps((1u8 << have) - 1, s.add(b)),
-                            )
-                        };
-                        let low = _mm512_and_si512(raw, nibble);
-                        let high = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
-                        let dw = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(dw));
-                        for (r, acc) in acc.iter_mut().enumerate() {
-                            let at = r * row_bytes + g * 128;
-                            let lanes = (r * groups + g) * 16;
-                            let start = _mm512_loadu_si512(xo.add(lanes).cast());
-                            let sum = _mm512_dpbusd_epi32(
-                                start,
-                                low,
-                                _mm512_loadu_si512(xb.add(at).cast()),
-                            );
-                            let sum = _mm512_dpbusd_epi32(
-                                sum,
-                                high,
-                                _mm512_loadu_si512(xb.add(at + 64).cast()),
-                            );
-                            let scale = _mm512_mul_ps(dw, _mm512_loadu_ps(xs.add(lanes)));
-                            acc[chain] =
-                                _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[chain]);
-                        }
-                    }};
+                let (raw, dw) = if b + 4 <= blocks {
+                    (
+                        _mm512_loadu_si512(w.add(b * BLOCK / 2).cast()),
+                        _mm_loadu_ps(s.add(b)),
+                    )
+                } else {
+                    let have = blocks - b;
+                    (
+                        _mm512_maskz_loadu_epi8(
+                            (1u64 << (16 * have)) - 1,
+                            w.add(b * BLOCK / 2).cast(),
+                        ),
+                        _mm_maskz_loadu_ps((1u8 << have) - 1, s.add(b)),
+                    )
+                };
+                let low = _mm512_and_si512(raw, nibble);
+                let high = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
+                let dw = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(dw));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let at = r * row_bytes + g * 128;
+                    let lanes = (r * groups + g) * 16;
+                    let start = _mm512_loadu_si512(xo.add(lanes).cast());
+                    let sum =
+                        _mm512_dpbusd_epi32(start, low, _mm512_loadu_si512(xb.add(at).cast()));
+                    let sum =
+                        _mm512_dpbusd_epi32(sum, high, _mm512_loadu_si512(xb.add(at + 64).cast()));
+                    let scale = _mm512_mul_ps(dw, _mm512_loadu_ps(xs.add(lanes)));
+                    acc[chain] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[chain]);
                 }
-                let mut g = from;
-                while g + 2 <= to {
-                    step!(g, 0);
-                    step!(g + 1, 1);
-                    g += 2;
-                }
-                if g < to {
-                    step!(g, 0);
-                }
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                y[r * width + c] += _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
             }
         }
-        from = to;
-    }
+    );
 }
 
 #[cfg(test)]

@@ -90,6 +90,15 @@ fn run(
     (logits, state)
 }
 
+/// The largest `|got - want|`, and the largest `|want|` to set it against.
+fn worst_error(got: &[f32], want: &[f32]) -> (f32, f32) {
+    let worst = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+    (worst, want.iter().fold(0f32, |m, v| m.max(v.abs())))
+}
+
 /// How far 8-bit inputs may move the logits from the exact products on the same weights,
 /// relative to the largest logit. Measured on the fixtures (Zen 4, step and chunked modes):
 /// worst 0.020 (RWKV-7, q8), 0.006-0.011 elsewhere; the bound is 2.5x the worst. A kernel
@@ -156,11 +165,7 @@ fn check_on(
                 for (mode, chunks) in &modes[1..] {
                     let (want, _) = run(&want_model, &config, &tokens, chunks, &device);
                     let (got, _) = run(&model, &config, &tokens, chunks, &device);
-                    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let worst = got
-                        .iter()
-                        .zip(&want)
-                        .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+                    let (worst, scale) = worst_error(&got, &want);
                     assert!(
                         worst <= INT8_INPUTS_BOUND * scale,
                         "{version_dir} {format} with 8-bit inputs, {mode}: worst error {worst} against logits up to {scale}"
@@ -239,10 +244,7 @@ fn formats_stay_close_to_f32() {
     ] {
         let (model, _) = build_with(&checkpoint, &config, &device, format).unwrap();
         let (got, _) = run(&model, &config, &tokens, &[1; 24], &device);
-        let worst = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+        let (worst, _) = worst_error(&got, &want);
         assert!(
             worst <= bound * scale,
             "{format}: worst error {worst} against logits up to {scale}"
