@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the PyTorch wheel that the libtorch backend links against (burn-tch 0.22.1 expects
-# libtorch 2.9.0) and the official `rwkv` package that the export round-trip test runs, into one
-# virtual environment. Run by `scripts/setup.sh --tests`; `. scripts/test-env.sh` then points
+# libtorch 2.9.0), the official `rwkv` package that the export round-trip test runs, and the
+# official `openai` client that the server test drives `rwkv serve` with, into one virtual
+# environment. Run by `scripts/setup.sh --tests`; `. scripts/test-env.sh` then points
 # the build and the tests at it.
 #
 # RWKV_TORCH=2.11.0 (any other version) installs that PyTorch instead, in a venv of its own
@@ -30,5 +31,9 @@ if ! "$venv/bin/python" -c "import torch, rwkv, numpy; assert torch.__version__.
   echo "setup-torch: installing torch $torch, rwkv 0.8.32 (a few GB on first run)" >&2
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     "torch==$torch" "rwkv==0.8.32" "numpy>=1.26" >&2
+fi
+if ! "$venv/bin/python" -c "import openai; assert openai.__version__ == '3.60.0'" 2>/dev/null; then
+  echo "setup-torch: installing openai 3.60.0" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "openai==3.60.0" >&2
 fi
 echo "setup-torch: torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)') in $venv" >&2

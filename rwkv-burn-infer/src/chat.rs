@@ -1,11 +1,10 @@
-//! A conversation in the RWKV World chat format (`User: ...\n\nAssistant: ...`), keeping the
-//! state between turns so each turn reads only the new text.
+//! A conversation in the RWKV World chat format (`User: ...\n\nAssistant: ...`, see
+//! [`crate::chat_template`]), keeping the state between turns so each turn reads only the new
+//! text.
 
+use crate::chat_template::{TURN_END, clean};
 use crate::generate::{GenerateError, GenerateOptions, Generation, Pipeline, StopReason};
 use rwkv_burn::State;
-
-/// The blank line that ends a turn.
-const TURN_END: &str = "\n\n";
 
 /// A conversation with its state.
 pub struct ChatSession<'a> {
@@ -35,7 +34,7 @@ impl<'a> ChatSession<'a> {
 
     /// The prompt text for the next user message.
     pub fn prompt(&self, message: &str) -> String {
-        let message = message.trim().replace(TURN_END, "\n");
+        let message = clean(message);
         if self.turns == 0 && self.pending_separator.is_empty() {
             format!("User: {message}\n\nAssistant:")
         } else {

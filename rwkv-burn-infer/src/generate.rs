@@ -563,9 +563,12 @@ impl Decoding {
 /// Sequences decoding together, each with a row of one batched state: every step samples
 /// each running sequence, drops the rows of those that ended, and feeds the rest in one call.
 /// [`Pipeline::decode`], [`Pipeline::decode_async`] and [`Pipeline::generate_batch`] drive
-/// it, reading the fed call's logits back as they can (blocking or asynchronously).
+/// it, reading the fed call's logits back as they can (blocking or asynchronously); the
+/// server (`serve`) also lets sequences join at token boundaries ([`Batch::join`]) and takes
+/// each one's result as it ends ([`Batch::take_finished`]).
 pub struct Batch {
-    lanes: Vec<Decoding>,
+    /// Every sequence by lane number; `None` once its result was taken (the slot is reused).
+    lanes: Vec<Option<Decoding>>,
     /// The lanes whose rows the state holds, in row order.
     running: Vec<usize>,
     /// Logits per row of the state, from the last call.
@@ -577,10 +580,59 @@ impl Batch {
     pub fn new(lanes: Vec<Decoding>, logits: Vec<Vec<f32>>) -> Self {
         let running = (0..lanes.len()).collect();
         Self {
-            lanes,
+            lanes: lanes.into_iter().map(Some).collect(),
             running,
             logits,
         }
+    }
+
+    /// A batch with no sequences; [`Batch::join`] adds them.
+    pub fn empty() -> Self {
+        Self::new(Vec::new(), Vec::new())
+    }
+
+    /// Adds a sequence whose own state (`row`, one sequence) has read its prompt and whose
+    /// next sample comes from `logits`: its row goes last in `state`, which it replaces when no
+    /// sequence is running. Call it between steps (after [`Batch::receive`], or after
+    /// [`Batch::advance`] returned `None`). Returns the sequence's lane number.
+    pub fn join(
+        &mut self,
+        state: &mut State,
+        decoding: Decoding,
+        row: State,
+        logits: Vec<f32>,
+    ) -> usize {
+        if self.running.is_empty() {
+            *state = row;
+        } else {
+            *state = State::stack(vec![state.clone(), row]);
+        }
+        // Rows that did not ask for logits (their last token was their last) have none.
+        self.logits.resize(self.running.len(), Vec::new());
+        self.logits.push(logits);
+        let lane = match self.lanes.iter().position(Option::is_none) {
+            Some(free) => {
+                self.lanes[free] = Some(decoding);
+                free
+            }
+            None => {
+                self.lanes.push(Some(decoding));
+                self.lanes.len() - 1
+            }
+        };
+        self.running.push(lane);
+        lane
+    }
+
+    /// Number of sequences whose rows the state holds.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    fn lane(&mut self, lane: usize) -> &mut Decoding {
+        self.lanes[lane]
+            .as_mut()
+            .expect("a running lane's result is taken only after it ends")
     }
 
     /// Samples every running sequence (streaming text through `on_text(lane, text)`), keeps
@@ -595,15 +647,20 @@ impl Batch {
     ) -> Result<Option<Tensor<2>>, GenerateError> {
         let mut feed = Vec::with_capacity(self.running.len());
         let mut kept = Vec::with_capacity(self.running.len());
-        for (row, &lane) in self.running.iter().enumerate() {
-            let logits = self.logits.get(row).map_or(&[][..], Vec::as_slice);
-            let next = self.lanes[lane].step(logits, pipeline, &mut |text| on_text(lane, text))?;
+        for row in 0..self.running.len() {
+            let lane = self.running[row];
+            let logits = std::mem::take(self.logits.get_mut(row).unwrap_or(&mut Vec::new()));
+            let next = self
+                .lane(lane)
+                .step(&logits, pipeline, &mut |text| on_text(lane, text))?;
             if let Next::Feed(token) = next {
                 feed.push(token);
                 kept.push(row);
             }
         }
         if feed.is_empty() {
+            self.running.clear();
+            self.logits.clear();
             return Ok(None);
         }
         if kept.len() < self.running.len() {
@@ -616,9 +673,11 @@ impl Batch {
 
     /// Whether a running sequence will sample from the logits of the call just made.
     pub fn wants_logits(&self) -> bool {
-        self.running
-            .iter()
-            .any(|&lane| self.lanes[lane].wants_logits())
+        self.running.iter().any(|&lane| {
+            self.lanes[lane]
+                .as_ref()
+                .is_some_and(Decoding::wants_logits)
+        })
     }
 
     /// The logits of the call [`Batch::advance`] made, `[rows, vocabulary]` flattened.
@@ -628,14 +687,41 @@ impl Batch {
         self.logits = flat.chunks(vocab.max(1)).map(<[f32]>::to_vec).collect();
     }
 
+    /// The results of the sequences that have ended since the last call, with their lane
+    /// numbers (free for reuse from now on). Held-back text goes out through `on_text` first,
+    /// as in [`Batch::finish`].
+    pub fn take_finished(
+        &mut self,
+        on_text: &mut dyn FnMut(usize, &str) -> bool,
+    ) -> Vec<(usize, Generation)> {
+        let mut done = Vec::new();
+        for lane in 0..self.lanes.len() {
+            if self.running.contains(&lane) {
+                continue;
+            }
+            if let Some(decoding) = self.lanes[lane].take() {
+                done.push((lane, decoding.finish(&mut |text| on_text(lane, text))));
+            }
+        }
+        done
+    }
+
     /// Every sequence's result, in lane order.
     pub fn finish(self, on_text: &mut dyn FnMut(usize, &str) -> bool) -> Vec<Generation> {
         self.lanes
             .into_iter()
             .enumerate()
-            .map(|(lane, decoding)| decoding.finish(&mut |text| on_text(lane, text)))
+            .filter_map(|(lane, decoding)| {
+                decoding.map(|decoding| decoding.finish(&mut |text| on_text(lane, text)))
+            })
             .collect()
     }
+}
+
+/// Reads logits back from the device (blocking), `[rows, vocabulary]` flattened: what
+/// [`Batch::receive`] takes.
+pub fn read_logits(logits: Tensor<2>) -> Result<Vec<f32>, GenerateError> {
+    to_vec(logits)
 }
 
 fn to_vec(logits: Tensor<2>) -> Result<Vec<f32>, GenerateError> {

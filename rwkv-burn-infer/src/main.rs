@@ -67,6 +67,10 @@ enum Command {
     /// Compute the logits of a token sequence from a fresh state and save them with the final
     /// state (official names) as safetensors.
     Logits(LogitsArgs),
+    /// Serve the model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions,
+    /// /v1/models), plus /health and Prometheus /metrics. Requests decode together in one
+    /// continuous batch; SIGTERM or Ctrl-C stops it gracefully.
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -345,6 +349,64 @@ struct LogitsArgs {
     /// model; a fifo or device is written into, anything else but a regular file refused.
     #[arg(long, value_name = "OUT.safetensors")]
     out: PathBuf,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    vocab: VocabArgs,
+    /// Address to listen on. The default answers this machine only; 0.0.0.0 opens it to the
+    /// network (set --api-key then).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// The model's name in /v1/models and in responses [default: the file's name].
+    #[arg(long, value_name = "NAME")]
+    model_id: Option<String>,
+    /// Most sequences generating together, 1 to 1024.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_batch: u64,
+    /// Most requests waiting for a place in the batch; more get 429 with Retry-After, 0 to
+    /// 1000000.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    max_queue: u64,
+    /// Most tokens one request may generate (its max_tokens), 1 to 1048576.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    max_tokens_limit: u64,
+    /// Tokens generated when a request does not give max_tokens, 1 to 1048576 (at most
+    /// --max-tokens-limit).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    default_max_tokens: u64,
+    /// Most prompt tokens per request, 1 to 16777216.
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
+    max_prompt_tokens: u64,
+    /// Largest request body in bytes, 1024 to 1073741824; larger ones get 413.
+    #[arg(long, default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
+    max_body_bytes: u64,
+    /// Seconds one request may take, waiting included, 1 to 86400; then it ends with a 504
+    /// (or an error event when streamed).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    request_timeout: u64,
+    /// Prompt tokens read per step of the batch, 1 to 65536: smaller keeps the other
+    /// sequences' tokens flowing while a long prompt is read, larger reads it faster.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    prefill_chunk: u64,
+    /// Megabytes of prompt states kept for reuse (a conversation's next turn starts from the
+    /// state after its previous prompt), 0 (off) to 1048576; least recently used evicted.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
+    cache_mb: u64,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health [default: the
+    /// RWKV_API_KEY environment variable, if set].
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// Let web pages from this origin call the server (CORS; repeatable; `*` for any). Off by
+    /// default.
+    #[arg(long, value_name = "ORIGIN")]
+    cors_origin: Vec<String>,
 }
 
 fn parse_weights(s: &str) -> Result<WeightFormat, String> {
@@ -948,9 +1010,80 @@ fn logits(args: LogitsArgs) -> Result<()> {
     Ok(())
 }
 
+fn serve(args: ServeArgs) -> Result<()> {
+    use rwkv_burn_infer::serve::{self, ServeOptions, api::Limits, worker::WorkerConfig};
+    if args.default_max_tokens > args.max_tokens_limit {
+        bail!(
+            "--default-max-tokens ({}) is above --max-tokens-limit ({})",
+            args.default_max_tokens,
+            args.max_tokens_limit
+        );
+    }
+    let api_key = args
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("RWKV_API_KEY").ok())
+        .filter(|k| !k.is_empty());
+    let (config, model, device) = load(&args.model)?;
+    let tokenizer: std::sync::Arc<dyn Tokenizer> = tokenizer(&args.vocab, &config)?.into();
+    let pipeline = Pipeline::new(&model, tokenizer.as_ref(), device);
+    let model_id = args
+        .model_id
+        .clone()
+        .unwrap_or_else(|| match &args.model.model {
+            Some(path) => path
+                .file_stem()
+                .map_or("rwkv".into(), |s| s.to_string_lossy().into_owned()),
+            None => "rwkv-embedded".into(),
+        });
+    let options = ServeOptions {
+        addr: std::net::SocketAddr::new(args.host, args.port),
+        model_id,
+        limits: Limits {
+            max_tokens: args.max_tokens_limit as usize,
+            max_prompt_tokens: args.max_prompt_tokens as usize,
+            default_max_tokens: args.default_max_tokens as usize,
+            vocab: config.vocab_size,
+            world: config.vocab_size == rwkv_burn::tokenizer::WORLD_MODEL_VOCAB,
+        },
+        worker: WorkerConfig {
+            max_batch: args.max_batch as usize,
+            prefill_chunk: args.prefill_chunk as usize,
+            cache_bytes: (args.cache_mb as usize) << 20,
+        },
+        max_queue: args.max_queue as usize,
+        max_body_bytes: args.max_body_bytes as usize,
+        request_timeout: std::time::Duration::from_secs(args.request_timeout),
+        api_key,
+        cors_origins: args.cors_origin.clone(),
+    };
+    serve::serve(&pipeline, tokenizer.clone(), options, |addr, shutdown| {
+        // The first SIGINT/SIGTERM stops gracefully; a second one ends the process at once.
+        let signals = std::sync::atomic::AtomicUsize::new(0);
+        let _ = ctrlc::set_handler(move || {
+            if signals.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+                std::process::exit(tool::EXIT_INTERRUPTED);
+            }
+            note!("rwkv serve: shutting down");
+            shutdown.trigger();
+        });
+        note!(
+            "rwkv serve: {} ({} layers, vocabulary {}) listening on http://{addr}",
+            config.version,
+            config.n_layer,
+            config.vocab_size
+        );
+    })?;
+    note!("rwkv serve: stopped");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tool::remove_temporaries_on_signal();
+    // The server handles its signals itself (a graceful stop instead of an exit).
+    if !matches!(cli.command, Command::Serve(_)) {
+        tool::remove_temporaries_on_signal();
+    }
     if let Err(err) = set_threads(cli.threads) {
         return tool::exit_code(&err);
     }
@@ -964,6 +1097,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize(args),
         Command::Detokenize(args) => detokenize(args),
         Command::Logits(args) => logits(args),
+        Command::Serve(args) => serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,11 +11,14 @@ struct Entry {
     logits: Vec<f32>,
 }
 
-/// Remembers the states after up to `capacity` token prefixes (least recently used evicted).
+/// Remembers the states after up to `capacity` token prefixes, and at most a budget of bytes
+/// when given one (least recently used evicted).
 #[derive(Debug, Clone)]
 pub struct PrefixCache {
     entries: Vec<Entry>,
     capacity: usize,
+    /// Most bytes held, and the bytes of one sequence's state.
+    budget: Option<(usize, usize)>,
 }
 
 /// What the cache holds for the start of a prompt.
@@ -35,7 +38,32 @@ impl PrefixCache {
         Self {
             entries: Vec::new(),
             capacity: capacity.max(1),
+            budget: None,
         }
+    }
+
+    /// A cache that holds at most `budget` bytes of states, logits and token ids, for states
+    /// of `state_bytes` each (the server's `--cache-mb`).
+    pub fn with_budget(budget: usize, state_bytes: usize) -> Self {
+        Self {
+            entries: Vec::new(),
+            capacity: usize::MAX,
+            budget: Some((budget, state_bytes)),
+        }
+    }
+
+    fn entry_bytes(&self, tokens: usize, logits: usize) -> usize {
+        let state = self.budget.map_or(0, |(_, state)| state);
+        state + 4 * (tokens + logits)
+    }
+
+    /// Bytes the cached entries take (states counted at the size given to
+    /// [`PrefixCache::with_budget`]).
+    pub fn bytes(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| self.entry_bytes(e.tokens.len(), e.logits.len()))
+            .sum()
     }
 
     /// The longest cached prefix of `prompt`, if any.
@@ -62,6 +90,15 @@ impl PrefixCache {
         if self.entries.len() == self.capacity {
             self.entries.remove(0);
         }
+        if let Some((budget, _)) = self.budget {
+            let size = self.entry_bytes(tokens.len(), logits.len());
+            if size > budget {
+                return;
+            }
+            while !self.entries.is_empty() && self.bytes() + size > budget {
+                self.entries.remove(0);
+            }
+        }
         self.entries.push(Entry {
             tokens,
             state,
@@ -77,5 +114,30 @@ impl PrefixCache {
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_byte_budget_evicts_the_least_recently_used() {
+        let device = rwkv_burn::DeviceSpec::Flex.device().unwrap();
+        let config = rwkv_burn::presets::preset("7-0.1b").unwrap();
+        let state = State::zeros(&config, 1, &device);
+        // Entries of 1000 + 4 * (tokens + 2 logits) bytes; room for two of them.
+        let mut cache = PrefixCache::with_budget(2100, 1000);
+        cache.insert(vec![1], state.clone(), vec![0.0; 2]);
+        cache.insert(vec![2], state.clone(), vec![0.0; 2]);
+        assert!(cache.lookup(&[1, 5]).is_some()); // 1 is now the most recent
+        cache.insert(vec![3], state.clone(), vec![0.0; 2]);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.lookup(&[2]).is_none());
+        assert!(cache.lookup(&[1]).is_some() && cache.lookup(&[3]).is_some());
+        assert!(cache.bytes() <= 2100);
+        // An entry larger than the whole budget is not kept.
+        cache.insert(vec![9; 400], state, vec![0.0; 2]);
+        assert!(cache.lookup(&[9; 400]).is_none());
     }
 }

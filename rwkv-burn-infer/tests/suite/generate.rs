@@ -356,3 +356,71 @@ fn asynchronous_generation_matches_the_blocking_one() {
         }
     }
 }
+
+/// Sequences that join a running batch (as the server's requests do) and leave it in any
+/// order decode exactly as they would alone, sampling included.
+#[test]
+fn sequences_joining_a_running_batch_decode_as_they_would_alone() {
+    use rwkv_burn_infer::generate::{Batch, Decoding, read_logits};
+    let prompts: Vec<Vec<u32>> = ["Hello", "The quick brown fox", "x", "1 2 3 4"]
+        .iter()
+        .map(|p| p.bytes().map(u32::from).collect())
+        .collect();
+    for (name, device, model) in setups() {
+        let pipeline = Pipeline::new(&model, &ByteTokenizer, device.clone());
+        let options = |i: usize| GenerateOptions {
+            max_tokens: 6 + 3 * i,
+            sampler: SamplerConfig {
+                temperature: if i.is_multiple_of(2) { 0.0 } else { 1.0 },
+                seed: i as u64,
+                ..SamplerConfig::default()
+            },
+            stop_tokens: vec![],
+            ..GenerateOptions::default()
+        };
+        let alone: Vec<Vec<u32>> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut state = State::zeros(&model.config(), 1, &device);
+                pipeline
+                    .generate(p, &mut state, &options(i), &mut |_| true)
+                    .unwrap()
+                    .tokens
+            })
+            .collect();
+        // Sequence i joins before step 2 * i.
+        let mut batch = Batch::empty();
+        let mut state = State::zeros(&model.config(), 1, &device);
+        let mut lanes = vec![None; prompts.len()];
+        let mut results = vec![None; prompts.len()];
+        let mut step = 0;
+        while results.iter().any(Option::is_none) {
+            if step % 2 == 0 && step / 2 < prompts.len() {
+                let i = step / 2;
+                let mut row = State::zeros(&model.config(), 1, &device);
+                let logits = pipeline
+                    .prefill(&prompts[i], &mut row, 256, &mut |_| {})
+                    .unwrap();
+                lanes[i] = Some(batch.join(&mut state, Decoding::new(options(i)), row, logits));
+            }
+            if let Some(fed) = batch
+                .advance(&pipeline, &mut state, &mut |_, _| true)
+                .unwrap()
+                && batch.wants_logits()
+            {
+                batch.receive(read_logits(fed).unwrap());
+            }
+            for (lane, generation) in batch.take_finished(&mut |_, _| true) {
+                let i = lanes.iter().position(|l| *l == Some(lane)).unwrap();
+                lanes[i] = None; // lane numbers are reused
+                results[i] = Some(generation.tokens);
+            }
+            step += 1;
+            assert!(step < 200, "{name}: the batch never finished");
+        }
+        for (i, (a, r)) in alone.iter().zip(&results).enumerate() {
+            assert_eq!(Some(a), r.as_ref(), "{name}: sequence {i}");
+        }
+    }
+}

@@ -5,3 +5,4 @@ mod cli_hostile;
 mod cli_logits;
 mod cli_tools;
 mod generate;
+mod serve;
