@@ -2,7 +2,7 @@
 //! [`crate::chat_template`]), keeping the state between turns so each turn reads only the new
 //! text.
 
-use crate::chat_template::{TURN_END, clean};
+use crate::chat_template::{Role, TURN_END, Think, assistant_start, clean, user_turn};
 use crate::generate::{GenerateError, GenerateOptions, Generation, Pipeline, StopReason};
 use rwkv_burn::State;
 
@@ -15,6 +15,8 @@ pub struct ChatSession<'a> {
     /// Bytes of the turn separator the model has not read yet.
     pending_separator: String,
     turns: usize,
+    system: Option<String>,
+    think: Think,
 }
 
 impl<'a> ChatSession<'a> {
@@ -29,17 +31,36 @@ impl<'a> ChatSession<'a> {
             options,
             pending_separator: String::new(),
             turns: 0,
+            system: None,
+            think: Think::Off,
         }
     }
 
-    /// The prompt text for the next user message.
+    /// Opens the conversation with a `System:` turn (before the first user message).
+    pub fn with_system(mut self, system: &str) -> Self {
+        let system = clean(system);
+        self.system = (!system.is_empty()).then_some(system);
+        self
+    }
+
+    /// Lets a G1 model think before each answer ([`Think`]); the reasoning is part of the
+    /// streamed reply.
+    pub fn with_think(mut self, think: Think) -> Self {
+        self.think = think;
+        self
+    }
+
+    /// The prompt text for the next user message, in the G1 chat format
+    /// ([`crate::chat_template`]).
     pub fn prompt(&self, message: &str) -> String {
-        let message = clean(message);
-        if self.turns == 0 && self.pending_separator.is_empty() {
-            format!("User: {message}\n\nAssistant:")
-        } else {
-            format!("{}User: {message}\n\nAssistant:", self.pending_separator)
+        let mut prompt = self.pending_separator.clone();
+        if self.turns == 0
+            && let Some(system) = &self.system
+        {
+            prompt += &format!("{}: {system}{TURN_END}", Role::System.label());
         }
+        prompt += &user_turn(&clean(message), self.think);
+        prompt + assistant_start(self.think)
     }
 
     /// One exchange: reads the user's message, streams the reply through `on_text`.

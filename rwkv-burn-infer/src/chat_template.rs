@@ -175,6 +175,16 @@ pub fn render(messages: &[Message], think: Think) -> Result<String, TemplateErro
     Ok(prompt)
 }
 
+/// A user turn with its text as given (clean it first), the thinking-length phrase that
+/// `think` asks for, and the blank line that ends it.
+pub fn user_turn(text: &str, think: Think) -> String {
+    let effort = match think {
+        Think::On(effort) => effort.suffix(),
+        _ => "",
+    };
+    format!("{}: {text}{effort}{TURN_END}", Role::User.label())
+}
+
 /// The text that opens the assistant's turn.
 pub fn assistant_start(think: Think) -> &'static str {
     match think {

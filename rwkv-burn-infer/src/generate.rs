@@ -497,24 +497,33 @@ impl Decoding {
         }
     }
 
-    /// Samples from `logits`, streams the token's text through `on_text` and says whether
-    /// to feed it. A token that ends the sequence (a stop token, one completing a stop
-    /// string, one after which `on_text` asked to stop) is not fed; the last of `max_tokens`
-    /// is, so the state is ready for a follow-up turn.
-    fn step(
-        &mut self,
-        logits: &[f32],
-        pipeline: &Pipeline<'_>,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Next, GenerateError> {
+    /// Samples the next token from `logits` (ids from `known` on excluded), or `None` if the
+    /// sequence has ended. The part of a step that batched sequences run in parallel.
+    fn pick(&mut self, logits: &[f32], known: usize) -> Option<u32> {
         if self.stop.is_some() {
-            return Ok(Next::Done);
+            return None;
         }
         if self.tokens.len() >= self.options.max_tokens {
             self.stop = Some(StopReason::MaxTokens);
-            return Ok(Next::Done);
+            return None;
         }
-        let token = self.sampler.sample(logits);
+        self.sampler.limit_to(known);
+        Some(self.sampler.sample(logits))
+    }
+
+    /// Takes a picked token: streams its text through `on_text` and says whether to feed it.
+    /// A token that ends the sequence (a stop token, one completing a stop string, one after
+    /// which `on_text` asked to stop) is not fed; the last of `max_tokens` is, so the state
+    /// is ready for a follow-up turn.
+    fn accept(
+        &mut self,
+        token: Option<u32>,
+        pipeline: &Pipeline<'_>,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Next, GenerateError> {
+        let Some(token) = token else {
+            return Ok(Next::Done);
+        };
         if self.options.stop_tokens.contains(&token) {
             self.stop = Some(StopReason::StopToken(token));
             return Ok(Next::Done);
@@ -645,14 +654,14 @@ impl Batch {
         state: &mut State,
         on_text: &mut dyn FnMut(usize, &str) -> bool,
     ) -> Result<Option<Tensor<2>>, GenerateError> {
+        let picks = self.pick_all(pipeline.tokenizer.vocab_size());
         let mut feed = Vec::with_capacity(self.running.len());
         let mut kept = Vec::with_capacity(self.running.len());
-        for row in 0..self.running.len() {
+        for (row, pick) in picks.into_iter().enumerate() {
             let lane = self.running[row];
-            let logits = std::mem::take(self.logits.get_mut(row).unwrap_or(&mut Vec::new()));
             let next = self
                 .lane(lane)
-                .step(&logits, pipeline, &mut |text| on_text(lane, text))?;
+                .accept(pick, pipeline, &mut |text| on_text(lane, text))?;
             if let Next::Feed(token) = next {
                 feed.push(token);
                 kept.push(row);
@@ -669,6 +678,34 @@ impl Batch {
         }
         let input = token_tensor(&feed, feed.len(), &pipeline.device);
         Ok(Some(pipeline.model.forward_last(input, state)))
+    }
+
+    /// Samples every running sequence from its row of the last logits, in row order. Rows
+    /// sample in parallel where there are threads: at 65536 ids sampling is a fixed cost per
+    /// sequence that batching the model call does not share.
+    fn pick_all(&mut self, known: usize) -> Vec<Option<u32>> {
+        let mut logits = std::mem::take(&mut self.logits);
+        logits.resize(self.running.len(), Vec::new());
+        let mut row_of = vec![usize::MAX; self.lanes.len()];
+        for (row, &lane) in self.running.iter().enumerate() {
+            row_of[lane] = row;
+        }
+        let mut rows: Vec<(usize, &mut Decoding)> = self
+            .lanes
+            .iter_mut()
+            .enumerate()
+            .filter(|(lane, _)| row_of[*lane] != usize::MAX)
+            .filter_map(|(lane, d)| d.as_mut().map(|d| (row_of[lane], d)))
+            .collect();
+        rows.sort_by_key(|(row, _)| *row);
+        let pick =
+            |(row, decoding): &mut (usize, &mut Decoding)| decoding.pick(&logits[*row], known);
+        #[cfg(not(target_arch = "wasm32"))]
+        if rows.len() > 1 {
+            use rayon::prelude::*;
+            return rows.par_iter_mut().map(pick).collect();
+        }
+        rows.iter_mut().map(pick).collect()
     }
 
     /// Whether a running sequence will sample from the logits of the call just made.

@@ -9,6 +9,7 @@ use rwkv_burn::presets::{PRESET_NAMES, preset};
 use rwkv_burn::tokenizer::Tokenizer;
 use rwkv_burn::{DeviceSpec, Rwkv, RwkvConfig, State, WeightFormat, safetensors_io};
 use rwkv_burn_infer::chat::ChatSession;
+use rwkv_burn_infer::chat_template::{Effort, Think};
 use rwkv_burn_infer::generate::{GenerateOptions, Pipeline};
 use rwkv_burn_infer::logits::{RunMode, run_logits};
 use rwkv_burn_infer::sampler::SamplerConfig;
@@ -216,6 +217,30 @@ struct ChatArgs {
     /// Save the conversation's state here after every turn.
     #[arg(long, value_name = "FILE")]
     state_out: Option<PathBuf>,
+    /// Open the conversation with this `System:` text.
+    #[arg(long, value_name = "TEXT")]
+    system: Option<String>,
+    /// Let a G1 model think before answering: off, on, low/medium/high (on, asking for a
+    /// shorter or longer reasoning) or fake (an empty reasoning: fast, in the thinking
+    /// style). World-vocabulary models only.
+    #[arg(long, default_value = "off", value_parser = parse_think)]
+    think: Think,
+}
+
+fn parse_think(s: &str) -> Result<Think, String> {
+    Ok(match s {
+        "off" => Think::Off,
+        "on" => Think::On(Effort::Default),
+        "low" => Think::On(Effort::Low),
+        "medium" => Think::On(Effort::Medium),
+        "high" => Think::On(Effort::High),
+        "fake" => Think::Fake,
+        _ => {
+            return Err(format!(
+                "{s:?} is not one of off, on, low, medium, high, fake"
+            ));
+        }
+    })
 }
 
 #[derive(Args)]
@@ -657,7 +682,16 @@ fn chat(args: ChatArgs) -> Result<()> {
         Some(path) => load_state(path, &config, &device)?,
         None => State::zeros(&config, 1, &device),
     };
-    let mut session = ChatSession::new(&pipeline, state, options);
+    if args.think != Think::Off && config.vocab_size != rwkv_burn::tokenizer::WORLD_MODEL_VOCAB {
+        bail!(
+            "--think needs a World-vocabulary (G1) model; this one has {} tokens",
+            config.vocab_size
+        );
+    }
+    let mut session = ChatSession::new(&pipeline, state, options).with_think(args.think);
+    if let Some(system) = &args.system {
+        session = session.with_system(system);
+    }
     note!(
         "Chatting with {} ({} layers). Empty line or Ctrl-D to quit.",
         config.version,
@@ -678,7 +712,7 @@ fn chat(args: ChatArgs) -> Result<()> {
         if read == 0 || line.trim().is_empty() {
             break;
         }
-        emit(b"Assistant:")?;
+        emit(rwkv_burn_infer::chat_template::assistant_start(args.think).as_bytes())?;
         let mut out = TextOut::new();
         session.turn(&line, &mut |t| out.write(t))?;
         if let Some(path) = &args.state_out {

@@ -80,6 +80,49 @@ pub const MAX_STOP_BYTES: usize = 256;
 /// Most messages in one conversation.
 pub const MAX_MESSAGES: usize = 10_000;
 
+/// Sampling settings a request does not give.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Defaults {
+    /// Softmax temperature.
+    pub temperature: f32,
+    /// Nucleus mass.
+    pub top_p: f32,
+    /// Top-k (0: off).
+    pub top_k: usize,
+    /// Presence penalty.
+    pub presence_penalty: f32,
+    /// Frequency penalty.
+    pub frequency_penalty: f32,
+    /// Decay of the penalties' counts per token.
+    pub penalty_decay: f32,
+}
+
+impl Defaults {
+    /// OpenAI's documented defaults (temperature 1, top_p 1, no penalties), for completions
+    /// and for models without the World vocabulary; the decay is ChatRWKV's 0.996, inert
+    /// without penalties.
+    pub const OPENAI: Self = Self {
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: 0,
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
+        penalty_decay: 0.996,
+    };
+
+    /// Chat with a World-vocabulary (G1) model: the settings of the RWKV-7 G1 example in the
+    /// official `rwkv` package's README (ChatRWKV `rwkv_pip_package/README.md`: temperature
+    /// 1.0, top_p 0.5, top_k 100, alpha_frequency 0, alpha_presence 0, alpha_decay 0.997).
+    pub const G1_CHAT: Self = Self {
+        temperature: 1.0,
+        top_p: 0.5,
+        top_k: 100,
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
+        penalty_decay: 0.997,
+    };
+}
+
 /// What a request asks for, checked.
 #[derive(Debug, Clone)]
 pub struct Parsed {
@@ -231,7 +274,6 @@ fn common(body: &Map<String, Value>, limits: &Limits, chat: bool) -> Result<Pars
             "logprobs are not supported by this server",
         ));
     }
-    let defaults = SamplerConfig::default();
     let seed = field(body, "seed")
         .map(|v| {
             v.as_u64()
@@ -239,8 +281,13 @@ fn common(body: &Map<String, Value>, limits: &Limits, chat: bool) -> Result<Pars
                 .ok_or_else(|| ApiError::invalid("seed", "seed must be a whole number"))
         })
         .transpose()?;
+    let defaults = if chat && limits.world {
+        Defaults::G1_CHAT
+    } else {
+        Defaults::OPENAI
+    };
     let sampler = SamplerConfig {
-        temperature: number(body, "temperature", 0.0, 2.0)?.unwrap_or(1.0),
+        temperature: number(body, "temperature", 0.0, 2.0)?.unwrap_or(defaults.temperature),
         top_p: match number(body, "top_p", 0.0, 1.0)? {
             Some(p) if p <= 0.0 => {
                 return Err(ApiError::invalid(
@@ -249,12 +296,15 @@ fn common(body: &Map<String, Value>, limits: &Limits, chat: bool) -> Result<Pars
                 ));
             }
             Some(p) => p,
-            None => 1.0,
+            None => defaults.top_p,
         },
-        top_k: integer(body, "top_k", 0, limits.vocab as u64)?.map_or(0, |k| k as usize),
+        top_k: integer(body, "top_k", 0, limits.vocab as u64)?
+            .map_or(defaults.top_k.min(limits.vocab), |k| k as usize),
         min_p: number(body, "min_p", 0.0, 1.0)?.unwrap_or(0.0),
-        presence_penalty: number(body, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0),
-        frequency_penalty: number(body, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0),
+        presence_penalty: number(body, "presence_penalty", -2.0, 2.0)?
+            .unwrap_or(defaults.presence_penalty),
+        frequency_penalty: number(body, "frequency_penalty", -2.0, 2.0)?
+            .unwrap_or(defaults.frequency_penalty),
         penalty_decay: number(body, "penalty_decay", 0.0, 1.0)?.unwrap_or(defaults.penalty_decay),
         banned: Vec::new(),
         seed: seed.unwrap_or(0),

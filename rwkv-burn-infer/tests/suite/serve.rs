@@ -617,8 +617,10 @@ fn a_full_queue_answers_429_and_a_timeout_504() {
         "1",
         "--request-timeout",
         "3",
+        "--max-tokens-limit",
+        "1000000",
     ]);
-    let long = json!({"prompt": "Once", "max_tokens": 8000, "stream": true});
+    let long = json!({"prompt": "Once", "max_tokens": 1_000_000, "stream": true});
     // The first fills the batch (its first event shows it is in), the second waits.
     let mut first = connect(server.addr);
     send_request(
@@ -673,7 +675,7 @@ fn a_full_queue_answers_429_and_a_timeout_504() {
     let slow = post(
         &server,
         "/v1/completions",
-        &json!({"prompt": "x", "max_tokens": 8000}),
+        &json!({"prompt": "x", "max_tokens": 1_000_000}),
     );
     assert_eq!(slow.status, 504, "{}", String::from_utf8_lossy(&slow.body));
 }

@@ -14,16 +14,27 @@ use std::ops::Range;
 /// Input rows handled by one pass over the weight.
 pub(crate) const MAX_ROWS: usize = 4;
 
+/// Most input rows [`small_rows`] takes (in groups of [`MAX_ROWS`] over weight blocks that
+/// stay in L2); more go to gemm. Batched decode at 16 rows on 7-0.1b (`rwkv bench --preset
+/// 7-0.1b --prefill 1 --decode 48 --batch 16`): gemm 70.7 tok/s, most of it in gemm's packing
+/// of the whole weight for every call (`perf`: 54% in `gemm_common ... vectorize`); grouped
+/// here: see the README's server section for the figure.
+pub(crate) const MAX_GROUPED_ROWS: usize = 64;
+
+/// Bytes of weight rows a block holds while every group of input rows passes over it: well
+/// inside the L2 of current x86 cores (1-2 MiB), beside the inputs.
+const BLOCK_BYTES: usize = 256 << 10;
+
 /// Weights below this many elements run on one thread: splitting costs more than it saves.
 const SPLIT_MIN_ELEMENTS: usize = 1 << 19;
 
-/// `x [M, K] @ weight [K, N]` when both live on flex in f32, `M <= MAX_ROWS`, and the weight
+/// `x [M, K] @ weight [K, N]` when both live on flex in f32, `M <= MAX_GROUPED_ROWS`, and the weight
 /// is a transposed view of a dense `[N, K]` buffer; `None` otherwise (the caller uses
 /// `matmul`).
 pub(crate) fn small_rows(x: &Tensor<2>, weight: &Tensor<2>) -> Option<Tensor<2>> {
     let [m, k] = x.dims();
     let [k2, n] = weight.dims();
-    if m == 0 || m > MAX_ROWS || k != k2 || k == 0 || n == 0 {
+    if m == 0 || m > MAX_GROUPED_ROWS || k != k2 || k == 0 || n == 0 {
         return None;
     }
     let device = x.device();
@@ -71,7 +82,9 @@ pub(super) fn split_outputs(
     y
 }
 
-/// Outputs `cols` of every row: `[M, cols.len()]`.
+/// Outputs `cols` of every row: `[M, cols.len()]`. Beyond [`MAX_ROWS`] rows, the weight is
+/// read in blocks of rows that stay in L2 while each group of input rows passes over them, so
+/// it streams from memory once however many rows there are.
 fn columns(
     kernel: Kernel,
     m: usize,
@@ -80,12 +93,37 @@ fn columns(
     k: usize,
     cols: Range<usize>,
 ) -> Vec<f32> {
-    let mut y = vec![0f32; m * cols.len()];
-    match m {
-        1 => kernel.run::<1>(x, w, k, cols, &mut y),
-        2 => kernel.run::<2>(x, w, k, cols, &mut y),
-        3 => kernel.run::<3>(x, w, k, cols, &mut y),
-        _ => kernel.run::<4>(x, w, k, cols, &mut y),
+    let width = cols.len();
+    let mut y = vec![0f32; m * width];
+    let group = kernel.group();
+    if m <= group {
+        kernel.rows(m, x, w, k, cols, &mut y);
+        return y;
+    }
+    let block = (BLOCK_BYTES / (4 * k)).max(8);
+    let mut part = vec![0f32; group * block];
+    let mut start = cols.start;
+    while start < cols.end {
+        let end = (start + block).min(cols.end);
+        let len = end - start;
+        for first in (0..m).step_by(group) {
+            let rows = (m - first).min(group);
+            let part = &mut part[..rows * len];
+            part.fill(0.0);
+            kernel.rows(
+                rows,
+                &x[first * k..(first + rows) * k],
+                w,
+                k,
+                start..end,
+                part,
+            );
+            for r in 0..rows {
+                let at = (first + r) * width + start - cols.start;
+                y[at..at + len].copy_from_slice(&part[r * len..(r + 1) * len]);
+            }
+        }
+        start = end;
     }
     y
 }
@@ -138,6 +176,28 @@ impl Kernel {
         Kernel::Portable
     }
 
+    /// Input rows one pass takes. Within a pass every row's sums run in the same order
+    /// whatever the number of rows, which AVX2 keeps only up to three (four rows take
+    /// shorter accumulators there, for want of registers): so a row's result never depends
+    /// on the rows it is computed with.
+    fn group(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => 3,
+            _ => MAX_ROWS,
+        }
+    }
+
+    /// `y[r, o - cols.start] += x[r] · w[o]` for `rows <= MAX_ROWS` input rows.
+    fn rows(self, rows: usize, x: &[f32], w: &[f32], k: usize, cols: Range<usize>, y: &mut [f32]) {
+        match rows {
+            1 => self.run::<1>(x, w, k, cols, y),
+            2 => self.run::<2>(x, w, k, cols, y),
+            3 => self.run::<3>(x, w, k, cols, y),
+            _ => self.run::<4>(x, w, k, cols, y),
+        }
+    }
+
     fn run<const M: usize>(
         self,
         x: &[f32],
@@ -165,8 +225,11 @@ impl Kernel {
 }
 
 /// Input-row tile: the tile of every input row stays in L1 while weight rows stream past.
+/// The same for every number of rows (the L1 size of four rows), so that a row's products
+/// add up in the same order whatever rows it is computed with: decoding a sequence alone or
+/// in a batch gives the same bits, which the server's batching relies on.
 fn tile_len<const M: usize>() -> usize {
-    4096 / M
+    1024
 }
 
 /// [`dots`] with AVX-512 intrinsics: four independent 16-lane accumulator chains per input
@@ -306,6 +369,9 @@ mod tests {
                 (3, 1100, 17),
                 (4, 3001, 7),
                 (1, 4160, 5),
+                (7, 3001, 70),
+                (16, 768, 300),
+                (64, 100, 50),
             ] {
                 let x = rng.vec(m * k, 1.0);
                 let w = rng.vec(n * k, 1.0);
@@ -343,6 +409,31 @@ mod tests {
         }
     }
 
+    /// A row's products are the same bits whatever rows share the call: batched decoding is
+    /// invisible to each sequence.
+    #[test]
+    fn a_rows_result_does_not_depend_on_its_company() {
+        let mut rng = Lcg::new(5);
+        let (k, n) = (3001, 40);
+        let w = rng.vec(n * k, 1.0);
+        let x = rng.vec(MAX_GROUPED_ROWS * k, 1.0);
+        for kernel in Kernel::available() {
+            let alone: Vec<Vec<f32>> = (0..MAX_GROUPED_ROWS)
+                .map(|r| columns(kernel, 1, &x[r * k..(r + 1) * k], &w, k, 0..n))
+                .collect();
+            for m in [2, 3, 4, 5, 9, 16, MAX_GROUPED_ROWS] {
+                let together = columns(kernel, m, &x[..m * k], &w, k, 0..n);
+                for (r, alone) in alone.iter().take(m).enumerate() {
+                    assert_eq!(
+                        &together[r * n..(r + 1) * n],
+                        &alone[..],
+                        "{kernel:?} m={m} row {r}"
+                    );
+                }
+            }
+        }
+    }
+
     /// `got [m, n - from]` against `x [m, k] · w[o, :]` for outputs `o` in `from..n`, in f64.
     fn assert_product(
         got: &[f32],
@@ -372,10 +463,11 @@ mod tests {
         let device = burn::tensor::Device::flex();
         let dense = Tensor::<2>::ones([8, 4], &device);
         let x = Tensor::<2>::ones([1, 8], &device);
-        // `[in, out]` dense, five rows, mismatched sizes.
+        // `[in, out]` dense, more rows than grouped, mismatched sizes.
         assert!(small_rows(&x, &dense).is_none());
         let t = Tensor::<2>::ones([4, 8], &device).transpose();
-        assert!(small_rows(&Tensor::<2>::ones([5, 8], &device), &t).is_none());
+        let many = MAX_GROUPED_ROWS + 1;
+        assert!(small_rows(&Tensor::<2>::ones([many, 8], &device), &t).is_none());
         assert!(small_rows(&Tensor::<2>::ones([1, 7], &device), &t).is_none());
         assert!(small_rows(&x, &t).is_some());
     }

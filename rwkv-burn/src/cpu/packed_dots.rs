@@ -74,9 +74,10 @@ fn run<const M: usize>(kernel: Kernel, rows: Rows, x: &[f32], cols: Range<usize>
 }
 
 /// Contraction tile: every input row's tile stays in L1 while weight rows stream past; a
-/// multiple of 64, so that tiles start on whole blocks and whole vectors.
+/// multiple of 64, so that tiles start on whole blocks and whole vectors. The same for every
+/// number of rows (as `matvec::tile_len`), so a row's result does not depend on its company.
 fn tile_len<const M: usize>() -> usize {
-    (4096 / M) / 64 * 64
+    1024
 }
 
 /// [`tile_len`] and the scalar tail: `y[r, c] += x[r, at..to] · w[o, at..to]`.
