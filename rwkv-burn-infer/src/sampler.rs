@@ -202,6 +202,12 @@ impl Sampler {
         // sorting the whole vocabulary, which cost about 3 ms per token at 65536 ids, per
         // sequence, and dominated batched decoding of small World models.
         let mut sorted = 0;
+        let truncates = self.config.top_k > 0 || self.config.top_p < 1.0 || self.config.min_p > 0.0;
+        if !truncates {
+            // Every candidate stays: no order is needed to draw from them (a flat
+            // distribution would otherwise walk, and so sort, most of the vocabulary).
+            sorted = ranked.len();
+        }
         if self.config.top_k > 0 && self.config.top_k < ranked.len() {
             ranked.select_nth_unstable_by(self.config.top_k - 1, most_likely_first);
             ranked.truncate(self.config.top_k);
@@ -322,8 +328,9 @@ mod tests {
         }
     }
 
-    /// What the sampler does, with a full sort of the candidates: the lazily ordered
-    /// version must pick the same token.
+    /// What the sampler does, with a full sort of the candidates where a setting cuts the
+    /// list (and in id order where none does): the lazily ordered version must pick the same
+    /// token.
     fn full_sort_choice(config: &SamplerConfig, logits: &[f32], draw: f32) -> u32 {
         let inv_t = 1.0 / config.temperature;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -333,7 +340,10 @@ mod tests {
             .map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp()))
             .filter(|(_, p)| *p > 0.0)
             .collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let truncates = config.top_k > 0 || config.top_p < 1.0 || config.min_p > 0.0;
+        if truncates {
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        }
         if config.top_k > 0 {
             ranked.truncate(config.top_k);
         }
