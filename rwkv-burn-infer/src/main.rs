@@ -432,6 +432,10 @@ struct ServeArgs {
     /// default.
     #[arg(long, value_name = "ORIGIN")]
     cors_origin: Vec<String>,
+    /// Folder of saved states (`NAME.safetensors`, as `generate --state-out` writes them) that
+    /// a request may start from with `"rwkv_state": "NAME"`.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 fn parse_weights(s: &str) -> Result<WeightFormat, String> {
@@ -1058,6 +1062,11 @@ fn serve(args: ServeArgs) -> Result<()> {
         .clone()
         .or_else(|| std::env::var("RWKV_API_KEY").ok())
         .filter(|k| !k.is_empty());
+    if let Some(dir) = &args.state_dir
+        && !dir.is_dir()
+    {
+        bail!("--state-dir {}: not a folder", dir.display());
+    }
     let (config, model, device) = load(&args.model)?;
     let tokenizer: std::sync::Arc<dyn Tokenizer> = tokenizer(&args.vocab, &config)?.into();
     let pipeline = Pipeline::new(&model, tokenizer.as_ref(), device);
@@ -1090,6 +1099,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         request_timeout: std::time::Duration::from_secs(args.request_timeout),
         api_key,
         cors_origins: args.cors_origin.clone(),
+        state_dir: args.state_dir.clone(),
     };
     serve::serve(&pipeline, tokenizer.clone(), options, |addr, shutdown| {
         // The first SIGINT/SIGTERM stops gracefully; a second one ends the process at once.

@@ -138,6 +138,37 @@ pub struct Parsed {
     pub think: Think,
     /// Whether the seed was given (else the server picks one).
     pub seeded: bool,
+    /// The saved state to start from (`rwkv_state`: a file name in `--state-dir`, without
+    /// `.safetensors`).
+    pub state: Option<String>,
+}
+
+/// Longest `rwkv_state` name.
+pub const MAX_STATE_NAME: usize = 128;
+
+/// The `rwkv_state` field: letters, digits, `-`, `_` and `.`, not starting with `.`, so that
+/// it names a file in the state folder and nothing outside it.
+fn state_name(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    let Some(value) = field(body, "rwkv_state") else {
+        return Ok(None);
+    };
+    let ok = value.as_str().filter(|name| {
+        (1..=MAX_STATE_NAME).contains(&name.len())
+            && !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    });
+    match ok {
+        Some(name) => Ok(Some(name.to_string())),
+        None => Err(ApiError::invalid(
+            "rwkv_state",
+            format!(
+                "rwkv_state must name a state file: 1 to {MAX_STATE_NAME} letters, digits, \
+                 '-', '_' or '.', not starting with '.'"
+            ),
+        )),
+    }
 }
 
 /// A prompt as text or as token ids.
@@ -343,6 +374,7 @@ fn common(body: &Map<String, Value>, limits: &Limits, chat: bool) -> Result<Pars
         include_usage,
         think: Think::Off,
         seeded: seed.is_some(),
+        state: state_name(body)?,
     })
 }
 
@@ -583,6 +615,9 @@ mod tests {
             ("n", json!(2)),
             ("seed", json!(1.5)),
             ("logprobs", json!(true)),
+            ("rwkv_state", json!("../x")),
+            ("rwkv_state", json!(".hidden")),
+            ("rwkv_state", json!(3)),
         ] {
             let body = json!({"prompt": "x", name: value});
             assert_eq!(param(completion(&body, &l)), name, "{body}");

@@ -55,6 +55,9 @@ pub struct ServeOptions {
     pub api_key: Option<String>,
     /// Origins allowed to call from a browser (CORS); empty: none.
     pub cors_origins: Vec<String>,
+    /// Folder of saved states (`NAME.safetensors`) that requests may start from by name
+    /// (`rwkv_state`).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// What the server could not do.
@@ -382,6 +385,25 @@ fn start(
             ),
         ));
     }
+    let initial_state = match (&parsed.state, &app.options.state_dir) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(ApiError::invalid(
+                "rwkv_state",
+                "this server has no saved states (start it with --state-dir)",
+            ));
+        }
+        (Some(name), Some(dir)) => {
+            let path = dir.join(format!("{name}.safetensors"));
+            if !path.is_file() {
+                return Err(ApiError::invalid(
+                    "rwkv_state",
+                    format!("no saved state named {name:?}"),
+                ));
+            }
+            Some(path)
+        }
+    };
     let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
     let now = Instant::now();
     let job = Job {
@@ -390,6 +412,7 @@ fn start(
         events,
         arrived: now,
         deadline: now + app.options.request_timeout,
+        initial_state,
     };
     shared.metrics.queued.fetch_add(1, Relaxed);
     if app.jobs.send(job).is_err() {
@@ -514,6 +537,7 @@ fn finish_reason(end: &End) -> Result<&'static str, ApiError> {
             "the server is shutting down",
         )),
         End::Disconnected => Err(ApiError::new(499, "server_error", "the client went away")),
+        End::BadState(message) => Err(ApiError::invalid("rwkv_state", message.clone())),
         End::Failed(message) => Err(ApiError::new(500, "server_error", message.clone())),
     }
 }

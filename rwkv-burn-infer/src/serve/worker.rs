@@ -33,6 +33,8 @@ pub struct Job {
     pub arrived: Instant,
     /// When it must end.
     pub deadline: Instant,
+    /// A state file to start from instead of a fresh state (not cached by prefix).
+    pub initial_state: Option<std::path::PathBuf>,
 }
 
 /// What the worker tells a request.
@@ -70,6 +72,8 @@ pub enum End {
     Shutdown,
     /// The client went away.
     Disconnected,
+    /// The state file the request named does not fit this model: the message.
+    BadState(String),
     /// The model failed (a bug): the message.
     Failed(String),
 }
@@ -291,22 +295,45 @@ impl Worker<'_, '_> {
         {
             metrics.queued.fetch_sub(1, Relaxed);
             metrics.active.fetch_add(1, Relaxed);
-            let hit = self.cache.as_mut().and_then(|c| c.lookup(&job.prompt));
-            let reading = match hit {
-                Some(hit) => Reading {
-                    job,
-                    state: hit.state,
-                    logits: hit.logits,
-                    done: hit.len,
-                    cached: hit.len,
-                },
-                None => Reading {
-                    job,
-                    state: State::zeros(&self.pipeline.model.config(), 1, &self.pipeline.device),
-                    logits: Vec::new(),
-                    done: 0,
-                    cached: 0,
-                },
+            let fresh = || State::zeros(&self.pipeline.model.config(), 1, &self.pipeline.device);
+            let reading = if let Some(path) = &job.initial_state {
+                match self.load_state(path) {
+                    Ok(state) => Reading {
+                        job,
+                        state,
+                        logits: Vec::new(),
+                        done: 0,
+                        cached: 0,
+                    },
+                    Err(message) => {
+                        let reading = Reading {
+                            job,
+                            state: fresh(),
+                            logits: Vec::new(),
+                            done: 0,
+                            cached: 0,
+                        };
+                        self.lane_of(&reading).fail(End::BadState(message), metrics);
+                        return Ok(());
+                    }
+                }
+            } else {
+                match self.cache.as_mut().and_then(|c| c.lookup(&job.prompt)) {
+                    Some(hit) => Reading {
+                        job,
+                        state: hit.state,
+                        logits: hit.logits,
+                        done: hit.len,
+                        cached: hit.len,
+                    },
+                    None => Reading {
+                        job,
+                        state: fresh(),
+                        logits: Vec::new(),
+                        done: 0,
+                        cached: 0,
+                    },
+                }
             };
             metrics
                 .cached_tokens
@@ -339,6 +366,7 @@ impl Worker<'_, '_> {
         if reading.done == prompt.len() {
             let reading = self.reading.take().expect("just seen");
             if let Some(cache) = &mut self.cache
+                && reading.job.initial_state.is_none()
                 && reading.cached < reading.job.prompt.len()
             {
                 cache.insert(
@@ -360,6 +388,20 @@ impl Worker<'_, '_> {
             self.lanes[number] = Some(lane);
         }
         Ok(())
+    }
+
+    /// A state file of one sequence for this model, or why not.
+    fn load_state(&self, path: &std::path::Path) -> Result<State, String> {
+        let config = self.pipeline.model.config();
+        let state = State::load(path, &config, &self.pipeline.device).map_err(|e| e.to_string())?;
+        if state.batch_size() != 1 {
+            return Err(format!(
+                "{}: the state holds {} sequences; a request continues one",
+                path.display(),
+                state.batch_size()
+            ));
+        }
+        Ok(state)
     }
 
     /// Advances every sequence of the batch by one token and ends those that finished.

@@ -616,7 +616,7 @@ fn a_full_queue_answers_429_and_a_timeout_504() {
         "--max-queue",
         "1",
         "--request-timeout",
-        "3",
+        "10",
         "--max-tokens-limit",
         "1000000",
     ]);
@@ -739,4 +739,84 @@ fn sigterm_ends_streams_with_a_last_event_and_exits_0() {
         "{rest}"
     );
     assert!(status.success(), "{status:?}");
+}
+
+/// A request can start from a saved state by name (`rwkv_state`), and continues exactly as
+/// `rwkv generate --state-in` does; states of another model, unknown names and names that
+/// reach outside the folder are refused.
+#[test]
+fn requests_start_from_saved_states_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let rwkv = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rwkv"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let state = dir.path().join("genesis.safetensors");
+    let state = state.to_str().unwrap();
+    rwkv(&[
+        "generate",
+        "--prompt",
+        "In the beginning God",
+        "--max-tokens",
+        "1",
+        "--state-out",
+        state,
+    ]);
+    let greedy = [
+        "--temperature",
+        "0",
+        "--top-p",
+        "1",
+        "--presence-penalty",
+        "0",
+        "--frequency-penalty",
+        "0",
+        "--max-tokens",
+        "20",
+    ];
+    let mut args = vec!["generate", "--prompt", " and", "--state-in", state];
+    args.extend(greedy);
+    let expected = rwkv(&args);
+    let fixtures = std::env::var_os("RWKV_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"));
+    let other = dir.path().join("other.safetensors");
+    let v4 = fixtures.join("rwkv4/weights.pth");
+    rwkv(&[
+        "generate",
+        "--model",
+        v4.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--max-tokens",
+        "1",
+        "--state-out",
+        other.to_str().unwrap(),
+    ]);
+
+    let server = Server::start(&["--state-dir", dir.path().to_str().unwrap()]);
+    let body = |name: &str| json!({"prompt": " and", "max_tokens": 20, "temperature": 0, "rwkv_state": name});
+    let r = post(&server, "/v1/completions", &body("genesis"));
+    assert_eq!(completion_text(&r), expected.strip_suffix('\n').unwrap());
+    for name in ["other", "missing", "../genesis"] {
+        let r = post(&server, "/v1/completions", &body(name));
+        assert_eq!(
+            r.status,
+            400,
+            "{name}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json()["error"]["param"], "rwkv_state", "{name}");
+    }
+    let plain = Server::start(&[]);
+    let r = post(&plain, "/v1/completions", &body("genesis"));
+    assert_eq!(r.status, 400);
 }
