@@ -115,6 +115,35 @@ fn send_request(stream: &mut TcpStream, method: &str, path: &str, headers: &[&st
     stream.write_all(body).unwrap();
 }
 
+/// Waits (up to 10 s) until `/metrics` shows every line of `lines`; returns the last text.
+fn wait_for_metrics(server: &Server, lines: &[&str]) -> String {
+    let mut text = String::new();
+    for _ in 0..1000 {
+        let r = request(server.addr, "GET", "/metrics", &[], b"");
+        text = String::from_utf8_lossy(&r.body).into_owned();
+        if lines.iter().all(|l| text.contains(&format!("{l}\n"))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    text
+}
+
+/// Starts a streamed completion and waits for its first bytes (the response has begun).
+fn open_stream(addr: SocketAddr, body: &Value) -> TcpStream {
+    let mut stream = connect(addr);
+    send_request(
+        &mut stream,
+        "POST",
+        "/v1/completions",
+        &[],
+        body.to_string().as_bytes(),
+    );
+    let mut first = [0u8; 1];
+    assert_eq!(stream.read(&mut first).unwrap(), 1, "the stream began");
+    stream
+}
+
 /// One request, the whole response read (chunked bodies decoded).
 fn request(addr: SocketAddr, method: &str, path: &str, headers: &[&str], body: &[u8]) -> Response {
     let mut stream = connect(addr);
@@ -281,14 +310,7 @@ fn mixed_requests() -> Vec<Value> {
 
 /// Reads part of a stream and hangs up.
 fn cancel_halfway(addr: SocketAddr, body: &Value) {
-    let mut stream = connect(addr);
-    send_request(
-        &mut stream,
-        "POST",
-        "/v1/completions",
-        &[],
-        body.to_string().as_bytes(),
-    );
+    let mut stream = open_stream(addr, body);
     let mut buf = [0u8; 600];
     let mut got = 0;
     while got < buf.len() {
@@ -333,15 +355,7 @@ fn batching_is_invisible() {
         assert_eq!(a, t, "request {i}: {}", requests[i]);
     }
     // Nothing is left running: the hung-up streams were freed.
-    let mut metrics = String::new();
-    for _ in 0..100 {
-        let r = request(server.addr, "GET", "/metrics", &[], b"");
-        metrics = String::from_utf8_lossy(&r.body).into_owned();
-        if metrics.contains("rwkv_active_sequences 0\n") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let metrics = wait_for_metrics(&server, &["rwkv_active_sequences 0", "rwkv_queue_length 0"]);
     assert!(metrics.contains("rwkv_active_sequences 0\n"), "{metrics}");
     assert!(metrics.contains("rwkv_queue_length 0\n"), "{metrics}");
 }
@@ -621,33 +635,19 @@ fn a_full_queue_answers_429_and_a_timeout_504() {
         "1000000",
     ]);
     let long = json!({"prompt": "Once", "max_tokens": 1_000_000, "stream": true});
-    // The first fills the batch (its first event shows it is in), the second waits.
-    let mut first = connect(server.addr);
-    send_request(
-        &mut first,
-        "POST",
-        "/v1/completions",
-        &[],
-        long.to_string().as_bytes(),
-    );
-    let mut buf = [0u8; 256];
-    assert!(first.read(&mut buf).unwrap() > 0);
+    // The first fills the batch, the second waits.
+    let mut first = open_stream(server.addr, &long);
+    let running = ["rwkv_active_sequences 1", "rwkv_queue_length 0"];
+    let metrics = wait_for_metrics(&server, &running);
+    assert!(metrics.contains("rwkv_active_sequences 1\n"), "{metrics}");
     let second = std::thread::spawn({
         let addr = server.addr;
         let body = json!({"prompt": "x", "max_tokens": 2}).to_string();
         move || request(addr, "POST", "/v1/completions", &[], body.as_bytes())
     });
     // Once the second is seen waiting, a third gets 429.
-    let mut waiting = false;
-    for _ in 0..200 {
-        let r = request(server.addr, "GET", "/metrics", &[], b"");
-        if String::from_utf8_lossy(&r.body).contains("rwkv_queue_length 1\n") {
-            waiting = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(waiting, "the second request never showed in the queue");
+    let metrics = wait_for_metrics(&server, &["rwkv_queue_length 1"]);
+    assert!(metrics.contains("rwkv_queue_length 1\n"), "{metrics}");
     let third = post(
         &server,
         "/v1/completions",
@@ -719,17 +719,8 @@ fn a_repeated_conversation_starts_from_the_cached_state() {
 #[test]
 fn sigterm_ends_streams_with_a_last_event_and_exits_0() {
     let server = Server::start(&["--max-tokens-limit", "1000000"]);
-    let mut stream = connect(server.addr);
     let body = json!({"prompt": "Once", "max_tokens": 1_000_000, "stream": true});
-    send_request(
-        &mut stream,
-        "POST",
-        "/v1/completions",
-        &[],
-        body.to_string().as_bytes(),
-    );
-    let mut buf = [0u8; 256];
-    assert!(stream.read(&mut buf).unwrap() > 0);
+    let mut stream = open_stream(server.addr, &body);
     let status = server.terminate();
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).unwrap();
