@@ -395,9 +395,9 @@ struct ServeArgs {
     /// Most sequences generating together, 1 to 1024.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_batch: u64,
-    /// Most requests waiting for a place in the batch; more get 429 with Retry-After, 0 to
-    /// 1000000.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    /// Most requests (choices, with `n`) waiting for a place in the batch; more get 429 with
+    /// Retry-After, 1 to 1000000.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_queue: u64,
     /// Most tokens one request may generate (its max_tokens), 1 to 1048576.
     #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]

@@ -88,6 +88,38 @@ assert "".join(content) == answer, (content, answer)
 assert finish == chat.choices[0].finish_reason, finish
 assert usage is not None and usage.completion_tokens == chat.usage.completion_tokens, usage
 
+# Several choices: choice i is what the same request alone gives with seed + i.
+many = client.completions.create(
+    model="rwkv-embedded", prompt="The quick brown", max_tokens=12, temperature=0.8, seed=5, n=3
+)
+assert [c.index for c in many.choices] == [0, 1, 2], many
+assert many.choices[0].text == text, (many, text)
+for i in (1, 2):
+    alone = client.completions.create(
+        model="rwkv-embedded", prompt="The quick brown", max_tokens=12, temperature=0.8,
+        seed=5 + i,
+    )
+    assert many.choices[i].text == alone.choices[0].text, (i, many, alone)
+assert many.usage.completion_tokens == 36, many.usage
+streamed = client.chat.completions.create(
+    model="rwkv-embedded", messages=messages, max_tokens=8, temperature=1.0, seed=3, n=2,
+    stream=True,
+)
+parts = {0: [], 1: []}
+finished = set()
+for chunk in streamed:
+    for choice in chunk.choices:
+        if choice.delta.content:
+            parts[choice.index].append(choice.delta.content)
+        if choice.finish_reason:
+            finished.add(choice.index)
+assert finished == {0, 1}, finished
+whole_two = client.chat.completions.create(
+    model="rwkv-embedded", messages=messages, max_tokens=8, temperature=1.0, seed=3, n=2
+)
+for c in whole_two.choices:
+    assert "".join(parts[c.index]) == c.message.content, (parts, whole_two)
+
 # Errors arrive as the package's typed exceptions, with the field named.
 try:
     client.completions.create(model="rwkv-embedded", prompt="x", max_tokens=0)

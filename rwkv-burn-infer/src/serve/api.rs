@@ -73,6 +73,8 @@ pub struct Limits {
     pub world: bool,
 }
 
+/// Most choices (`n`) per request.
+pub const MAX_CHOICES: usize = 16;
 /// Most stop strings per request (OpenAI's limit).
 pub const MAX_STOPS: usize = 4;
 /// Longest stop string, in bytes.
@@ -136,6 +138,8 @@ pub struct Parsed {
     pub include_usage: bool,
     /// How the model thinks (chat only).
     pub think: Think,
+    /// Choices to generate (`n`), each with the seed plus its index.
+    pub n: usize,
     /// Whether the seed was given (else the server picks one).
     pub seeded: bool,
     /// The saved state to start from (`rwkv_state`: a file name in `--state-dir`, without
@@ -280,14 +284,7 @@ fn common(body: &Map<String, Value>, limits: &Limits, chat: bool) -> Result<Pars
         .map_or(limits.default_max_tokens.min(limits.max_tokens), |n| {
             n as usize
         });
-    if let Some(n) = integer(body, "n", 1, u64::MAX)?
-        && n != 1
-    {
-        return Err(ApiError::invalid(
-            "n",
-            "n must be 1: one choice per request",
-        ));
-    }
+    let n = integer(body, "n", 1, MAX_CHOICES as u64)?.map_or(1, |n| n as usize);
     let logprobs = match field(body, "logprobs") {
         None | Some(Value::Bool(false)) => false,
         Some(Value::Bool(true)) => true,
@@ -373,6 +370,7 @@ fn common(body: &Map<String, Value>, limits: &Limits, chat: bool) -> Result<Pars
         stream,
         include_usage,
         think: Think::Off,
+        n,
         seeded: seed.is_some(),
         state: state_name(body)?,
     })
@@ -612,7 +610,8 @@ mod tests {
             ("stop", json!([1])),
             ("stop", json!("")),
             ("stream", json!("yes")),
-            ("n", json!(2)),
+            ("n", json!(0)),
+            ("n", json!(17)),
             ("seed", json!(1.5)),
             ("logprobs", json!(true)),
             ("rwkv_state", json!("../x")),

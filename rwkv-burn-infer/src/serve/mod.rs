@@ -298,7 +298,7 @@ async fn generate(
 ) -> Response {
     match start(&app, &headers, body, endpoint) {
         Ok((parsed, events)) => {
-            let reply = Reply::new(&app, endpoint, &parsed);
+            let reply = Reply::new(&app, endpoint, &parsed, events.len());
             if parsed.stream {
                 stream(reply, events).into_response()
             } else {
@@ -309,13 +309,14 @@ async fn generate(
     }
 }
 
-/// Checks a request and queues it; returns its settings and the worker's answer channel.
+/// Checks a request and queues it, one job per choice (`n`); returns its settings and the
+/// worker's answer channel for each choice.
 fn start(
     app: &App,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     endpoint: Endpoint,
-) -> Result<(Parsed, UnboundedReceiver<Event>), ApiError> {
+) -> Result<(Parsed, Vec<UnboundedReceiver<Event>>), ApiError> {
     authorize(app, headers)?;
     let body = body
         .map_err(|e| ApiError::new(e.status().as_u16(), "invalid_request_error", e.body_text()))?;
@@ -374,7 +375,7 @@ fn start(
             "the server is shutting down",
         ));
     }
-    if shared.metrics.queued.load(Relaxed) >= app.options.max_queue {
+    if shared.metrics.queued.load(Relaxed) + parsed.n > app.options.max_queue {
         shared.metrics.rejected.fetch_add(1, Relaxed);
         return Err(ApiError::new(
             429,
@@ -404,27 +405,34 @@ fn start(
             Some(path)
         }
     };
-    let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
     let now = Instant::now();
-    let job = Job {
-        prompt: tokens,
-        options: parsed.options.clone(),
-        events,
-        arrived: now,
-        deadline: now + app.options.request_timeout,
-        initial_state,
-    };
-    shared.metrics.queued.fetch_add(1, Relaxed);
-    if app.jobs.send(job).is_err() {
-        shared.metrics.queued.fetch_sub(1, Relaxed);
-        return Err(ApiError::new(
-            503,
-            "server_error",
-            "the model worker has stopped",
-        ));
+    let mut receivers = Vec::with_capacity(parsed.n);
+    for choice in 0..parsed.n {
+        // Choice i samples with seed + i, as `generate_batch` does for its sequences.
+        let mut options = parsed.options.clone();
+        options.sampler.seed = options.sampler.seed.wrapping_add(choice as u64);
+        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let job = Job {
+            prompt: tokens.clone(),
+            options,
+            events,
+            arrived: now,
+            deadline: now + app.options.request_timeout,
+            initial_state: initial_state.clone(),
+        };
+        shared.metrics.queued.fetch_add(1, Relaxed);
+        if app.jobs.send(job).is_err() {
+            shared.metrics.queued.fetch_sub(1, Relaxed);
+            return Err(ApiError::new(
+                503,
+                "server_error",
+                "the model worker has stopped",
+            ));
+        }
+        receivers.push(receiver);
     }
     shared.metrics.requests.fetch_add(1, Relaxed);
-    Ok((parsed, receiver))
+    Ok((parsed, receivers))
 }
 
 /// Turns a request's events into OpenAI response objects.
@@ -434,11 +442,12 @@ struct Reply {
     created: u64,
     model: String,
     include_usage: bool,
-    split: Option<ThinkSplit>,
+    /// Per choice: the reasoning/answer splitter of a chat reply.
+    splits: Vec<Option<ThinkSplit>>,
 }
 
 impl Reply {
-    fn new(app: &App, endpoint: Endpoint, parsed: &Parsed) -> Self {
+    fn new(app: &App, endpoint: Endpoint, parsed: &Parsed, choices: usize) -> Self {
         let n = app.next_id.fetch_add(1, Relaxed);
         let prefix = match endpoint {
             Endpoint::Completions => "cmpl",
@@ -450,20 +459,23 @@ impl Reply {
             created: unix_now(),
             model: app.options.model_id.clone(),
             include_usage: parsed.include_usage,
-            split: (endpoint == Endpoint::Chat).then(|| ThinkSplit::new(parsed.think)),
+            splits: (0..choices)
+                .map(|_| (endpoint == Endpoint::Chat).then(|| ThinkSplit::new(parsed.think)))
+                .collect(),
         }
     }
 
-    /// `(reasoning, answer)` of a piece of generated text.
-    fn shape(&mut self, text: &str) -> (String, String) {
-        match &mut self.split {
+    /// `(reasoning, answer)` of a piece of choice `index`'s generated text.
+    fn shape(&mut self, index: usize, text: &str) -> (String, String) {
+        match &mut self.splits[index] {
             Some(split) => split.push(text),
             None => (String::new(), text.to_string()),
         }
     }
 
-    fn finish_text(&mut self) -> (String, String) {
-        match &mut self.split {
+    /// What choice `index`'s splitter still holds.
+    fn finish_text(&mut self, index: usize) -> (String, String) {
+        match &mut self.splits[index] {
             Some(split) => split.finish(),
             None => Default::default(),
         }
@@ -487,15 +499,21 @@ impl Reply {
         })
     }
 
-    /// A stream chunk with `reasoning`/`answer` text (none if both are empty), and the
-    /// finish reason when it is the last.
-    fn chunk(&self, reasoning: &str, answer: &str, finish: Option<&str>) -> Option<Value> {
+    /// A stream chunk of choice `index` with `reasoning`/`answer` text (none if both are
+    /// empty), and the finish reason when it is the choice's last.
+    fn chunk(
+        &self,
+        index: usize,
+        reasoning: &str,
+        answer: &str,
+        finish: Option<&str>,
+    ) -> Option<Value> {
         if reasoning.is_empty() && answer.is_empty() && finish.is_none() {
             return None;
         }
         let choice = match self.endpoint {
             Endpoint::Completions => json!({
-                "index": 0, "text": answer, "logprobs": Value::Null, "finish_reason": finish,
+                "index": index, "text": answer, "logprobs": Value::Null, "finish_reason": finish,
             }),
             Endpoint::Chat => {
                 let mut delta = serde_json::Map::new();
@@ -505,19 +523,24 @@ impl Reply {
                 if !reasoning.is_empty() {
                     delta.insert("reasoning_content".into(), reasoning.into());
                 }
-                json!({"index": 0, "delta": delta, "logprobs": Value::Null, "finish_reason": finish})
+                json!({"index": index, "delta": delta, "logprobs": Value::Null, "finish_reason": finish})
             }
         };
         Some(self.envelope(true, json!([choice])))
     }
 }
 
-fn usage(outcome: &Outcome) -> Value {
+/// The `usage` of a request's choices: the prompt counted once (the first choice's), the
+/// completions summed.
+fn usage(outcomes: &[Outcome]) -> Value {
+    let prompt = outcomes.first().map_or(0, |o| o.prompt_tokens);
+    let cached = outcomes.first().map_or(0, |o| o.cached_tokens);
+    let completion: usize = outcomes.iter().map(|o| o.completion_tokens).sum();
     json!({
-        "prompt_tokens": outcome.prompt_tokens,
-        "completion_tokens": outcome.completion_tokens,
-        "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": outcome.cached_tokens},
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
     })
 }
 
@@ -543,76 +566,153 @@ fn finish_reason(end: &End) -> Result<&'static str, ApiError> {
 }
 
 /// A whole (unstreamed) response.
-async fn whole(mut reply: Reply, mut events: UnboundedReceiver<Event>) -> Response {
-    let (mut reasoning, mut answer) = (String::new(), String::new());
-    let outcome = loop {
-        match events.recv().await {
-            Some(Event::Text(text)) => {
-                let (r, a) = reply.shape(&text);
-                reasoning += &r;
-                answer += &a;
+async fn whole(mut reply: Reply, receivers: Vec<UnboundedReceiver<Event>>) -> Response {
+    let mut choices = Vec::with_capacity(receivers.len());
+    let mut outcomes = Vec::with_capacity(receivers.len());
+    // The worker runs every choice at once; reading them in turn only orders the answers.
+    for (index, mut events) in receivers.into_iter().enumerate() {
+        let (mut reasoning, mut answer) = (String::new(), String::new());
+        let outcome = loop {
+            match events.recv().await {
+                Some(Event::Text(text)) => {
+                    let (r, a) = reply.shape(index, &text);
+                    reasoning += &r;
+                    answer += &a;
+                }
+                Some(Event::End(outcome)) => break outcome,
+                None => {
+                    return ApiError::new(500, "server_error", "the model worker stopped")
+                        .into_response();
+                }
             }
-            Some(Event::End(outcome)) => break outcome,
-            None => {
-                return ApiError::new(500, "server_error", "the model worker stopped")
-                    .into_response();
+        };
+        let (r, a) = reply.finish_text(index);
+        reasoning += &r;
+        answer += &a;
+        let finish = match finish_reason(&outcome.end) {
+            Ok(finish) => finish,
+            Err(e) => return e.into_response(),
+        };
+        choices.push(match reply.endpoint {
+            Endpoint::Completions => json!({
+                "index": index, "text": answer, "logprobs": Value::Null, "finish_reason": finish,
+            }),
+            Endpoint::Chat => {
+                let mut message = json!({"role": "assistant", "content": answer});
+                if !reasoning.is_empty() {
+                    message["reasoning_content"] = reasoning.into();
+                }
+                json!({"index": index, "message": message, "logprobs": Value::Null, "finish_reason": finish})
             }
-        }
-    };
-    let (r, a) = reply.finish_text();
-    reasoning += &r;
-    answer += &a;
-    let finish = match finish_reason(&outcome.end) {
-        Ok(finish) => finish,
-        Err(e) => return e.into_response(),
-    };
-    let choice = match reply.endpoint {
-        Endpoint::Completions => json!({
-            "index": 0, "text": answer, "logprobs": Value::Null, "finish_reason": finish,
-        }),
-        Endpoint::Chat => {
-            let mut message = json!({"role": "assistant", "content": answer});
-            if !reasoning.is_empty() {
-                message["reasoning_content"] = reasoning.into();
-            }
-            json!({"index": 0, "message": message, "logprobs": Value::Null, "finish_reason": finish})
-        }
-    };
-    let mut body = reply.envelope(false, json!([choice]));
-    body["usage"] = usage(&outcome);
+        });
+        outcomes.push(outcome);
+    }
+    let mut body = reply.envelope(false, Value::Array(choices));
+    body["usage"] = usage(&outcomes);
     axum::Json(body).into_response()
 }
+
+/// Every choice's events, tagged with the choice's index, as they come.
+type Merged = futures_util::stream::SelectAll<
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = (usize, Event)> + Send>>,
+>;
 
 /// Where a streamed response is.
 struct Streaming {
     reply: Reply,
-    events: UnboundedReceiver<Event>,
+    events: Merged,
+    /// Choices not ended yet.
+    open: usize,
+    outcomes: Vec<Outcome>,
     /// Server-sent events ready to go out.
     ready: VecDeque<String>,
     ended: bool,
 }
 
+impl Streaming {
+    /// Queues what `event` of choice `index` shows.
+    fn take(&mut self, index: usize, event: Event) {
+        match event {
+            Event::Text(text) => {
+                let (r, a) = self.reply.shape(index, &text);
+                if let Some(chunk) = self.reply.chunk(index, &r, &a, None) {
+                    self.ready.push_back(chunk.to_string());
+                }
+            }
+            Event::End(outcome) => {
+                let (r, a) = self.reply.finish_text(index);
+                if let Some(chunk) = self.reply.chunk(index, &r, &a, None) {
+                    self.ready.push_back(chunk.to_string());
+                }
+                match finish_reason(&outcome.end) {
+                    Ok(finish) => {
+                        let last = self.reply.chunk(index, "", "", Some(finish));
+                        self.ready.extend(last.map(|c| c.to_string()));
+                        self.outcomes.push(outcome);
+                        self.open -= 1;
+                        if self.open == 0 {
+                            if self.reply.include_usage {
+                                let mut tail = self.reply.envelope(true, json!([]));
+                                tail["usage"] = usage(&self.outcomes);
+                                self.ready.push_back(tail.to_string());
+                            }
+                            self.end();
+                        }
+                    }
+                    Err(e) => {
+                        // One choice failing ends the response; dropping the other choices'
+                        // channels frees their sequences.
+                        self.ready.push_back(e.body().to_string());
+                        self.end();
+                    }
+                }
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        self.ready.push_back("[DONE]".into());
+        self.ended = true;
+        self.events = Merged::default();
+    }
+}
+
 /// A streamed response: OpenAI's chunks as server-sent events, then `data: [DONE]`. An
 /// error after the stream began (timeout, shutdown) is sent as an `{"error": ...}` event
 /// before `[DONE]`, as OpenAI does.
-fn stream(reply: Reply, events: UnboundedReceiver<Event>) -> impl IntoResponse {
+fn stream(reply: Reply, receivers: Vec<UnboundedReceiver<Event>>) -> impl IntoResponse {
     let mut ready = VecDeque::new();
     if reply.endpoint == Endpoint::Chat {
-        let first = json!([{
-            "index": 0,
-            "delta": {"role": "assistant", "content": ""},
-            "logprobs": Value::Null,
-            "finish_reason": Value::Null,
-        }]);
-        ready.push_back(reply.envelope(true, first).to_string());
+        for index in 0..receivers.len() {
+            let first = json!([{
+                "index": index,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": Value::Null,
+                "finish_reason": Value::Null,
+            }]);
+            ready.push_back(reply.envelope(true, first).to_string());
+        }
     }
+    let open = receivers.len();
+    let events: Merged = futures_util::stream::select_all(receivers.into_iter().enumerate().map(
+        |(index, receiver)| {
+            let events = futures_util::stream::unfold(receiver, move |mut receiver| async move {
+                let event = receiver.recv().await?;
+                Some(((index, event), receiver))
+            });
+            Box::pin(events) as std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send>>
+        },
+    ));
     let state = Streaming {
         reply,
         events,
+        open,
+        outcomes: Vec::new(),
         ready,
         ended: false,
     };
     let events = futures_util::stream::unfold(state, |mut s| async move {
+        use futures_util::StreamExt as _;
         loop {
             if let Some(data) = s.ready.pop_front() {
                 return Some((Ok::<_, Infallible>(SseEvent::default().data(data)), s));
@@ -620,38 +720,12 @@ fn stream(reply: Reply, events: UnboundedReceiver<Event>) -> impl IntoResponse {
             if s.ended {
                 return None;
             }
-            match s.events.recv().await {
-                Some(Event::Text(text)) => {
-                    let (r, a) = s.reply.shape(&text);
-                    if let Some(chunk) = s.reply.chunk(&r, &a, None) {
-                        s.ready.push_back(chunk.to_string());
-                    }
-                }
-                Some(Event::End(outcome)) => {
-                    let (r, a) = s.reply.finish_text();
-                    if let Some(chunk) = s.reply.chunk(&r, &a, None) {
-                        s.ready.push_back(chunk.to_string());
-                    }
-                    match finish_reason(&outcome.end) {
-                        Ok(finish) => {
-                            let last = s.reply.chunk("", "", Some(finish)).expect("has a reason");
-                            s.ready.push_back(last.to_string());
-                            if s.reply.include_usage {
-                                let mut tail = s.reply.envelope(true, json!([]));
-                                tail["usage"] = usage(&outcome);
-                                s.ready.push_back(tail.to_string());
-                            }
-                        }
-                        Err(e) => s.ready.push_back(e.body().to_string()),
-                    }
-                    s.ready.push_back("[DONE]".into());
-                    s.ended = true;
-                }
+            match s.events.next().await {
+                Some((index, event)) => s.take(index, event),
                 None => {
                     let e = ApiError::new(500, "server_error", "the model worker stopped");
                     s.ready.push_back(e.body().to_string());
-                    s.ready.push_back("[DONE]".into());
-                    s.ended = true;
+                    s.end();
                 }
             }
         }
