@@ -110,7 +110,8 @@ async def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True)
     parser.add_argument("--streams", default="1,4,16,64")
-    parser.add_argument("--prompt-words", type=int, default=48, help="about 64 World tokens")
+    parser.add_argument("--prompt-words", type=int, default=48,
+                        help="48: about 64 World tokens; 12: about 64 bytes")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--conversation-words", type=int, default=1500,
                         help="about 2,000 World tokens")

@@ -40,5 +40,5 @@ run() {
   pid=
 }
 
-run embedded -- --conversation-words 350
+run embedded -- --prompt-words 12 --conversation-words 350
 run 7-0.1b --model "$tmp/7-0.1b.safetensors" -- --conversation-words 1500
