@@ -324,8 +324,21 @@ fn cancel_halfway(addr: SocketAddr, body: &Value) {
 
 #[test]
 fn batching_is_invisible() {
-    let server = Server::start(&["--max-batch", "32", "--cache-mb", "0"]);
-    let requests = mixed_requests();
+    assert_batching_invisible(&[], 32);
+}
+
+/// The same with 8-bit weights (packed on flex, with 8-bit inputs where the CPU has VNNI).
+#[test]
+fn batching_is_invisible_with_8_bit_weights() {
+    assert_batching_invisible(&["--weights", "q8"], 12);
+}
+
+/// `count` of the mixed requests give the same text alone and all at once.
+fn assert_batching_invisible(args: &[&str], count: usize) {
+    let mut all = vec!["--max-batch", "32", "--cache-mb", "0"];
+    all.extend(args);
+    let server = Server::start(&all);
+    let requests: Vec<Value> = mixed_requests().into_iter().take(count).collect();
     let alone: Vec<String> = requests
         .iter()
         .map(|r| completion_text(&post(&server, "/v1/completions", r)))

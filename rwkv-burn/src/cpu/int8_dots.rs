@@ -200,10 +200,11 @@ pub(super) fn columns(rows: Rows, x: &QuantizedInputs, cols: Range<usize>) -> Ve
 }
 
 /// Groups per contraction tile: every input row's tile (bytes and lane scales) stays in L1
-/// while the weight rows stream past.
+/// while the weight rows stream past. Sized for four rows whatever the row count, so that a
+/// row's sums run in the same order in any company (batched decoding stays bit-identical).
 #[cfg(target_arch = "x86_64")]
-fn tile_groups<const M: usize>(group_bytes: usize) -> usize {
-    (16384 / M / (group_bytes + 64)).max(1)
+fn tile_groups(group_bytes: usize) -> usize {
+    (16384 / super::matvec::MAX_ROWS / (group_bytes + 64)).max(1)
 }
 
 /// The loops both kernels share: tiles of groups, every output column `o`, two accumulator
@@ -261,43 +262,36 @@ fn q8_vnni<const M: usize>(rows: Rows, x: &QuantizedInputs, cols: Range<usize>, 
     let offset = _mm512_set1_epi8(-128);
     let lane_block = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     let (xb, xs) = (x.bytes.as_ptr(), x.lane_scales.as_ptr());
-    over_groups!(
-        M,
-        groups,
-        tile_groups::<M>(64),
-        cols,
-        y,
-        |o, acc, g, chain| {
-            let w = rows.bytes[o * k..].as_ptr();
-            let s = rows.scales[o * blocks..].as_ptr();
-            let b = 2 * g;
-            // SAFETY: group `g < groups` reads the weight row's bytes `64 g ..` (the last, half
-            // group masked to its 32 bytes) and scales `2 g ..` (one for a half group), inside
-            // row `o < cols.end` that `covers` checked; and each input row's 64 bytes and 16
-            // lane scales of group `g`, inside what `new` allocated for `M` rows.
-            unsafe {
-                let (wv, dw) = if b + 2 <= blocks {
-                    (
-                        _mm512_loadu_si512(w.add(b * BLOCK).cast()),
-                        _mm_castpd_ps(_mm_load_sd(s.add(b).cast())),
-                    )
-                } else {
-                    (
-                        _mm512_maskz_loadu_epi8(0xFFFF_FFFF, w.add(b * BLOCK).cast()),
-                        _mm_load_ss(s.add(b)),
-                    )
-                };
-                let dw = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(dw));
-                let take = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wv));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let xv = _mm512_loadu_si512(xb.add(r * row_bytes + g * 64).cast());
-                    let sum = _mm512_dpbusd_epi32(take, xv, wv);
-                    let scale = _mm512_mul_ps(dw, _mm512_loadu_ps(xs.add((r * groups + g) * 16)));
-                    acc[chain] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[chain]);
-                }
+    over_groups!(M, groups, tile_groups(64), cols, y, |o, acc, g, chain| {
+        let w = rows.bytes[o * k..].as_ptr();
+        let s = rows.scales[o * blocks..].as_ptr();
+        let b = 2 * g;
+        // SAFETY: group `g < groups` reads the weight row's bytes `64 g ..` (the last, half
+        // group masked to its 32 bytes) and scales `2 g ..` (one for a half group), inside
+        // row `o < cols.end` that `covers` checked; and each input row's 64 bytes and 16
+        // lane scales of group `g`, inside what `new` allocated for `M` rows.
+        unsafe {
+            let (wv, dw) = if b + 2 <= blocks {
+                (
+                    _mm512_loadu_si512(w.add(b * BLOCK).cast()),
+                    _mm_castpd_ps(_mm_load_sd(s.add(b).cast())),
+                )
+            } else {
+                (
+                    _mm512_maskz_loadu_epi8(0xFFFF_FFFF, w.add(b * BLOCK).cast()),
+                    _mm_load_ss(s.add(b)),
+                )
+            };
+            let dw = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(dw));
+            let take = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wv));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm512_loadu_si512(xb.add(r * row_bytes + g * 64).cast());
+                let sum = _mm512_dpbusd_epi32(take, xv, wv);
+                let scale = _mm512_mul_ps(dw, _mm512_loadu_ps(xs.add((r * groups + g) * 16)));
+                acc[chain] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[chain]);
             }
         }
-    );
+    });
 }
 
 /// Q4_0 weights: four blocks (64 bytes of nibbles) per group.
@@ -314,53 +308,42 @@ fn q4_vnni<const M: usize>(rows: Rows, x: &QuantizedInputs, cols: Range<usize>, 
     let nibble = _mm512_set1_epi8(15);
     let lane_block = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     let (xb, xs, xo) = (x.bytes.as_ptr(), x.lane_scales.as_ptr(), x.starts.as_ptr());
-    over_groups!(
-        M,
-        groups,
-        tile_groups::<M>(128),
-        cols,
-        y,
-        |o, acc, g, chain| {
-            let w = rows.bytes[o * k / 2..].as_ptr();
-            let s = rows.scales[o * blocks..].as_ptr();
-            let b = 4 * g;
-            // SAFETY: group `g < groups` reads the weight row's bytes `64 g ..` and scales
-            // `4 g ..`, masked to the blocks the row has, inside row `o < cols.end` that `covers`
-            // checked; and each input row's 128 bytes, 16 lane scales and 16 starts of group `g`,
-            // inside what `new` allocated for `M` rows.
-            unsafe {
-                let (raw, dw) = if b + 4 <= blocks {
-                    (
-                        _mm512_loadu_si512(w.add(b * BLOCK / 2).cast()),
-                        _mm_loadu_ps(s.add(b)),
-                    )
-                } else {
-                    let have = blocks - b;
-                    (
-                        _mm512_maskz_loadu_epi8(
-                            (1u64 << (16 * have)) - 1,
-                            w.add(b * BLOCK / 2).cast(),
-                        ),
-                        _mm_maskz_loadu_ps((1u8 << have) - 1, s.add(b)),
-                    )
-                };
-                let low = _mm512_and_si512(raw, nibble);
-                let high = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
-                let dw = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(dw));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let at = r * row_bytes + g * 128;
-                    let lanes = (r * groups + g) * 16;
-                    let start = _mm512_loadu_si512(xo.add(lanes).cast());
-                    let sum =
-                        _mm512_dpbusd_epi32(start, low, _mm512_loadu_si512(xb.add(at).cast()));
-                    let sum =
-                        _mm512_dpbusd_epi32(sum, high, _mm512_loadu_si512(xb.add(at + 64).cast()));
-                    let scale = _mm512_mul_ps(dw, _mm512_loadu_ps(xs.add(lanes)));
-                    acc[chain] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[chain]);
-                }
+    over_groups!(M, groups, tile_groups(128), cols, y, |o, acc, g, chain| {
+        let w = rows.bytes[o * k / 2..].as_ptr();
+        let s = rows.scales[o * blocks..].as_ptr();
+        let b = 4 * g;
+        // SAFETY: group `g < groups` reads the weight row's bytes `64 g ..` and scales
+        // `4 g ..`, masked to the blocks the row has, inside row `o < cols.end` that `covers`
+        // checked; and each input row's 128 bytes, 16 lane scales and 16 starts of group `g`,
+        // inside what `new` allocated for `M` rows.
+        unsafe {
+            let (raw, dw) = if b + 4 <= blocks {
+                (
+                    _mm512_loadu_si512(w.add(b * BLOCK / 2).cast()),
+                    _mm_loadu_ps(s.add(b)),
+                )
+            } else {
+                let have = blocks - b;
+                (
+                    _mm512_maskz_loadu_epi8((1u64 << (16 * have)) - 1, w.add(b * BLOCK / 2).cast()),
+                    _mm_maskz_loadu_ps((1u8 << have) - 1, s.add(b)),
+                )
+            };
+            let low = _mm512_and_si512(raw, nibble);
+            let high = _mm512_and_si512(_mm512_srli_epi16(raw, 4), nibble);
+            let dw = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(dw));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let at = r * row_bytes + g * 128;
+                let lanes = (r * groups + g) * 16;
+                let start = _mm512_loadu_si512(xo.add(lanes).cast());
+                let sum = _mm512_dpbusd_epi32(start, low, _mm512_loadu_si512(xb.add(at).cast()));
+                let sum =
+                    _mm512_dpbusd_epi32(sum, high, _mm512_loadu_si512(xb.add(at + 64).cast()));
+                let scale = _mm512_mul_ps(dw, _mm512_loadu_ps(xs.add(lanes)));
+                acc[chain] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[chain]);
             }
         }
-    );
+    });
 }
 
 #[cfg(test)]

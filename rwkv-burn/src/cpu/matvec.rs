@@ -180,7 +180,7 @@ impl Kernel {
     /// whatever the number of rows, which AVX2 keeps only up to three (four rows take
     /// shorter accumulators there, for want of registers): so a row's result never depends
     /// on the rows it is computed with.
-    fn group(self) -> usize {
+    pub(super) fn group(self) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => 3,

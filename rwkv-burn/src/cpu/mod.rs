@@ -168,7 +168,9 @@ pub(crate) fn project_packed<const D: usize>(weight: &PackedMatrix, x: Tensor<D>
             let xs = x.into_data().convert::<f32>();
             let xs = xs.as_slice::<f32>().expect("f32 after convert");
             let mut y = Vec::with_capacity(rows * out);
-            for group in xs.chunks(matvec::MAX_ROWS * input) {
+            // In the groups whose sums do not depend on the row count (`Kernel::group`).
+            let group_rows = matvec::Kernel::best().group();
+            for group in xs.chunks(group_rows * input) {
                 y.extend(packed_dots::packed_rows(group, group.len() / input, weight));
             }
             return Tensor::<2>::from_data(TensorData::new(y, [rows, out]), &device).reshape(shape);

@@ -397,6 +397,55 @@ mod tests {
         }
     }
 
+    /// A row's products are the same bits whatever rows share the call, up to the group
+    /// each kernel takes (`Kernel::group`), in every format, with f32 and with 8-bit inputs.
+    #[test]
+    fn a_rows_result_does_not_depend_on_its_company() {
+        let mut rng = Lcg::new(6);
+        let (n, k) = (24, 4160);
+        for format in [
+            WeightFormat::Bf16,
+            WeightFormat::F16,
+            WeightFormat::Q8,
+            WeightFormat::Q4,
+        ] {
+            let packed = PackedMatrix::pack("w", format, &rng.vec(n * k, 1.0), n, k);
+            let x = rng.vec(MAX_ROWS * k, 1.0);
+            for kernel in Kernel::available() {
+                let alone: Vec<Vec<f32>> = (0..MAX_ROWS)
+                    .map(|r| columns(kernel, packed.rows(), 1, &x[r * k..(r + 1) * k], 0..n))
+                    .collect();
+                for m in 2..=kernel.group() {
+                    let together = columns(kernel, packed.rows(), m, &x[..m * k], 0..n);
+                    for (r, alone) in alone.iter().take(m).enumerate() {
+                        assert_eq!(
+                            &together[r * n..(r + 1) * n],
+                            &alone[..],
+                            "{kernel:?} {format} m={m}"
+                        );
+                    }
+                }
+            }
+            if format.is_block() && int8_dots::available() {
+                let one = |r: usize| {
+                    let q = QuantizedInputs::new(format, &x[r * k..(r + 1) * k], 1, k);
+                    int8_dots::columns(packed.rows(), &q, 0..n)
+                };
+                for m in 2..=MAX_ROWS {
+                    let q = QuantizedInputs::new(format, &x[..m * k], m, k);
+                    let together = int8_dots::columns(packed.rows(), &q, 0..n);
+                    for r in 0..m {
+                        assert_eq!(
+                            &together[r * n..(r + 1) * n],
+                            &one(r)[..],
+                            "8-bit {format} m={m}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// The threaded entry point (a matrix large enough to split) equals one pass.
     #[test]
     fn split_products_equal_one_pass() {
