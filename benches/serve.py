@@ -63,7 +63,7 @@ async def concurrency(client, base, streams, prompt_words, max_tokens, seed):
             "prompt": text(rng, prompt_words),
             "max_tokens": max_tokens,
             "temperature": 1.0,
-            "seed": i,
+            "seed": seed + i,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -112,7 +112,8 @@ async def main():
     parser.add_argument("--streams", default="1,4,16,64")
     parser.add_argument("--prompt-words", type=int, default=48,
                         help="48: about 64 World tokens; 12: about 64 bytes")
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", default="64,256",
+                        help="tokens generated per stream; each value is a run of its own")
     parser.add_argument("--conversation-words", type=int, default=1500,
                         help="about 2,000 World tokens")
     parser.add_argument("--label", default="")
@@ -121,11 +122,14 @@ async def main():
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         # Warm up: the first request pays for lazy set-up in the server.
         await concurrency(client, args.url, 1, args.prompt_words, 4, 99)
-        for n in [int(s) for s in args.streams.split(",")]:
-            result = await concurrency(
-                client, args.url, n, args.prompt_words, args.max_tokens, n
-            )
-            print(json.dumps({"label": args.label, **result}), flush=True)
+        for max_tokens in [int(m) for m in args.max_tokens.split(",")]:
+            for n in [int(s) for s in args.streams.split(",")]:
+                # Seeds differ per run, so no run's prompts are cached by an earlier one.
+                result = await concurrency(
+                    client, args.url, n, args.prompt_words, max_tokens, n * 1000 + max_tokens
+                )
+                print(json.dumps({"label": args.label, "max_tokens": max_tokens, **result}),
+                      flush=True)
         if args.conversation_words > 0:
             pairs = [await conversation_ttft(client, args.url, args.conversation_words, s)
                      for s in range(3)]
