@@ -137,8 +137,8 @@ pub fn serve(
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
-        .route("/v1/completions", post(completions))
-        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions::<false>))
+        .route("/v1/chat/completions", post(completions::<true>))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app);
@@ -281,20 +281,18 @@ enum Endpoint {
     Chat,
 }
 
-async fn completions(
+/// `POST /v1/completions` (`CHAT` false) and `POST /v1/chat/completions` (`CHAT` true).
+async fn completions<const CHAT: bool>(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    generate(app, headers, body, Endpoint::Completions).await
-}
-
-async fn chat_completions(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    generate(app, headers, body, Endpoint::Chat).await
+    let endpoint = if CHAT {
+        Endpoint::Chat
+    } else {
+        Endpoint::Completions
+    };
+    generate(app, headers, body, endpoint).await
 }
 
 async fn generate(
