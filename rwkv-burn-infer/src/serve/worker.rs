@@ -168,7 +168,8 @@ struct Worker<'p, 'a> {
     shared: &'p Shared,
     config: WorkerConfig,
     waiting: VecDeque<Job>,
-    reading: Option<Reading>,
+    /// Requests whose prompts are being read (at most the batch's free places).
+    reading: Vec<Reading>,
     batch: Batch,
     state: State,
     lanes: Vec<Option<Lane>>,
@@ -195,7 +196,7 @@ pub fn run(pipeline: &Pipeline<'_>, jobs: Receiver<Job>, shared: &Shared, config
         shared,
         config,
         waiting: VecDeque::new(),
-        reading: None,
+        reading: Vec::new(),
         batch: Batch::empty(),
         state,
         lanes: Vec::new(),
@@ -205,7 +206,7 @@ pub fn run(pipeline: &Pipeline<'_>, jobs: Receiver<Job>, shared: &Shared, config
     };
     loop {
         let idle =
-            worker.batch.running() == 0 && worker.reading.is_none() && worker.waiting.is_empty();
+            worker.batch.running() == 0 && worker.reading.is_empty() && worker.waiting.is_empty();
         if idle {
             shared.metrics.set_tokens_per_second(0.0);
             match jobs.recv_timeout(Duration::from_millis(100)) {
@@ -257,12 +258,7 @@ impl Worker<'_, '_> {
             }
             keep
         });
-        if let Err(e) = self.read_prompts()
-            && let Some(reading) = self.reading.take()
-        {
-            self.lane_of(&reading)
-                .fail(End::Failed(e.to_string()), metrics);
-        }
+        self.read_prompts();
         if let Err(e) = self.step() {
             self.fail_all(e.to_string());
         }
@@ -286,108 +282,121 @@ impl Worker<'_, '_> {
         }
     }
 
-    /// Starts the next waiting prompt if the batch has room, and reads one chunk of it.
-    fn read_prompts(&mut self) -> Result<(), GenerateError> {
+    /// Starts reading the waiting prompts the batch has room for, and reads one chunk of the
+    /// one with the least left to read (so a long document does not hold back the short
+    /// prompts that arrive while it is read; each prompt's own chunks stay the same, so its
+    /// logits do not depend on the others). A prompt read to the end joins the batch.
+    fn read_prompts(&mut self) {
         let metrics = &self.shared.metrics;
-        if self.reading.is_none()
-            && self.batch.running() < self.config.max_batch
-            && let Some(job) = self.waiting.pop_front()
-        {
+        while self.batch.running() + self.reading.len() < self.config.max_batch {
+            let Some(job) = self.waiting.pop_front() else {
+                break;
+            };
             metrics.queued.fetch_sub(1, Relaxed);
             metrics.active.fetch_add(1, Relaxed);
-            let fresh = || State::zeros(&self.pipeline.model.config(), 1, &self.pipeline.device);
-            let reading = if let Some(path) = &job.initial_state {
-                match self.load_state(path) {
-                    Ok(state) => Reading {
-                        job,
-                        state,
-                        logits: Vec::new(),
-                        done: 0,
-                        cached: 0,
-                    },
-                    Err(message) => {
-                        let reading = Reading {
-                            job,
-                            state: fresh(),
-                            logits: Vec::new(),
-                            done: 0,
-                            cached: 0,
-                        };
-                        self.lane_of(&reading).fail(End::BadState(message), metrics);
-                        return Ok(());
-                    }
-                }
-            } else {
-                match self.cache.as_mut().and_then(|c| c.lookup(&job.prompt)) {
-                    Some(hit) => Reading {
-                        job,
-                        state: hit.state,
-                        logits: hit.logits,
-                        done: hit.len,
-                        cached: hit.len,
-                    },
-                    None => Reading {
-                        job,
-                        state: fresh(),
-                        logits: Vec::new(),
-                        done: 0,
-                        cached: 0,
-                    },
-                }
-            };
-            metrics
-                .cached_tokens
-                .fetch_add(reading.cached as u64, Relaxed);
-            self.reading = Some(reading);
+            if let Some(reading) = self.start_reading(job) {
+                metrics
+                    .cached_tokens
+                    .fetch_add(reading.cached as u64, Relaxed);
+                self.reading.push(reading);
+            }
         }
-        let Some(reading) = self.reading.as_mut() else {
-            return Ok(());
+        let now = Instant::now();
+        let mut kept = Vec::with_capacity(self.reading.len());
+        for reading in std::mem::take(&mut self.reading) {
+            if reading.job.events.is_closed() {
+                self.lane_of(&reading).fail(End::Disconnected, metrics);
+            } else if now >= reading.job.deadline {
+                self.lane_of(&reading).fail(End::TimedOut, metrics);
+            } else {
+                kept.push(reading);
+            }
+        }
+        self.reading = kept;
+        let Some(next) = (0..self.reading.len())
+            .min_by_key(|&i| self.reading[i].job.prompt.len() - self.reading[i].done)
+        else {
+            return;
         };
+        let reading = &mut self.reading[next];
         let prompt = &reading.job.prompt;
-        if reading.job.events.is_closed() || Instant::now() >= reading.job.deadline {
-            let end = if reading.job.events.is_closed() {
-                End::Disconnected
-            } else {
-                End::TimedOut
-            };
-            let reading = self.reading.take().expect("just seen");
-            self.lane_of(&reading).fail(end, metrics);
-            return Ok(());
-        }
         if reading.done < prompt.len() {
             let end = (reading.done + self.config.prefill_chunk).min(prompt.len());
             let part = &prompt[reading.done..end];
-            reading.logits =
-                self.pipeline
-                    .prefill(part, &mut reading.state, part.len(), &mut |_| {})?;
+            match self
+                .pipeline
+                .prefill(part, &mut reading.state, part.len(), &mut |_| {})
+            {
+                Ok(logits) => reading.logits = logits,
+                Err(e) => {
+                    let reading = self.reading.swap_remove(next);
+                    self.lane_of(&reading)
+                        .fail(End::Failed(e.to_string()), metrics);
+                    return;
+                }
+            }
             metrics.prompt_tokens.fetch_add(part.len() as u64, Relaxed);
             reading.done = end;
         }
         if reading.done == prompt.len() {
-            let reading = self.reading.take().expect("just seen");
-            if let Some(cache) = &mut self.cache
-                && reading.job.initial_state.is_none()
-                && reading.cached < reading.job.prompt.len()
-            {
-                cache.insert(
-                    reading.job.prompt.clone(),
-                    reading.state.clone(),
-                    reading.logits.clone(),
-                );
-            }
-            let lane = self.lane_of(&reading);
-            let number = self.batch.join(
-                &mut self.state,
-                Decoding::new(reading.job.options),
-                reading.state,
-                reading.logits,
-            );
-            if self.lanes.len() <= number {
-                self.lanes.resize_with(number + 1, || None);
-            }
-            self.lanes[number] = Some(lane);
+            let reading = self.reading.swap_remove(next);
+            self.join(reading);
         }
-        Ok(())
+    }
+
+    /// A waiting request's reading, from its saved state, the longest cached prefix of its
+    /// prompt, or a fresh state; `None` if its saved state does not fit (it is answered).
+    fn start_reading(&mut self, job: Job) -> Option<Reading> {
+        let fresh = || State::zeros(&self.pipeline.model.config(), 1, &self.pipeline.device);
+        let reading = |job, state, logits, done| Reading {
+            job,
+            state,
+            logits,
+            done,
+            cached: done,
+        };
+        if let Some(path) = &job.initial_state {
+            return match self.load_state(path) {
+                Ok(state) => Some(reading(job, state, Vec::new(), 0)),
+                Err(message) => {
+                    let failed = reading(job, fresh(), Vec::new(), 0);
+                    self.lane_of(&failed)
+                        .fail(End::BadState(message), &self.shared.metrics);
+                    None
+                }
+            };
+        }
+        Some(
+            match self.cache.as_mut().and_then(|c| c.lookup(&job.prompt)) {
+                Some(hit) => reading(job, hit.state, hit.logits, hit.len),
+                None => reading(job, fresh(), Vec::new(), 0),
+            },
+        )
+    }
+
+    /// Moves a request whose prompt is read into the batch (caching its prompt's state).
+    fn join(&mut self, reading: Reading) {
+        if let Some(cache) = &mut self.cache
+            && reading.job.initial_state.is_none()
+            && reading.cached < reading.job.prompt.len()
+        {
+            cache.insert(
+                reading.job.prompt.clone(),
+                reading.state.clone(),
+                reading.logits.clone(),
+            );
+        }
+        let lane = self.lane_of(&reading);
+        let number = self.batch.join(
+            &mut self.state,
+            Decoding::new(reading.job.options),
+            reading.state,
+            reading.logits,
+        );
+        if self.lanes.len() <= number {
+            self.lanes.resize_with(number + 1, || None);
+        }
+        self.lanes[number] = Some(lane);
     }
 
     /// A state file of one sequence for this model, or why not.
@@ -442,7 +451,7 @@ impl Worker<'_, '_> {
     /// Ends every request in flight with `message` and starts over with an empty batch.
     fn fail_all(&mut self, message: String) {
         let metrics = &self.shared.metrics;
-        if let Some(reading) = self.reading.take() {
+        for reading in std::mem::take(&mut self.reading) {
             self.lane_of(&reading)
                 .fail(End::Failed(message.clone()), metrics);
         }

@@ -824,3 +824,37 @@ fn requests_start_from_saved_states_by_name() {
     let r = post(&plain, "/v1/completions", &body("genesis"));
     assert_eq!(r.status, 400);
 }
+
+/// A short prompt that arrives while a long one is being read is read first: the long one
+/// does not hold back the requests behind it.
+#[test]
+fn a_long_prompt_does_not_hold_back_short_ones() {
+    let server = Server::start(&["--prefill-chunk", "32", "--cache-mb", "0"]);
+    let long = json!({"prompt": "In the beginning ".repeat(1500), "max_tokens": 1});
+    let addr = server.addr;
+    let reader = std::thread::spawn(move || {
+        let r = request(
+            addr,
+            "POST",
+            "/v1/completions",
+            &[],
+            long.to_string().as_bytes(),
+        );
+        (r.status, std::time::Instant::now())
+    });
+    let metrics = wait_for_metrics(&server, &["rwkv_active_sequences 1"]);
+    assert!(metrics.contains("rwkv_active_sequences 1\n"), "{metrics}");
+    let short = post(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "Hi", "max_tokens": 1}),
+    );
+    let short_done = std::time::Instant::now();
+    assert_eq!(short.status, 200);
+    let (status, long_done) = reader.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        short_done < long_done,
+        "the short request waited for the long prompt"
+    );
+}
