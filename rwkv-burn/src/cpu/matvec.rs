@@ -15,10 +15,11 @@ use std::ops::Range;
 pub(crate) const MAX_ROWS: usize = 4;
 
 /// Most input rows [`small_rows`] takes (in groups of [`MAX_ROWS`] over weight blocks that
-/// stay in L2); more go to gemm. Batched decode at 16 rows on 7-0.1b (`rwkv bench --preset
-/// 7-0.1b --prefill 16 --decode 64 --batch 16`, 2 cores): gemm 70.7 tok/s, most of it in
-/// gemm's packing of the whole weight for every call (`perf`: 54% in `gemm_common ...
-/// vectorize`); grouped here 210-223 tok/s (batch 1: 39.7 either way).
+/// stay in L2); more go to gemm. Batched decode at 16 rows on 7-0.1b, side by side with a
+/// build whose limit is 4 (`rwkv bench --preset 7-0.1b --prefill 16 --decode 64 --batch 16`,
+/// 2 cores, three alternating pairs): gemm 75.5 / 75.9 / 76.9 tok/s, most of it in gemm's
+/// packing of the whole weight for every call (`perf`: 54% in `gemm_common ... vectorize`);
+/// grouped here 250.7 / 257.5 / 254.4; batch 1 the same path either way (62-69).
 pub(crate) const MAX_GROUPED_ROWS: usize = 64;
 
 /// Bytes of weight rows a block holds while every group of input rows passes over it: well
