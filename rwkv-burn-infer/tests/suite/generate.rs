@@ -424,3 +424,38 @@ fn sequences_joining_a_running_batch_decode_as_they_would_alone() {
         }
     }
 }
+
+/// `rwkv chat`'s prompts follow the G1 template: a system turn before the first message,
+/// cleaned user text, the thinking prefixes, and after a reply only the part of the turn
+/// separator the model has not read.
+#[test]
+fn chat_prompts_follow_the_g1_template() {
+    use rwkv_burn_infer::chat::ChatSession;
+    use rwkv_burn_infer::chat_template::{Effort, Think};
+    let (_, device, model) = setups().remove(0);
+    let pipeline = Pipeline::new(&model, &ByteTokenizer, device.clone());
+    let state = State::zeros(&model.config(), 1, &device);
+    let session =
+        ChatSession::new(&pipeline, state.clone(), greedy(4)).with_system("Be\n\nbrief. ");
+    assert_eq!(
+        session.prompt(" Hi\r\n\r\nthere "),
+        "System: Be\nbrief.\n\nUser: Hi\nthere\n\nAssistant:"
+    );
+    let thinking =
+        ChatSession::new(&pipeline, state.clone(), greedy(4)).with_think(Think::On(Effort::High));
+    assert_eq!(
+        thinking.prompt("2+2?"),
+        "User: 2+2? (think a lot)\n\nAssistant: <think"
+    );
+    let fake = ChatSession::new(&pipeline, state, greedy(4)).with_think(Think::Fake);
+    assert_eq!(fake.prompt("Hi"), "User: Hi\n\nAssistant: <think>\n</think");
+    // After a turn the system text is not repeated.
+    let mut session = session;
+    session.turn("Hi", &mut |_| true).unwrap();
+    assert!(
+        session
+            .prompt("Again")
+            .ends_with("User: Again\n\nAssistant:")
+    );
+    assert!(!session.prompt("Again").contains("System:"));
+}
