@@ -858,3 +858,40 @@ fn a_long_prompt_does_not_hold_back_short_ones() {
         "the short request waited for the long prompt"
     );
 }
+
+/// CORS is off unless an origin is allowed; then that origin (and only it) gets the headers,
+/// preflight included.
+#[test]
+fn cors_is_off_by_default_and_on_for_the_given_origin() {
+    let origin = "Origin: http://app.example";
+    let closed = Server::start(&[]);
+    let r = request(closed.addr, "GET", "/v1/models", &[origin], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let open = Server::start(&["--cors-origin", "http://app.example"]);
+    let r = request(open.addr, "GET", "/v1/models", &[origin], b"");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://app.example")
+    );
+    let preflight = request(
+        open.addr,
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[origin, "Access-Control-Request-Method: POST"],
+        b"",
+    );
+    assert!(preflight.status < 300, "{}", preflight.status);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("http://app.example")
+    );
+    let other = request(
+        open.addr,
+        "GET",
+        "/v1/models",
+        &["Origin: http://evil.example"],
+        b"",
+    );
+    assert_eq!(other.header("access-control-allow-origin"), None);
+}
