@@ -99,6 +99,11 @@ struct ModelArgs {
     /// ggml does): faster, with a small bounded error (see the README's weight formats).
     #[arg(long)]
     exact_products: bool,
+    /// LoRA adapters to apply on top of the model without merging them
+    /// (`adapter.safetensors` of `rwkv-train train --tune lora`, or its run folder). They
+    /// compute in f32 beside weights of any precision.
+    #[arg(long, value_name = "ADAPTER")]
+    lora: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -194,7 +199,8 @@ struct GenerateArgs {
     prompt_file: Option<PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Start from this state file instead of a fresh state.
+    /// Start from this state file instead of a fresh state: one `--state-out` saved, or a
+    /// tuned state (`rwkv-train train --tune state`; RWKV-PEFT's `time_state` `.pth` files).
     #[arg(long, value_name = "FILE")]
     state_in: Option<PathBuf>,
     /// Save the final state here (official names, safetensors). May equal --state-in; may not
@@ -211,7 +217,8 @@ struct ChatArgs {
     vocab: VocabArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Resume a conversation saved with --state-out.
+    /// Resume a conversation saved with --state-out, or start from a tuned state
+    /// (`rwkv-train train --tune state`; RWKV-PEFT's `time_state` `.pth` files).
     #[arg(long, value_name = "FILE")]
     state_in: Option<PathBuf>,
     /// Save the conversation's state here after every turn.
@@ -432,8 +439,9 @@ struct ServeArgs {
     /// default.
     #[arg(long, value_name = "ORIGIN")]
     cors_origin: Vec<String>,
-    /// Folder of saved states (`NAME.safetensors`, as `generate --state-out` writes them) that
-    /// a request may start from with `"rwkv_state": "NAME"`.
+    /// Folder of saved states that a request may start from with `"rwkv_state": "NAME"`:
+    /// `NAME.safetensors` (as `generate --state-out` and `rwkv-train train --tune state`
+    /// write them) or `NAME.pth` (RWKV-PEFT's state-tuning files).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 }
@@ -473,10 +481,25 @@ fn spinner(message: String) -> ProgressBar {
 
 fn load(args: &ModelArgs) -> Result<(RwkvConfig, Rwkv, burn::tensor::Device)> {
     let device = args.device.device()?;
-    let (config, model) = match &args.model {
+    let (config, mut model) = match &args.model {
         Some(path) => load_path(path, &device, args.allow_non_finite, args.weights)?,
         None => load_checkpoint(embedded::default_checkpoint()?, &device, args.weights)?,
     };
+    if let Some(path) = &args.lora {
+        // A run folder stands for its adapters.
+        let file = match path.is_dir() {
+            true => path.join("adapter.safetensors"),
+            false => path.clone(),
+        };
+        let spec = rwkv_burn::adapters::load(&mut model, &file)?;
+        note!(
+            "applying LoRA adapters {} (rank {}, alpha {}, {})",
+            file.display(),
+            spec.rank,
+            spec.alpha,
+            spec.targets.to_list()
+        );
+    }
     model.set_exact_products(args.exact_products);
     Ok((config, model, device))
 }

@@ -240,6 +240,20 @@ impl Binidx {
         self.documents.is_empty()
     }
 
+    /// Every document's tokens, in order.
+    pub fn documents(&self) -> Vec<Vec<u32>> {
+        let size = self.element.size();
+        self.documents
+            .iter()
+            .map(|&(offset, len)| {
+                self.bin[offset..offset + len * size]
+                    .chunks_exact(size)
+                    .map(|c| self.element.read(c) as u32)
+                    .collect()
+            })
+            .collect()
+    }
+
     /// The tokens of every document, concatenated in order.
     pub fn all_tokens(&self) -> Vec<u32> {
         let size = self.element.size();

@@ -62,12 +62,70 @@ impl TokenCorpus {
     }
 }
 
-/// A batch of inputs and next-token targets, both `[B, ctx]`.
+/// A batch of inputs and next-token targets, both `[B, T]`.
 pub struct Batch {
     /// Model inputs.
     pub inputs: Tensor<2, Int>,
     /// The token after each input.
     pub targets: Tensor<2, Int>,
+    /// The loss weight of each position `[B, T]` (1 counted, 0 not: padding, or what a
+    /// chat sample's user says); `None`: every position counts.
+    pub weights: Option<Tensor<2>>,
+}
+
+/// Where a run's batches come from: windows of one token stream ([`TokenCorpus`]) or whole
+/// samples with loss masks ([`crate::sft::SampleCorpus`]).
+pub trait TrainData {
+    /// The next training batch of `batch` rows, drawn by `sampler`.
+    fn batch(
+        &self,
+        sampler: &mut WindowSampler,
+        batch: usize,
+        ctx: usize,
+        device: &Device,
+    ) -> Batch;
+    /// Every validation batch, in order.
+    fn validation(&self, batch: usize, ctx: usize, device: &Device) -> Vec<Batch>;
+}
+
+impl TrainData for TokenCorpus {
+    fn batch(
+        &self,
+        sampler: &mut WindowSampler,
+        batch: usize,
+        ctx: usize,
+        device: &Device,
+    ) -> Batch {
+        sampler.batch(&self.train, batch, ctx, device)
+    }
+
+    fn validation(&self, batch: usize, ctx: usize, device: &Device) -> Vec<Batch> {
+        sequential_batches(&self.valid, batch, ctx, device)
+    }
+}
+
+impl TrainData for crate::sft::SampleCorpus {
+    fn batch(
+        &self,
+        sampler: &mut WindowSampler,
+        batch: usize,
+        _ctx: usize,
+        device: &Device,
+    ) -> Batch {
+        let picked: Vec<&crate::sft::Sample> = sampler
+            .items(self.train.len(), batch)
+            .into_iter()
+            .map(|i| &self.train[i])
+            .collect();
+        crate::sft::padded_batch(&picked, device)
+    }
+
+    fn validation(&self, batch: usize, _ctx: usize, device: &Device) -> Vec<Batch> {
+        let all: Vec<&crate::sft::Sample> = self.valid.iter().collect();
+        all.chunks(batch)
+            .map(|chunk| crate::sft::padded_batch(chunk, device))
+            .collect()
+    }
 }
 
 /// How training windows are chosen.
@@ -121,6 +179,23 @@ impl WindowSampler {
         ((bits >> 33) as usize) % bound.max(1)
     }
 
+    /// `batch` of `count` items (whole samples): `Epoch` visits every item once an epoch, in
+    /// an order shuffled anew each epoch (the state counts the items drawn); `Random` draws
+    /// each independently.
+    pub fn items(&mut self, count: usize, batch: usize) -> Vec<usize> {
+        match self.mode {
+            Sampling::Random => (0..batch).map(|_| self.next_index(count)).collect(),
+            Sampling::Epoch => (0..batch)
+                .map(|_| {
+                    let count64 = count.max(1) as u64;
+                    let (epoch, position) = (self.state / count64, self.state % count64);
+                    self.state += 1;
+                    shuffled(count, epoch)[position as usize]
+                })
+                .collect(),
+        }
+    }
+
     /// The next `batch` windows of `tokens`.
     pub fn batch(&mut self, tokens: &[u32], batch: usize, ctx: usize, device: &Device) -> Batch {
         let starts: Vec<usize> = match self.mode {
@@ -141,6 +216,17 @@ impl WindowSampler {
         };
         windows(tokens, &starts, ctx, device)
     }
+}
+
+/// `0..count` in the order of epoch `epoch` (Fisher-Yates with a generator seeded by it).
+fn shuffled(count: usize, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..count).collect();
+    let mut rng = rwkv_burn::random::SplitMix64::new(epoch ^ 0x2545_f491_4f6c_dd1d);
+    for i in (1..count).rev() {
+        let j = ((rng.next_u64() >> 11) % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
 }
 
 /// The largest prime `p <= limit` with `p % 3 == 2` (so cubing is a bijection mod `p`), or 2.
@@ -181,6 +267,7 @@ fn windows(tokens: &[u32], starts: &[usize], ctx: usize, device: &Device) -> Bat
     Batch {
         inputs: Tensor::from_data(TensorData::new(pick(0), shape), device),
         targets: Tensor::from_data(TensorData::new(pick(1), shape), device),
+        weights: None,
     }
 }
 

@@ -8,4 +8,6 @@ pub mod loss;
 pub mod optimizer;
 pub mod plot;
 pub mod run;
+pub mod sft;
+pub mod state_tuning;
 pub mod trainer;

@@ -37,6 +37,61 @@ enum Command {
     /// Write a model in the official layout, as safetensors or as a `.pth` that the official
     /// `rwkv` package and `torch.load(weights_only=True)` accept (chosen by the extension).
     Export(ExportArgs),
+    /// Fold LoRA adapters (`train --tune lora`) into their model's weights and write the
+    /// result as an ordinary official checkpoint (`.pth` or safetensors, by the extension).
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The model the adapters were trained on.
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// The adapters: `adapter.safetensors` of a LoRA run, or the run's folder.
+    #[arg(long, value_name = "ADAPTER")]
+    lora: PathBuf,
+    /// The file to write: `*.safetensors` or `*.pth`.
+    #[arg(long, value_name = "PATH")]
+    out: PathBuf,
+    /// Precision of the written weights: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: rwkv_burn::export::StorageDType,
+    /// Device the weights pass through (flex, ndarray, ... as compiled in).
+    #[arg(long, default_value = "flex")]
+    device: DeviceSpec,
+}
+
+fn merge(args: MergeArgs) -> Result<()> {
+    if rwkv_burn::export::ExportFormat::from_path(&args.out).is_none() {
+        bail!(
+            "{}: name the output *.safetensors or *.pth",
+            args.out.display()
+        );
+    }
+    let lora = match args.lora.is_dir() {
+        true => args.lora.join(rwkv_burn_train::run::ADAPTER),
+        false => args.lora.clone(),
+    };
+    files::check_output(
+        &args.out,
+        &Inputs::new().protect(&args.model).protect(&lora),
+    )?;
+    let device = args.device.device()?;
+    let (config, mut model, names) = rwkv_burn::load::load_model_named(&args.model, &device)?;
+    let spec = rwkv_burn::adapters::load(&mut model, &lora)?;
+    let merged = rwkv_burn::adapters::merge(&mut model)?;
+    let tensors = rwkv_burn::export::official_tensors(&model, &names);
+    rwkv_burn::export::write_official(&args.out, &tensors, args.dtype)?;
+    note!(
+        "merged {merged} adapters (rank {}, alpha {}) into {} ({}, {} layers) and wrote {}",
+        spec.rank,
+        spec.alpha,
+        args.model.display(),
+        config.version,
+        config.n_layer,
+        args.out.display()
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -64,6 +119,17 @@ struct ExportArgs {
     /// Device the weights pass through on their way (flex, ndarray, ... as compiled in).
     #[arg(long, default_value = "flex")]
     device: DeviceSpec,
+}
+
+/// `--tune` of `train`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Tune {
+    /// Every weight of the model.
+    Full,
+    /// The initial WKV state only; the model frozen.
+    State,
+    /// LoRA adapters; the model frozen.
+    Lora,
 }
 
 /// `--precision` of `train`.
@@ -132,8 +198,11 @@ fn plot(args: PlotArgs) -> Result<()> {
 
 #[derive(Args)]
 struct PrepareArgs {
-    /// Input: `.jsonl` (one `{"text": ...}` document per line) or any other file as one
-    /// document.
+    /// Input: `.jsonl`, one document per line: `{"text": ...}`, or a conversation
+    /// `{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}`, rendered
+    /// with the G1 chat template and trained on the assistant's turns only (a loss mask is
+    /// written to PREFIX.mask, and training takes each conversation whole); any other file
+    /// is one document.
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
     /// Tokenizer: `bytes` (byte-level), `world` (the embedded RWKV World vocabulary), or a
@@ -159,6 +228,31 @@ struct TrainArgs {
     /// Continue from this checkpoint instead of a fresh model.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["preset", "version", "layers", "embd"])]
     init_from: Option<PathBuf>,
+    /// What to train: `full` (every weight), `lora` (LoRA adapters on the projections, the
+    /// model frozen; writes DIR/adapter.safetensors, for `rwkv --lora` and `rwkv-train
+    /// merge`) or `state` (only the initial WKV state of every layer, the model frozen, as
+    /// RWKV-PEFT's `--peft state`; RWKV-5 or later). Both need --init-from. State tuning writes DIR/state.safetensors (for `rwkv --state-in` and
+    /// `rwkv serve --state-dir`) and DIR/time_state.pth (RWKV-PEFT's layout, for Ai00,
+    /// web-rwkv and ChatRWKV). It wants a much larger --lr than full training (RWKV-PEFT
+    /// uses about 1).
+    #[arg(long, value_enum, default_value_t = Tune::Full)]
+    tune: Tune,
+    /// Rank of the LoRA adapters (`--tune lora`).
+    #[arg(long, default_value_t = 16)]
+    lora_rank: usize,
+    /// LoRA alpha: the adapters' term is scaled by alpha / rank.
+    #[arg(long, default_value_t = 32.0)]
+    lora_alpha: f32,
+    /// Projections that get adapters: att (every time-mix projection), ffn (every
+    /// channel-mix projection), head, or single kinds such as att.key, ffn.value; comma
+    /// separated.
+    #[arg(long, default_value = "att,ffn")]
+    lora_targets: String,
+    /// Gradient checkpointing: recompute the cheap (memory-bound) operations' outputs in the
+    /// backward pass instead of keeping them (Burn's balanced checkpointing), trading time
+    /// for memory.
+    #[arg(long)]
+    grad_cp: bool,
     /// Shape of a released model (e.g. 7-0.1b) instead of --version/--layers/--embd.
     #[arg(long, conflicts_with_all = ["layers", "embd"])]
     preset: Option<String>,
@@ -327,6 +421,16 @@ impl TrainArgs {
         ) + &match self.precision {
             Precision::F32 => String::new(),
             other => format!(" precision={other:?}"),
+        } + &match self.tune {
+            Tune::Full => String::new(),
+            Tune::State => " tune=state".to_string(),
+            Tune::Lora => format!(
+                " tune=lora r={} alpha={} targets={}",
+                self.lora_rank, self.lora_alpha, self.lora_targets
+            ),
+        } + match self.grad_cp {
+            false => "",
+            true => " grad_cp",
         }
     }
 }
@@ -456,12 +560,26 @@ fn fresh_config(args: &TrainArgs, vocab: usize) -> Result<rwkv_burn::RwkvConfig>
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    use indicatif::{ProgressBar, ProgressStyle};
-    use rwkv_burn_train::data::TokenCorpus;
-    use rwkv_burn_train::trainer::{TrainConfig, Trainer};
+    use rwkv_burn_train::run::{ADAPTER, MODEL, STATE, TIME_STATE};
+    use rwkv_burn_train::state_tuning::{InitialState, StateTuning};
+    use rwkv_burn_train::trainer::TrainConfig;
 
     args.check().map_err(anyhow::Error::msg)?;
-    let device = args.device.device()?.autodiff();
+    if args.tune != Tune::Full && args.init_from.is_none() {
+        bail!("--tune state and --tune lora tune a trained model: give it with --init-from");
+    }
+    let lora = match args.tune {
+        Tune::Lora => Some(rwkv_burn::adapters::LoraSpec::new(
+            args.lora_rank,
+            args.lora_alpha,
+            rwkv_burn::adapters::Targets::parse(&args.lora_targets)?,
+        )?),
+        _ => None,
+    };
+    let mut device = args.device.device()?.autodiff();
+    if args.grad_cp {
+        device = device.gradient_checkpointing();
+    }
     let tokenizer = tokenizer(&args.vocab)?;
     let fingerprint = args.fingerprint();
     let run = RunDir::new(&args.out);
@@ -471,25 +589,19 @@ fn train(args: TrainArgs) -> Result<()> {
         false => None,
     };
     let (config, model, names) = match (&resume, &args.init_from) {
-        (Some(resume), _) => rwkv_burn::load::load_model_named(resume.model_path(), &device)?,
-        (None, Some(path)) => rwkv_burn::load::load_model_named(path, &device)?,
-        (None, None) => {
+        // A resumed full run continues the checkpoint's model; state tuning keeps its base.
+        (Some(resume), _) if args.tune == Tune::Full => {
+            rwkv_burn::load::load_model_named(resume.model_path(), &device)?
+        }
+        (_, Some(path)) => rwkv_burn::load::load_model_named(path, &device)?,
+        (_, None) => {
             let vocab = rwkv_burn::tokenizer::model_vocab(tokenizer.as_ref());
             let config = fresh_config(&args, vocab)?;
             let (model, names) = rwkv_burn::init::training_model(&config, args.seed, &device)?;
             (config, model, names)
         }
     };
-    let (_, idx_path) = rwkv_burn_train::binidx::paths(&args.data);
-    let tokens = if idx_path.is_file() {
-        rwkv_burn_train::binidx::Binidx::open(&args.data)?.all_tokens()
-    } else {
-        let text = files::read_input(&args.data, MAX_TEXT_BYTES).context("reading the data")?;
-        tokenizer.encode(&text)?
-    };
-    let corpus = TokenCorpus::split(tokens, args.valid_fraction, args.ctx, config.vocab_size)?;
-    // Metrics up to the checkpoint survive a resume; later lines are recomputed.
-    let (mut metrics, kept) = run.start_metrics(resume.as_ref())?;
+    let corpus = read_data(&args, tokenizer.as_ref(), config.vocab_size)?;
     let train_config = TrainConfig {
         steps: args.steps,
         batch: args.batch,
@@ -510,81 +622,266 @@ fn train(args: TrainArgs) -> Result<()> {
         l2wrap: !args.no_l2wrap,
         compute_dtype: args.precision.compute_dtype(),
     };
-    note!(
-        "training {} ({} layers, width {}, {} parameters) on {} tokens, validating on {}",
-        config.version,
-        config.n_layer,
-        config.n_embd,
-        burn::module::Module::num_params(&model),
-        corpus.train.len(),
-        corpus.valid.len()
-    );
-    let bar = ProgressBar::new(args.steps as u64).with_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("valid template"),
-    );
-    let mut trainer = match resume {
-        Some(resume) => {
-            note!("resuming at step {}", resume.step);
-            Trainer::resume(
-                train_config,
-                &names,
-                resume.optimizer,
-                resume.sampler_state,
-                resume.step,
-            )?
-        }
-        None => Trainer::new(train_config, &names)?,
+    let session = Session {
+        args: &args,
+        run: &run,
+        fingerprint: &fingerprint,
+        corpus: &corpus,
+        device: &device,
     };
-    bar.set_position(trainer.step as u64);
-    let first_step = trainer.step;
-    let start = std::time::Instant::now();
-    let tokens_per_step = (args.batch * args.ctx * args.accumulate.max(1)) as f64;
-    let mut failure: Option<anyhow::Error> = None;
-    let mut last_valid = None;
-    // The rows so far (kept rows of a resumed run included), redrawn at every checkpoint.
-    let history = std::cell::RefCell::new(kept);
-    let mut report = |r: &rwkv_burn_train::trainer::StepReport| {
-        let done = (r.step - first_step) as f64;
-        let row = MetricsRow::new(r, tokens_per_step * done / start.elapsed().as_secs_f64());
-        if let Some(v) = r.valid_loss {
-            last_valid = Some(v);
+    match args.tune {
+        Tune::Full => {
+            note!(
+                "training {} ({} layers, width {}, {} parameters) on {}, validating on {}",
+                config.version,
+                config.n_layer,
+                config.n_embd,
+                burn::module::Module::num_params(&model),
+                corpus.train_size(),
+                corpus.valid_size()
+            );
+            session.train(model, &names, train_config, resume, &mut |model, dir| {
+                rwkv_burn::export::save_official(model, &names, &dir.join(MODEL))?;
+                Ok(vec![MODEL])
+            })?;
+            note!("saved {}", run.model_path().display());
         }
-        bar.set_message(format!(
-            "loss {:.4} valid {} lr {:.2e} {:.0} tok/s",
-            r.loss,
-            last_valid.map_or("-".into(), |v| format!("{v:.4}")),
-            r.lr,
-            row.tokens_per_s
-        ));
-        bar.inc(1);
-        if let Err(e) = metrics.write(&row) {
-            failure.get_or_insert(e.into());
+        Tune::Lora => {
+            let spec = lora.expect("checked above");
+            let mut model = burn::module::Module::freeze(model);
+            let adapted = match &resume {
+                Some(resume) => {
+                    rwkv_burn::adapters::load(&mut model, &resume.file(ADAPTER))?;
+                    rwkv_burn::adapters::adapter_tensors(&model).len() / 2
+                }
+                None => rwkv_burn::adapters::attach_fresh(&mut model, &spec, args.seed)?,
+            };
+            let trained: usize = rwkv_burn::adapters::adapter_tensors(&model)
+                .iter()
+                .map(|t| t.data.num_elements())
+                .sum();
+            note!(
+                "training LoRA adapters (rank {}, alpha {}, {} projections, {} values) of {} ({} layers, width {}, frozen) on {}, validating on {}",
+                spec.rank,
+                spec.alpha,
+                adapted,
+                trained,
+                config.version,
+                config.n_layer,
+                config.n_embd,
+                corpus.train_size(),
+                corpus.valid_size()
+            );
+            let names = rwkv_burn::weights::ParamNames::default();
+            session.train(model, &names, train_config, resume, &mut |model, dir| {
+                rwkv_burn::adapters::save(model, &spec, &dir.join(ADAPTER))
+                    .map_err(|e| rwkv_burn_train::run::RunError::Output(e.to_string()))?;
+                Ok(vec![ADAPTER])
+            })?;
+            note!("saved {}", run.root().join(ADAPTER).display());
         }
-        history.borrow_mut().push(row);
-    };
-    let mut save_failure: Option<anyhow::Error> = None;
-    let mut checkpoint = |model: &Rwkv, trainer: &Trainer| {
-        let saved = run.save_checkpoint(model, &names, trainer, &fingerprint, args.keep_last);
-        if let Err(e) = saved {
-            save_failure.get_or_insert(e.into());
+        Tune::State => {
+            let start = match &resume {
+                Some(resume) => {
+                    let state = rwkv_burn::State::load(resume.file(STATE), &config, &device)?;
+                    InitialState::from_state(&state, &config)?
+                }
+                None => InitialState::zeros(&config, &device)?,
+            };
+            let tuning = StateTuning::new(model, start);
+            note!(
+                "tuning the initial state ({} values) of {} ({} layers, width {}, frozen) on {}, validating on {}",
+                burn::module::Module::num_params(&tuning.state),
+                config.version,
+                config.n_layer,
+                config.n_embd,
+                corpus.train_size(),
+                corpus.valid_size()
+            );
+            // The optimizer sees the state only: no weight is decayed.
+            let names = rwkv_burn::weights::ParamNames::default();
+            session.train(tuning, &names, train_config, resume, &mut |tuning, dir| {
+                let state = tuning.state.to_state(&config);
+                state.save(dir.join(STATE))?;
+                let peft = rwkv_burn::time_state::to_time_state(&state, &config, 0)?;
+                rwkv_burn::export::write_official(
+                    &dir.join(TIME_STATE),
+                    &peft,
+                    rwkv_burn::export::StorageDType::F32,
+                )?;
+                Ok(vec![STATE, TIME_STATE])
+            })?;
+            note!(
+                "saved {} and {}",
+                run.root().join(STATE).display(),
+                run.root().join(TIME_STATE).display()
+            );
         }
-        let (train, valid) = curves(&history.borrow());
-        let curve = rwkv_burn_train::plot::write_loss_curve(&run.curve_path(), &train, &valid);
-        if let Err(e) = curve {
-            save_failure.get_or_insert(e.into());
-        }
-    };
-    let model = trainer.run(model, &corpus, &device, &mut report, &mut checkpoint);
-    bar.finish();
-    if let Some(e) = failure.or(save_failure) {
-        return Err(e);
     }
-    drop(model);
-    note!("saved {}", run.model_path().display());
     Ok(())
+}
+
+/// A run's data: windows of a token stream, or whole samples with loss masks.
+enum Data {
+    Windows(rwkv_burn_train::data::TokenCorpus),
+    Samples(rwkv_burn_train::sft::SampleCorpus),
+}
+
+impl Data {
+    fn train_size(&self) -> String {
+        match self {
+            Data::Windows(c) => format!("{} tokens", c.train.len()),
+            Data::Samples(c) => format!("{} samples", c.train.len()),
+        }
+    }
+
+    fn valid_size(&self) -> String {
+        match self {
+            Data::Windows(c) => format!("{} tokens", c.valid.len()),
+            Data::Samples(c) => format!("{} samples", c.valid.len()),
+        }
+    }
+}
+
+/// `--data`: a binidx dataset (with a loss mask from `prepare`: whole samples) or text.
+fn read_data(
+    args: &TrainArgs,
+    tokenizer: &dyn rwkv_burn::tokenizer::Tokenizer,
+    vocab: usize,
+) -> Result<Data> {
+    use rwkv_burn_train::sft::{SampleCorpus, mask_path};
+    let (_, idx_path) = rwkv_burn_train::binidx::paths(&args.data);
+    if !idx_path.is_file() {
+        let text = files::read_input(&args.data, MAX_TEXT_BYTES).context("reading the data")?;
+        let tokens = tokenizer.encode(&text)?;
+        let corpus = rwkv_burn_train::data::TokenCorpus::split(
+            tokens,
+            args.valid_fraction,
+            args.ctx,
+            vocab,
+        )?;
+        return Ok(Data::Windows(corpus));
+    }
+    let binidx = rwkv_burn_train::binidx::Binidx::open(&args.data)?;
+    let mask = mask_path(&args.data);
+    if !mask.is_file() {
+        let corpus = rwkv_burn_train::data::TokenCorpus::split(
+            binidx.all_tokens(),
+            args.valid_fraction,
+            args.ctx,
+            vocab,
+        )?;
+        return Ok(Data::Windows(corpus));
+    }
+    let bytes = files::read_input(&mask, MAX_TEXT_BYTES)
+        .with_context(|| format!("reading {}", mask.display()))?;
+    let samples = SampleCorpus::samples_from_files(binidx.documents(), &bytes)
+        .with_context(|| mask.display().to_string())?;
+    let corpus = SampleCorpus::split(samples, args.valid_fraction, args.ctx, vocab)
+        .with_context(|| args.data.display().to_string())?;
+    Ok(Data::Samples(corpus))
+}
+
+/// What every kind of training run shares: its settings, folder, data and device.
+struct Session<'a> {
+    args: &'a TrainArgs,
+    run: &'a RunDir,
+    fingerprint: &'a str,
+    corpus: &'a Data,
+    device: &'a burn::tensor::Device,
+}
+
+/// Writes a run's outputs into a checkpoint folder and names them.
+type Outputs<'a, M> =
+    dyn FnMut(&M, &Path) -> Result<Vec<&'static str>, rwkv_burn_train::run::RunError> + 'a;
+
+impl Session<'_> {
+    /// Runs `tuned` to the last step with a progress bar, metrics.csv, the loss curve and a
+    /// checkpoint (`outputs`, optimizer, sampler) at every validation.
+    fn train<M: rwkv_burn_train::trainer::Tunable>(
+        &self,
+        tuned: M,
+        names: &rwkv_burn::weights::ParamNames,
+        train_config: rwkv_burn_train::trainer::TrainConfig,
+        resume: Option<rwkv_burn_train::run::Resume>,
+        outputs: &mut Outputs<'_, M>,
+    ) -> Result<M> {
+        use indicatif::{ProgressBar, ProgressStyle};
+        use rwkv_burn_train::trainer::Trainer;
+        let args = self.args;
+        let run = self.run;
+        // Metrics up to the checkpoint survive a resume; later lines are recomputed.
+        let (mut metrics, kept) = run.start_metrics(resume.as_ref())?;
+        let bar = ProgressBar::new(args.steps as u64).with_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+            )
+            .expect("valid template"),
+        );
+        let mut trainer = match resume {
+            Some(resume) => {
+                note!("resuming at step {}", resume.step);
+                Trainer::resume(
+                    train_config,
+                    names,
+                    resume.optimizer,
+                    resume.sampler_state,
+                    resume.step,
+                )?
+            }
+            None => Trainer::new(train_config, names)?,
+        };
+        bar.set_position(trainer.step as u64);
+        let first_step = trainer.step;
+        let start = std::time::Instant::now();
+        let tokens_per_step = (args.batch * args.ctx * args.accumulate.max(1)) as f64;
+        let mut failure: Option<anyhow::Error> = None;
+        let mut last_valid = None;
+        // The rows so far (kept rows of a resumed run included), redrawn at every checkpoint.
+        let history = std::cell::RefCell::new(kept);
+        let mut report = |r: &rwkv_burn_train::trainer::StepReport| {
+            let done = (r.step - first_step) as f64;
+            let row = MetricsRow::new(r, tokens_per_step * done / start.elapsed().as_secs_f64());
+            if let Some(v) = r.valid_loss {
+                last_valid = Some(v);
+            }
+            bar.set_message(format!(
+                "loss {:.4} valid {} lr {:.2e} {:.0} tok/s",
+                r.loss,
+                last_valid.map_or("-".into(), |v| format!("{v:.4}")),
+                r.lr,
+                row.tokens_per_s
+            ));
+            bar.inc(1);
+            if let Err(e) = metrics.write(&row) {
+                failure.get_or_insert(e.into());
+            }
+            history.borrow_mut().push(row);
+        };
+        let mut save_failure: Option<anyhow::Error> = None;
+        let mut checkpoint = |tuned: &M, trainer: &Trainer| {
+            let mut write = |dir: &Path| outputs(tuned, dir);
+            let saved = run.save_checkpoint(&mut write, trainer, self.fingerprint, args.keep_last);
+            if let Err(e) = saved {
+                save_failure.get_or_insert(e.into());
+            }
+            let (train, valid) = curves(&history.borrow());
+            let curve = rwkv_burn_train::plot::write_loss_curve(&run.curve_path(), &train, &valid);
+            if let Err(e) = curve {
+                save_failure.get_or_insert(e.into());
+            }
+        };
+        let data: &dyn rwkv_burn_train::data::TrainData = match self.corpus {
+            Data::Windows(corpus) => corpus,
+            Data::Samples(corpus) => corpus,
+        };
+        let tuned = trainer.run(tuned, data, self.device, &mut report, &mut checkpoint);
+        bar.finish();
+        if let Some(e) = failure.or(save_failure) {
+            return Err(e);
+        }
+        Ok(tuned)
+    }
 }
 
 /// `--vocab` of `prepare` and `train`.
@@ -599,12 +896,15 @@ fn prepare(args: PrepareArgs) -> Result<()> {
     let protected = Inputs::new().protect(&args.input);
     files::check_output(&bin, &protected)?;
     files::check_output(&idx, &protected)?;
+    files::check_output(&rwkv_burn_train::sft::mask_path(&args.out), &protected)?;
     let bytes = files::read_input(&args.input, MAX_TEXT_BYTES).context("reading the input")?;
     if bytes.is_empty() {
         bail!("{}: the file is empty", args.input.display());
     }
     let jsonl = args.input.extension().is_some_and(|e| e == "jsonl");
     let mut documents = Vec::new();
+    // Per document, which tokens the loss counts; kept only if a conversation needs it.
+    let mut masks: Vec<Vec<bool>> = Vec::new();
     if jsonl {
         let text = std::str::from_utf8(&bytes)
             .with_context(|| format!("{}: not UTF-8", args.input.display()))?;
@@ -620,28 +920,39 @@ fn prepare(args: PrepareArgs) -> Result<()> {
             let value: serde_json::Value = serde_json::from_str(line).with_context(|| {
                 format!("{}: line {}: invalid JSON", args.input.display(), n + 1)
             })?;
-            let doc = value["text"].as_str().with_context(|| {
-                format!(
-                    "{}: line {}: no \"text\" string",
-                    args.input.display(),
-                    n + 1
-                )
-            })?;
-            // Documents end with the end-of-text token, as RWKV-LM's data does.
-            let mut ids = tokenizer.encode(doc.as_bytes())?;
-            ids.push(rwkv_burn::tokenizer::END_OF_TEXT);
-            documents.push(ids);
+            let sample = rwkv_burn_train::sft::sample(&value, tokenizer.as_ref(), n + 1)
+                .with_context(|| args.input.display().to_string())?;
+            documents.push(sample.tokens);
+            masks.push(sample.mask);
         }
         bar.finish_and_clear();
     } else {
         documents.push(tokenizer.encode(&bytes)?);
     }
+    if documents.is_empty() {
+        bail!("{}: no documents", args.input.display());
+    }
+    let mask_path = rwkv_burn_train::sft::mask_path(&args.out);
+    let conversations = masks.iter().flatten().any(|&m| !m);
+    if conversations {
+        let bytes: Vec<u8> = masks.iter().flatten().map(|&m| u8::from(m)).collect();
+        safetensors_io::write_atomic(&mask_path, &bytes)?;
+    } else if mask_path.is_file() {
+        // A mask left by an earlier dataset under this name would not fit these tokens.
+        std::fs::remove_file(&mask_path)
+            .with_context(|| format!("removing {}", mask_path.display()))?;
+    }
     rwkv_burn_train::binidx::write(&args.out, &documents)?;
     let tokens: usize = documents.iter().map(Vec::len).sum();
     note!(
-        "wrote {} documents, {tokens} tokens to {}.bin/.idx",
+        "wrote {} documents, {tokens} tokens to {}.bin/.idx{}",
         documents.len(),
-        args.out.display()
+        args.out.display(),
+        if conversations {
+            " and the loss mask (assistant turns) to .mask"
+        } else {
+            ""
+        }
     );
     Ok(())
 }
@@ -660,6 +971,7 @@ fn main() -> ExitCode {
         Command::Prepare(args) => prepare(args),
         Command::Plot(args) => plot(args),
         Command::Export(args) => export(args),
+        Command::Merge(args) => merge(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,6 @@
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
-use rwkv_burn::Rwkv;
 use rwkv_burn::weights::ParamNames;
 
 /// Whether RWKV-LM decays a parameter: a `.weight` with at least two dimensions larger than
@@ -73,8 +72,8 @@ impl ModuleVisitor for Scale<'_> {
 
 /// Clips the gradients of `model` so their global L2 norm is at most `max_norm` (as
 /// `torch.nn.utils.clip_grad_norm_`), returning them and the norm before clipping.
-pub fn clip_global_norm(
-    model: &Rwkv,
+pub fn clip_global_norm<M: Module>(
+    model: &M,
     mut grads: GradientsParams,
     max_norm: f32,
 ) -> (GradientsParams, f32) {
@@ -101,7 +100,7 @@ pub fn clip_global_norm(
 mod tests {
     use super::*;
     use burn::tensor::TensorData;
-    use rwkv_burn::{DeviceSpec, Version, presets::config_for};
+    use rwkv_burn::{DeviceSpec, Rwkv, Version, presets::config_for};
 
     /// A gradient of `value` everywhere for every parameter.
     struct Fill<'a> {

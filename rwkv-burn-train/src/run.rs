@@ -1,10 +1,12 @@
 //! A training run's folder, and the protocol that lets a killed run resume exactly:
 //!
 //! ```text
-//! OUT/model.safetensors             the latest model (official format)
+//! OUT/model.safetensors             the latest model (official format); a state-tuning run
+//!                                   writes state.safetensors and time_state.pth instead, a
+//!                                   LoRA run adapter.safetensors
 //! OUT/metrics.csv                   step,loss,lr,valid_loss,tokens_per_s
 //! OUT/loss.png                      the loss curve
-//! OUT/checkpoints/step-00000100/    model.safetensors, optimizer.bpk, trainer.json
+//! OUT/checkpoints/step-00000100/    the outputs above, optimizer.bpk, trainer.json
 //! OUT/checkpoints/latest            the name of the newest complete checkpoint
 //! ```
 //!
@@ -15,9 +17,7 @@
 //! metrics up to its checkpoint and recomputes the rest.
 
 use crate::trainer::{StepReport, Trainer};
-use rwkv_burn::Rwkv;
 use rwkv_burn::safetensors_io::{IoError, write_atomic};
-use rwkv_burn::weights::ParamNames;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -35,6 +35,12 @@ pub enum RunError {
     /// Writing a file failed.
     #[error(transparent)]
     Write(#[from] IoError),
+    /// Reading or writing a state failed.
+    #[error(transparent)]
+    State(#[from] rwkv_burn::StateError),
+    /// Writing a run's output failed.
+    #[error("{0}")]
+    Output(String),
     /// `--resume` on a folder without a checkpoint.
     #[error("no checkpoint to resume in {0} (nothing was saved yet, or another folder)")]
     NoCheckpoint(PathBuf),
@@ -71,6 +77,11 @@ impl Resume {
     /// The model saved in the checkpoint.
     pub fn model_path(&self) -> PathBuf {
         self.dir.join(MODEL)
+    }
+
+    /// An output file of the checkpoint, by name (e.g. [`STATE`]).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 }
 
@@ -156,7 +167,14 @@ pub fn curves(rows: &[MetricsRow]) -> (Curve, Curve) {
     (train, valid)
 }
 
-const MODEL: &str = "model.safetensors";
+/// The model a full training run writes (official format).
+pub const MODEL: &str = "model.safetensors";
+/// The state a state-tuning run writes, under the official state names (`rwkv --state-in`).
+pub const STATE: &str = "state.safetensors";
+/// The LoRA adapters a LoRA run writes (`rwkv --lora`, `rwkv-train merge`).
+pub const ADAPTER: &str = "adapter.safetensors";
+/// The same state in RWKV-PEFT's layout (`blocks.{i}.att.time_state`), as RWKV-PEFT saves it.
+pub const TIME_STATE: &str = "time_state.pth";
 const OPTIMIZER: &str = "optimizer.bpk";
 const META: &str = "trainer.json";
 const LATEST: &str = "latest";
@@ -284,13 +302,13 @@ impl RunDir {
         Ok((MetricsWriter { file, path }, kept))
     }
 
-    /// Writes a checkpoint of the run at `trainer.step`, then points `latest` at it, copies
-    /// its model to the top of the folder, and removes all but the newest `keep` checkpoints
-    /// (at least the new one).
+    /// Writes a checkpoint of the run at `trainer.step`: `outputs` writes the run's outputs
+    /// into the folder it is given and names them; then `latest` points at the checkpoint,
+    /// the outputs are copied to the top of the run folder, and all but the newest `keep`
+    /// checkpoints (at least the new one) are removed.
     pub fn save_checkpoint(
         &self,
-        model: &Rwkv,
-        names: &ParamNames,
+        outputs: &mut dyn FnMut(&Path) -> Result<Vec<&'static str>, RunError>,
         trainer: &Trainer,
         fingerprint: &str,
         keep: usize,
@@ -299,7 +317,7 @@ impl RunDir {
         let name = format!("step-{:08}", trainer.step);
         let dir = root.join(&name);
         std::fs::create_dir_all(&dir).map_err(Self::io(&dir))?;
-        rwkv_burn::export::save_official(model, names, &dir.join(MODEL))?;
+        let files = outputs(&dir)?;
         write_atomic(&dir.join(OPTIMIZER), &trainer.optimizer_bytes())?;
         let meta = serde_json::json!({
             "step": trainer.step,
@@ -308,9 +326,12 @@ impl RunDir {
         });
         write_atomic(&dir.join(META), meta.to_string().as_bytes())?;
         write_atomic(&root.join(LATEST), name.as_bytes())?;
-        // The latest model also sits at the top of the output folder.
-        let bytes = std::fs::read(dir.join(MODEL)).map_err(Self::io(&dir))?;
-        write_atomic(&self.model_path(), &bytes)?;
+        // The latest outputs also sit at the top of the output folder.
+        for file in files {
+            let from = dir.join(file);
+            let bytes = std::fs::read(&from).map_err(Self::io(&from))?;
+            write_atomic(&self.root.join(file), &bytes)?;
+        }
         let mut older: Vec<String> = std::fs::read_dir(&root)
             .map_err(Self::io(&root))?
             .filter_map(|e| e.ok())

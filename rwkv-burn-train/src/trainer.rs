@@ -2,8 +2,8 @@
 //! cosine decay of the learning rate, global-norm gradient clipping, periodic validation, and
 //! checkpoints that resume exactly.
 
-use crate::data::{Sampling, TokenCorpus, WindowSampler, sequential_batches};
-use crate::loss::cross_entropy;
+use crate::data::{Sampling, TrainData, WindowSampler};
+use crate::loss::batch_loss;
 use burn::module::Module;
 use burn::optim::lr_scheduler::LrSchedulerConfig;
 use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
@@ -11,7 +11,7 @@ use burn::optim::lr_scheduler::linear::LinearLrSchedulerConfig;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::optim::lr_scheduler::sequential::SequentialLrSchedulerConfig;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Bytes, Device, FloatDType};
+use burn::tensor::{Bytes, Device, FloatDType, Int, Tensor};
 use rwkv_burn::weights::ParamNames;
 use rwkv_burn::{Rwkv, State};
 
@@ -127,10 +127,35 @@ pub struct StepReport {
     pub valid_loss: Option<f32>,
 }
 
-/// Mean next-token loss over the validation tokens (no gradients).
-pub fn validation_loss(
-    model: &Rwkv,
-    tokens: &[u32],
+/// What a run trains: a module whose parameters the optimizer updates, and how it turns a
+/// batch of tokens into logits. The whole model ([`Rwkv`]) or, with the model frozen, its
+/// initial state ([`crate::state_tuning::StateTuning`]).
+pub trait Tunable: Module {
+    /// Logits `[B, T, V]` of `inputs` `[B, T]`, each sequence starting from the state this
+    /// run starts from; the forward and backward in `compute_dtype` (`None`: f32).
+    fn logits(&self, inputs: Tensor<2, Int>, compute_dtype: Option<FloatDType>) -> Tensor<3>;
+}
+
+impl Tunable for Rwkv {
+    fn logits(&self, inputs: Tensor<2, Int>, compute_dtype: Option<FloatDType>) -> Tensor<3> {
+        let [batch, _] = inputs.dims();
+        let mut state = State::zeros(&self.config(), batch, &inputs.device());
+        match compute_dtype {
+            None => self.forward(inputs, &mut state),
+            Some(dtype) => self
+                .clone()
+                .cast(dtype)
+                .forward(inputs, &mut state)
+                .cast(FloatDType::F32),
+        }
+    }
+}
+
+/// Mean next-token loss over the validation data (no gradients): over every window's
+/// positions, or over the positions a sample's mask counts.
+pub fn validation_loss<M: Tunable>(
+    model: &M,
+    data: &dyn TrainData,
     batch: usize,
     ctx: usize,
     device: &Device,
@@ -138,16 +163,18 @@ pub fn validation_loss(
     let inner = model.valid();
     let device = device.clone().without_autodiff();
     let mut total = 0.0f64;
-    let mut count = 0usize;
-    for b in sequential_batches(tokens, batch, ctx, &device) {
+    let mut count = 0f64;
+    for b in data.validation(batch, ctx, &device) {
         let [rows, _] = b.inputs.dims();
-        let mut state = State::zeros(&inner.config(), rows, &device);
-        let loss =
-            cross_entropy(inner.forward(b.inputs, &mut state), b.targets).into_scalar::<f32>();
-        total += f64::from(loss) * rows as f64;
-        count += rows;
+        let weight = match &b.weights {
+            Some(w) => f64::from(w.clone().sum().into_scalar::<f32>()),
+            None => rows as f64,
+        };
+        let loss = batch_loss(inner.logits(b.inputs.clone(), None), &b).into_scalar::<f32>();
+        total += f64::from(loss) * weight;
+        count += weight;
     }
-    (total / count.max(1) as f64) as f32
+    (total / count.max(1.0)) as f32
 }
 
 /// The state of a run besides the model: optimizer moments, learning-rate schedule, sampler
@@ -227,34 +254,23 @@ impl Trainer {
     /// Trains `model` (on an autodiff device) from the current step to `config.steps`.
     /// `report` hears every step; `checkpoint` gets the model and trainer after every
     /// validation, to save them.
-    pub fn run(
+    pub fn run<M: Tunable>(
         &mut self,
-        mut model: Rwkv,
-        corpus: &TokenCorpus,
+        mut model: M,
+        corpus: &dyn TrainData,
         device: &Device,
         report: &mut dyn FnMut(&StepReport),
-        checkpoint: &mut dyn FnMut(&Rwkv, &Trainer),
-    ) -> Rwkv {
-        let model_config = model.config();
+        checkpoint: &mut dyn FnMut(&M, &Trainer),
+    ) -> M {
         let config = self.config.clone();
         let micro = config.accumulate.max(1);
         while self.step < config.steps {
             let mut accumulator = GradientsAccumulator::new();
             let mut value = 0.0;
             for _ in 0..micro {
-                let batch = self
-                    .sampler
-                    .batch(&corpus.train, config.batch, config.ctx, device);
-                let mut state = State::zeros(&model_config, config.batch, device);
-                let logits = match config.compute_dtype {
-                    None => model.forward(batch.inputs, &mut state),
-                    Some(dtype) => model
-                        .clone()
-                        .cast(dtype)
-                        .forward(batch.inputs, &mut state)
-                        .cast(FloatDType::F32),
-                };
-                let loss = cross_entropy(logits.clone(), batch.targets);
+                let batch = corpus.batch(&mut self.sampler, config.batch, config.ctx, device);
+                let logits = model.logits(batch.inputs.clone(), config.compute_dtype);
+                let loss = batch_loss(logits.clone(), &batch);
                 value += loss.clone().into_scalar::<f32>() / micro as f32;
                 let objective = if config.l2wrap {
                     loss + l2wrap(logits)
@@ -278,8 +294,8 @@ impl Trainer {
             let last = self.step == config.steps;
             let validate =
                 last || (config.eval_every > 0 && self.step.is_multiple_of(config.eval_every));
-            let valid_loss = validate
-                .then(|| validation_loss(&model, &corpus.valid, config.batch, config.ctx, device));
+            let valid_loss =
+                validate.then(|| validation_loss(&model, corpus, config.batch, config.ctx, device));
             report(&StepReport {
                 step: self.step,
                 loss: value,
@@ -295,13 +311,13 @@ impl Trainer {
 }
 
 /// Trains `model` (on an autodiff device) from scratch and returns it; `report` hears every step.
-pub fn train(
-    model: Rwkv,
+pub fn train<M: Tunable>(
+    model: M,
     names: &ParamNames,
-    corpus: &TokenCorpus,
+    corpus: &dyn TrainData,
     config: &TrainConfig,
     device: &Device,
     report: &mut dyn FnMut(&StepReport),
-) -> Result<Rwkv, TrainerError> {
+) -> Result<M, TrainerError> {
     Ok(Trainer::new(config.clone(), names)?.run(model, corpus, device, report, &mut |_, _| {}))
 }

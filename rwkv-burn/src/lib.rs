@@ -21,6 +21,7 @@
 //! official-name safetensors and (RWKV-4) Hugging Face folders. Pre-release RWKV-5.0/5.1
 //! checkpoints are recognised and refused with [`LoadError::UnsupportedVersion`].
 
+pub mod adapters;
 pub mod config;
 mod cpu;
 pub mod device;
@@ -35,6 +36,7 @@ pub mod presets;
 pub mod random;
 pub mod safetensors_io;
 pub mod state;
+pub mod time_state;
 pub mod tokenizer;
 pub mod weights;
 pub mod wkv;

@@ -108,6 +108,12 @@ pub enum StateError {
     /// The version has no state layout in this build.
     #[error("{0} state is not supported by this build")]
     Unsupported(Version),
+    /// A state-tuning (`time_state`) file for a version whose memory is not a matrix.
+    #[error("{0} has no matrix state: state-tuning (time_state) files are for RWKV-5 and later")]
+    NoMatrixState(Version),
+    /// A `.pth` state file could not be read.
+    #[error(transparent)]
+    Read(Box<crate::weights::LoadError>),
     /// Reading or writing the state file failed.
     #[error(transparent)]
     Io(#[from] safetensors_io::IoError),
@@ -550,7 +556,9 @@ impl State {
         Ok(())
     }
 
-    /// Reads a state written by [`State::save`] (or any file with the official state names):
+    /// Reads a state file: one written by [`State::save`] (or any safetensors file with the
+    /// official state names), or a state-tuning file in RWKV-PEFT's layout
+    /// (`blocks.{i}.att.time_state`, safetensors or `.pth`; see [`crate::time_state`]):
     /// exactly the tensors of `config`'s state, floating point, finite, of one batch size.
     /// Errors name the file.
     pub fn load(
@@ -559,12 +567,51 @@ impl State {
         device: &Device,
     ) -> Result<Self, StateError> {
         let path = path.as_ref();
-        let tensors = safetensors_io::read_limited(path, MAX_STATE_FILE_BYTES)?;
-        Self::from_official(config, &tensors, device).map_err(|error| StateError::File {
+        let tensors = read_state_file(path)?;
+        let state = if crate::time_state::holds(&tensors) {
+            crate::time_state::from_time_state(config, &tensors, device)
+        } else {
+            Self::from_official(config, &tensors, device)
+        };
+        state.map_err(|error| StateError::File {
             path: path.to_path_buf(),
             error: Box::new(error),
         })
     }
+}
+
+/// Every tensor of a state file (safetensors, or the `.pth` RWKV-PEFT writes), at most
+/// [`MAX_STATE_FILE_BYTES`].
+fn read_state_file(path: &Path) -> Result<Vec<NamedTensor>, StateError> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).ok().filter(|m| m.is_file());
+    let mut head = Vec::with_capacity(9);
+    // Only a regular file is opened here: opening a fifo would wait for a writer.
+    if meta.is_some()
+        && let Ok(file) = std::fs::File::open(path)
+    {
+        let _ = file.take(9).read_to_end(&mut head);
+    }
+    let len = meta.map(|m| m.len());
+    if crate::load::sniff(&head, len) != Some(crate::load::Format::Pth) {
+        // Safetensors, and every error (missing, too large, not a file) reported by its reader.
+        return Ok(safetensors_io::read_limited(path, MAX_STATE_FILE_BYTES)?);
+    }
+    if len.is_some_and(|len| len > MAX_STATE_FILE_BYTES) {
+        return Err(StateError::Io(safetensors_io::IoError::Format {
+            path: path.to_path_buf(),
+            message: format!("larger than the {MAX_STATE_FILE_BYTES} bytes a state file may have"),
+        }));
+    }
+    let read = |e| StateError::Read(Box::new(e));
+    let checkpoint = crate::load::Checkpoint::open_file(path).map_err(read)?;
+    let names: Vec<String> = checkpoint.names().map(str::to_string).collect();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let (values, shape) = checkpoint.read_f32(&name).map_err(read)?;
+        out.push(NamedTensor::new(name, TensorData::new(values, shape)));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -143,7 +143,7 @@ pub struct Parsed {
     /// Whether the seed was given (else the server picks one).
     pub seeded: bool,
     /// The saved state to start from (`rwkv_state`: a file name in `--state-dir`, without
-    /// `.safetensors`).
+    /// `.safetensors` or `.pth`).
     pub state: Option<String>,
 }
 

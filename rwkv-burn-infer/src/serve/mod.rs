@@ -400,13 +400,17 @@ fn start(
             ));
         }
         (Some(name), Some(dir)) => {
-            let path = dir.join(format!("{name}.safetensors"));
-            if !path.is_file() {
+            // Our state files, or RWKV-PEFT's state-tuning `.pth` files (`time_state`).
+            let path = ["safetensors", "pth"]
+                .iter()
+                .map(|ext| dir.join(format!("{name}.{ext}")))
+                .find(|path| path.is_file());
+            let Some(path) = path else {
                 return Err(ApiError::invalid(
                     "rwkv_state",
                     format!("no saved state named {name:?}"),
                 ));
-            }
+            };
             Some(path)
         }
     };

@@ -789,6 +789,23 @@ fn requests_start_from_saved_states_by_name() {
     let mut args = vec!["generate", "--prompt", " and", "--state-in", state];
     args.extend(greedy);
     let expected = rwkv(&args);
+    // A state-tuning file in RWKV-PEFT's layout (`.pth`, `blocks.{i}.att.time_state`; token
+    // shift is not part of it) starts `generate` and the server alike.
+    let device = rwkv_burn::DeviceSpec::available()[0].device().unwrap();
+    let (config, _) = rwkv_burn_infer::embedded::load_default(&device).unwrap();
+    let loaded = rwkv_burn::State::load(state, &config, &device).unwrap();
+    let peft = rwkv_burn::time_state::to_time_state(&loaded, &config, 0).unwrap();
+    let tuned = dir.path().join("tuned.pth");
+    rwkv_burn::export::write_official(&tuned, &peft, rwkv_burn::export::StorageDType::F32).unwrap();
+    let mut args = vec![
+        "generate",
+        "--prompt",
+        " and",
+        "--state-in",
+        tuned.to_str().unwrap(),
+    ];
+    args.extend(greedy);
+    let expected_tuned = rwkv(&args);
     let fixtures = std::env::var_os("RWKV_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"));
@@ -810,6 +827,11 @@ fn requests_start_from_saved_states_by_name() {
     let body = |name: &str| json!({"prompt": " and", "max_tokens": 20, "temperature": 0, "rwkv_state": name});
     let r = post(&server, "/v1/completions", &body("genesis"));
     assert_eq!(completion_text(&r), expected.strip_suffix('\n').unwrap());
+    let r = post(&server, "/v1/completions", &body("tuned"));
+    assert_eq!(
+        completion_text(&r),
+        expected_tuned.strip_suffix('\n').unwrap()
+    );
     for name in ["other", "missing", "../genesis"] {
         let r = post(&server, "/v1/completions", &body(name));
         assert_eq!(

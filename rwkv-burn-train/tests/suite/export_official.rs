@@ -122,3 +122,171 @@ fn exported_pth_runs_in_the_official_package_to_the_same_logits() {
         }
     }
 }
+
+/// A state-tuning file (`blocks.{i}.att.time_state`) means the same to us as to the official
+/// package: it reads the tensors from the model file and transposes them into its RWKV-5/6
+/// state (`rwkv/model.py`, `args.time_state`); we load them as a state file. Same logits.
+#[test]
+fn time_state_files_start_where_the_official_package_starts() {
+    use burn::tensor::{Tensor, TensorData};
+    use rwkv_burn::export::{StorageDType, official_tensors, write_official};
+    use rwkv_burn::state::WkvState;
+    let python = match official_python() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = [3u32, 17, 1, 200, 5, 42];
+    let device = rwkv_burn::DeviceSpec::Flex.device().unwrap();
+    for version in ["5", "6"] {
+        let source = fixtures().join(format!("rwkv{version}/weights.safetensors"));
+        let (config, model, names) = rwkv_burn::load::load_model_named(&source, &device).unwrap();
+        // Distinct values everywhere, so a transposed or misplaced matrix shows.
+        let mut state = State::zeros(&config, 1, &device);
+        for (layer_index, layer) in state.layers.iter_mut().enumerate() {
+            if let WkvState::Matrix(kv) = &layer.wkv {
+                let dims = kv.dims();
+                let count: usize = dims.iter().product();
+                let values: Vec<f32> = (0..count)
+                    .map(|i| ((i * 7 + layer_index * 13) as f32 * 0.37).sin() * 0.5)
+                    .collect();
+                layer.wkv =
+                    WkvState::Matrix(Tensor::from_data(TensorData::new(values, dims), &device));
+            }
+        }
+        let peft = rwkv_burn::time_state::to_time_state(&state, &config, 0).unwrap();
+        let state_path = dir.path().join(format!("state{version}.pth"));
+        write_official(&state_path, &peft, StorageDType::F32).unwrap();
+        let mut tensors = official_tensors(&model, &names);
+        tensors.extend(peft);
+        let model_path = dir.path().join(format!("model{version}.pth"));
+        write_official(&model_path, &tensors, StorageDType::F32).unwrap();
+        let result = Command::new(&python)
+            .arg(workspace().join("rwkv-burn-train/tests/official_logits.py"))
+            .arg(&model_path)
+            .arg(version)
+            .arg(serde_json::to_string(&tokens).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            result.status.success(),
+            "official package: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let official: Vec<Vec<f32>> = serde_json::from_slice(&result.stdout).unwrap();
+        let mut loaded = State::load(&state_path, &config, &device).unwrap();
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let input = Tensor::<2, burn::tensor::Int>::from_data(
+            TensorData::new(ids, [1, tokens.len()]),
+            &device,
+        );
+        let ours: Vec<f32> = model
+            .forward(input, &mut loaded)
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let vocab = ours.len() / tokens.len();
+        let zero_start = our_logits(&source, &tokens);
+        let mut moved = 0.0f32;
+        for (t, row) in official.iter().enumerate() {
+            for (j, x) in row.iter().enumerate() {
+                let y = ours[t * vocab + j];
+                assert!(
+                    (x - y).abs() <= 1e-4 + 1e-4 * x.abs(),
+                    "RWKV-{version}: position {t}, logit {j}: official {x}, ours {y}"
+                );
+                moved = moved.max((y - zero_start[t][j]).abs());
+            }
+        }
+        assert!(moved > 1e-2, "the state changed the logits ({moved})");
+    }
+}
+
+/// LoRA adapters merged into a `.pth` (`rwkv-train merge`) run in the official package to
+/// the logits our model computes with the adapters applied unmerged, on every version.
+#[test]
+fn merged_lora_pth_runs_in_the_official_package_like_the_adapted_model() {
+    use burn::tensor::{Tensor, TensorData};
+    use rwkv_burn::adapters::{self, LoraSpec, Targets};
+    let python = match official_python() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = [3u32, 17, 1, 200, 5, 42];
+    let device = rwkv_burn::DeviceSpec::Flex.device().unwrap();
+    for version in ["4", "5", "6", "7"] {
+        let source = fixtures().join(format!("rwkv{version}/weights.safetensors"));
+        let (_, mut model, _) = rwkv_burn::load::load_model_named(&source, &device).unwrap();
+        let spec = LoraSpec::new(4, 8.0, Targets::parse("att,ffn").unwrap()).unwrap();
+        adapters::attach_fresh(&mut model, &spec, 1).unwrap();
+        // Fresh adapters start with B = 0; trained ones do not.
+        for (i, (_, projection)) in model.named_projections_mut().into_iter().enumerate() {
+            if let Some(lora) = &mut projection.lora {
+                let [r, out] = lora.b.dims();
+                let values: Vec<f32> = (0..r * out)
+                    .map(|j| ((j * 13 + i * 5) as f32 * 0.77).sin() * 0.05)
+                    .collect();
+                let id = lora.b.id;
+                lora.b = burn::module::Param::from_tensor(Tensor::from_data(
+                    TensorData::new(values, [r, out]),
+                    &device,
+                ));
+                lora.b.id = id;
+            }
+        }
+        let adapter = dir.path().join(format!("adapter{version}.safetensors"));
+        adapters::save(&model, &spec, &adapter).unwrap();
+        let merged = dir.path().join(format!("merged{version}.pth"));
+        let status = Command::new(env!("CARGO_BIN_EXE_rwkv-train"))
+            .args(["merge", "--model"])
+            .arg(&source)
+            .arg("--lora")
+            .arg(&adapter)
+            .arg("--out")
+            .arg(&merged)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let result = Command::new(&python)
+            .arg(workspace().join("rwkv-burn-train/tests/official_logits.py"))
+            .arg(&merged)
+            .arg(version)
+            .arg(serde_json::to_string(&tokens).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            result.status.success(),
+            "official package: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let official: Vec<Vec<f32>> = serde_json::from_slice(&result.stdout).unwrap();
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let input = Tensor::<2, burn::tensor::Int>::from_data(
+            TensorData::new(ids, [1, tokens.len()]),
+            &device,
+        );
+        let mut state = State::zeros(&model.config(), 1, &device);
+        let ours: Vec<f32> = model
+            .forward(input, &mut state)
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let vocab = ours.len() / tokens.len();
+        for (t, row) in official.iter().enumerate() {
+            for (j, x) in row.iter().enumerate() {
+                let y = ours[t * vocab + j];
+                assert!(
+                    (x - y).abs() <= 1e-4 + 1e-4 * x.abs(),
+                    "RWKV-{version}: position {t}, logit {j}: official {x}, ours (adapted) {y}"
+                );
+            }
+        }
+    }
+}

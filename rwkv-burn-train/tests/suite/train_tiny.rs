@@ -47,13 +47,13 @@ fn validation_loss_falls_below_the_unigram_bound() {
     let mut model_config = config_for(Version::V7, 2, 64);
     model_config.vocab_size = 256;
     let (model, names) = rwkv_burn::init::training_model(&model_config, 0, &device).unwrap();
-    let before = validation_loss(&model, &corpus.valid, config.batch, config.ctx, &device);
+    let before = validation_loss(&model, &corpus, config.batch, config.ctx, &device);
     let mut losses = Vec::new();
     let model = train(model, &names, &corpus, &config, &device, &mut |r| {
         losses.push(r.loss)
     })
     .unwrap();
-    let after = validation_loss(&model, &corpus.valid, config.batch, config.ctx, &device);
+    let after = validation_loss(&model, &corpus, config.batch, config.ctx, &device);
     assert!(
         (before - 256f32.ln()).abs() < 0.05,
         "an untrained model is uniform: {before}"
@@ -180,7 +180,7 @@ fn bf16_mixed_precision_trains_like_f32() {
             losses.push(r.loss)
         })
         .unwrap();
-        let valid = validation_loss(&model, &corpus.valid, base.batch, base.ctx, &device);
+        let valid = validation_loss(&model, &corpus, base.batch, base.ctx, &device);
         (losses, valid)
     };
     let (exact, exact_valid) = run(None);

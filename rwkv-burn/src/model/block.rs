@@ -68,6 +68,16 @@ impl TimeMix {
         }
     }
 
+    /// Its projections by official leaf name (`key`, `receptance`, ...).
+    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
+        match self {
+            TimeMix::V4(m) => m.projections_mut(),
+            TimeMix::V5(m) => m.projections_mut(),
+            TimeMix::V6(m) => m.projections_mut(),
+            TimeMix::V7(m) => m.projections_mut(),
+        }
+    }
+
     /// The generation this mixer implements.
     pub fn version(&self) -> Version {
         match self {
@@ -97,6 +107,15 @@ impl ChannelMix {
             ChannelMix::V4(m) => m.projections(),
             ChannelMix::V6(m) => m.projections(),
             ChannelMix::V7(m) => m.projections(),
+        }
+    }
+
+    /// Its projections by official leaf name.
+    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
+        match self {
+            ChannelMix::V4(m) => m.projections_mut(),
+            ChannelMix::V6(m) => m.projections_mut(),
+            ChannelMix::V7(m) => m.projections_mut(),
         }
     }
 

@@ -375,6 +375,22 @@ impl Rwkv {
         all
     }
 
+    /// Every projection with its official name without `.weight` (`blocks.3.att.key`,
+    /// `head`), in the order of [`Rwkv::projections`].
+    pub fn named_projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
+        let mut all = Vec::new();
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            for (leaf, p) in block.att.projections_mut() {
+                all.push((format!("blocks.{i}.att.{leaf}"), p));
+            }
+            for (leaf, p) in block.ffn.projections_mut() {
+                all.push((format!("blocks.{i}.ffn.{leaf}"), p));
+            }
+        }
+        all.push(("head".to_string(), &mut self.head));
+        all
+    }
+
     /// Bytes one token reads from the weights: every projection once (in its format), the
     /// other parameters (f32) except the embedding, of which one row is read.
     pub fn bytes_per_token(&self) -> usize {

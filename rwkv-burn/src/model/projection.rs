@@ -3,7 +3,7 @@
 
 use crate::cpu::PackedMatrix;
 use crate::weights::{LoadError, LoadedMatrix, Role, WeightFormat, Weights};
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{DType, Tensor};
 use std::sync::Arc;
@@ -12,11 +12,48 @@ use std::sync::Arc;
 /// and every device), or on the CPU a [`PackedMatrix`] holding the checkpoint's `[out, in]`
 /// rows in bf16, f16, or 8-/4-bit blocks. Packed weights are not parameters: a model that
 /// holds them is for inference (load with [`WeightFormat::F32`] to train or export).
+///
+/// A projection may carry a LoRA adapter ([`LoraPair`]): then it computes
+/// `x @ W + s * (x @ A) @ B`, whatever format `W` is held in.
 #[derive(Module, Debug)]
 pub struct Projection {
     dense: Option<Linear>,
     #[module(skip)]
     packed: Option<Arc<PackedMatrix>>,
+    /// The LoRA adapter, if one is attached ([`crate::adapters`]).
+    pub lora: Option<LoraPair>,
+}
+
+/// A LoRA adapter of a projection (RWKV-PEFT's `LoraLinear`): `s * (x @ A) @ B` added to
+/// the projection, `A [in, r]`, `B [r, out]`, `s = alpha / r`. RWKV-PEFT stores the pair as
+/// torch `Linear` weights, `lora_A [r, in]` and `lora_B [out, r]`: our `A` and `B`
+/// transposed.
+#[derive(Module, Debug)]
+pub struct LoraPair {
+    /// `[in, r]`.
+    pub a: Param<Tensor<2>>,
+    /// `[r, out]`.
+    pub b: Param<Tensor<2>>,
+    /// `alpha / r`.
+    #[module(skip)]
+    pub scale: f32,
+}
+
+impl LoraPair {
+    /// `s * (x @ A) @ B`, in `x`'s dtype.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let a = self.a.val().cast(dtype);
+        let b = self.b.val().cast(dtype);
+        x.matmul(a.unsqueeze())
+            .matmul(b.unsqueeze())
+            .mul_scalar(self.scale)
+    }
+
+    /// The change it makes to the weight: `s * A @ B`, `[in, out]`.
+    pub fn delta(&self) -> Tensor<2> {
+        self.a.val().matmul(self.b.val()).mul_scalar(self.scale)
+    }
 }
 
 impl Projection {
@@ -25,6 +62,7 @@ impl Projection {
         Self {
             dense: Some(linear),
             packed: None,
+            lora: None,
         }
     }
 
@@ -33,6 +71,7 @@ impl Projection {
         Self {
             dense: None,
             packed: Some(Arc::new(weight)),
+            lora: None,
         }
     }
 
@@ -58,6 +97,20 @@ impl Projection {
     /// The Burn layer, when the weight is a parameter.
     pub fn linear(&self) -> Option<&Linear> {
         self.dense.as_ref()
+    }
+
+    /// The Burn layer, to change its weight (merging an adapter into it).
+    pub fn linear_mut(&mut self) -> Option<&mut Linear> {
+        self.dense.as_mut()
+    }
+
+    /// Input width.
+    pub fn in_features(&self) -> usize {
+        match (&self.dense, &self.packed) {
+            (Some(linear), _) => linear.weight.dims()[0],
+            (None, Some(packed)) => packed.dims()[1],
+            (None, None) => unreachable!("a projection has a weight"),
+        }
     }
 
     /// Output width.
@@ -94,8 +147,17 @@ impl Projection {
         }
     }
 
-    /// `x @ W` on the fastest path the device has (the CPU's lives in [`crate::cpu`]).
+    /// `x @ W` on the fastest path the device has (the CPU's lives in [`crate::cpu`]), plus
+    /// the adapter's term when one is attached.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match &self.lora {
+            None => self.base(x),
+            Some(lora) => self.base(x.clone()) + lora.forward(x),
+        }
+    }
+
+    /// `x @ W`.
+    fn base<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match (&self.dense, &self.packed) {
             (Some(linear), _) => {
                 let weight = linear.weight.val();

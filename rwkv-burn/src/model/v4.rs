@@ -99,6 +99,16 @@ impl TimeMix4 {
         vec![&self.key, &self.value, &self.receptance, &self.output]
     }
 
+    /// Its projections by official leaf name (for adapters).
+    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
+        vec![
+            ("key", &mut self.key),
+            ("value", &mut self.value),
+            ("receptance", &mut self.receptance),
+            ("output", &mut self.output),
+        ]
+    }
+
     /// Width of the attention projections (A).
     pub fn dim_att(&self) -> usize {
         self.time_decay.dims()[0]
@@ -146,6 +156,15 @@ impl ChannelMix4 {
     /// Its projections, for summaries of the weights.
     pub fn projections(&self) -> Vec<&Projection> {
         vec![&self.key, &self.receptance, &self.value]
+    }
+
+    /// Its projections by official leaf name (for adapters).
+    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
+        vec![
+            ("key", &mut self.key),
+            ("receptance", &mut self.receptance),
+            ("value", &mut self.value),
+        ]
     }
 
     /// Width of the hidden layer (F).

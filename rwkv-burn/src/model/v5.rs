@@ -135,6 +135,17 @@ impl TimeMix5 {
         ]
     }
 
+    /// Its projections by official leaf name (for adapters).
+    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
+        vec![
+            ("receptance", &mut self.receptance),
+            ("key", &mut self.key),
+            ("value", &mut self.value),
+            ("gate", &mut self.gate),
+            ("output", &mut self.output),
+        ]
+    }
+
     /// Width of the attention projections (A).
     pub fn dim_att(&self) -> usize {
         self.key.out_features()

@@ -167,6 +167,17 @@ impl TimeMix6 {
         ]
     }
 
+    /// Its projections by official leaf name (for adapters).
+    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
+        vec![
+            ("receptance", &mut self.receptance),
+            ("key", &mut self.key),
+            ("value", &mut self.value),
+            ("gate", &mut self.gate),
+            ("output", &mut self.output),
+        ]
+    }
+
     /// Width of the attention projections (A).
     pub fn dim_att(&self) -> usize {
         self.key.out_features()
@@ -228,6 +239,15 @@ impl ChannelMix6 {
     /// Its projections, for summaries of the weights.
     pub fn projections(&self) -> Vec<&Projection> {
         vec![&self.key, &self.receptance, &self.value]
+    }
+
+    /// Its projections by official leaf name (for adapters).
+    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
+        vec![
+            ("key", &mut self.key),
+            ("receptance", &mut self.receptance),
+            ("value", &mut self.value),
+        ]
     }
 
     /// Width of the hidden layer (F).

@@ -219,6 +219,16 @@ impl TimeMix7 {
         vec![&self.receptance, &self.key, &self.value, &self.output]
     }
 
+    /// Its projections by official leaf name (for adapters).
+    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
+        vec![
+            ("receptance", &mut self.receptance),
+            ("key", &mut self.key),
+            ("value", &mut self.value),
+            ("output", &mut self.output),
+        ]
+    }
+
     /// Width of the attention (A = C).
     pub fn dim_att(&self) -> usize {
         self.key.out_features()
@@ -284,6 +294,11 @@ impl ChannelMix7 {
     /// Its projections, for summaries of the weights.
     pub fn projections(&self) -> Vec<&Projection> {
         vec![&self.key, &self.value]
+    }
+
+    /// Its projections by official leaf name (for adapters).
+    pub fn projections_mut(&mut self) -> Vec<(&'static str, &mut Projection)> {
+        vec![("key", &mut self.key), ("value", &mut self.value)]
     }
 
     /// Width of the hidden layer (F).
