@@ -299,6 +299,8 @@ struct TrainArgs {
     no_l2wrap: bool,
     /// Precision of the forward and backward passes: f32, or bf16/f16 mixed precision (f32
     /// master weights and optimizer; activations in the half type; WKV state and loss in f32).
+    /// LoRA and state tuning hold their frozen base in the half type (no f32 copy), the
+    /// adapters or state in f32.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
     /// Clip the global norm of all gradients together to this (0 = off), as RWKV-LM does.
@@ -648,6 +650,12 @@ fn train(args: TrainArgs) -> Result<()> {
         }
         Tune::Lora => {
             let spec = lora.expect("checked above");
+            // A frozen base needs no f32 master copy: with --precision bf16/f16 it is held
+            // in that type (half the memory), the adapters in f32.
+            let model = match args.precision.compute_dtype() {
+                Some(dtype) => model.cast(dtype),
+                None => model,
+            };
             let mut model = burn::module::Module::freeze(model);
             let adapted = match &resume {
                 Some(resume) => {
@@ -687,6 +695,10 @@ fn train(args: TrainArgs) -> Result<()> {
                     InitialState::from_state(&state, &config)?
                 }
                 None => InitialState::zeros(&config, &device)?,
+            };
+            let model = match args.precision.compute_dtype() {
+                Some(dtype) => model.cast(dtype),
+                None => model,
             };
             let tuning = StateTuning::new(model, start);
             note!(

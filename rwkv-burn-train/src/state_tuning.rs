@@ -115,15 +115,7 @@ impl Tunable for StateTuning {
         let [batch, _] = inputs.dims();
         let config = self.model.config();
         let mut state = self.state.expand(&config, batch);
-        match compute_dtype {
-            None => self.model.forward(inputs, &mut state),
-            Some(dtype) => self
-                .model
-                .clone()
-                .cast(dtype)
-                .forward(inputs, &mut state)
-                .cast(FloatDType::F32),
-        }
+        crate::trainer::forward_in(&self.model, inputs, &mut state, compute_dtype)
     }
 }
 

@@ -140,14 +140,32 @@ impl Tunable for Rwkv {
     fn logits(&self, inputs: Tensor<2, Int>, compute_dtype: Option<FloatDType>) -> Tensor<3> {
         let [batch, _] = inputs.dims();
         let mut state = State::zeros(&self.config(), batch, &inputs.device());
-        match compute_dtype {
-            None => self.forward(inputs, &mut state),
-            Some(dtype) => self
-                .clone()
-                .cast(dtype)
-                .forward(inputs, &mut state)
-                .cast(FloatDType::F32),
+        forward_in(self, inputs, &mut state, compute_dtype)
+    }
+}
+
+/// `model`'s logits (f32) in `compute_dtype`: a model held in f32 (the master copy of full
+/// training) is cast for the pass; a frozen base already held in that type (LoRA and state
+/// tuning keep it so, to halve its memory) is used as it is.
+pub fn forward_in(
+    model: &Rwkv,
+    inputs: Tensor<2, Int>,
+    state: &mut State,
+    compute_dtype: Option<FloatDType>,
+) -> Tensor<3> {
+    let held = model.emb.weight.val().dtype();
+    match compute_dtype {
+        // A half-held base computes in its type whatever is asked; the logits come back f32.
+        None if held != burn::tensor::DType::F32 => {
+            model.forward(inputs, state).cast(FloatDType::F32)
         }
+        None => model.forward(inputs, state),
+        Some(dtype) if held == dtype.into() => model.forward(inputs, state).cast(FloatDType::F32),
+        Some(dtype) => model
+            .clone()
+            .cast(dtype)
+            .forward(inputs, state)
+            .cast(FloatDType::F32),
     }
 }
 

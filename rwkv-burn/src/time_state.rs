@@ -192,6 +192,15 @@ fn rename(error: StateError) -> StateError {
             index,
             value,
         },
+        StateError::Unexpected {
+            name,
+            layers,
+            version,
+        } => StateError::Unexpected {
+            name: back(name),
+            layers,
+            version,
+        },
         other => other,
     }
 }

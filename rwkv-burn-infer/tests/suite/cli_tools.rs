@@ -272,3 +272,84 @@ fn quantize_writes_a_file_that_runs_as_quantizing_at_load_does() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("one of: f32, bf16, f16, q8, q4"), "{err}");
 }
+
+/// `--lora` applies adapters unmerged: greedy text equals the merged model's, in f32 and
+/// with bf16 base weights (adapters in f32 beside the packed matrices); a missing or foreign
+/// adapter is an error naming the file.
+#[test]
+fn lora_adapters_apply_without_merging() {
+    use burn::module::Param;
+    use burn::tensor::{Tensor, TensorData};
+    use rwkv_burn::adapters::{self, LoraSpec, Targets};
+    let dir = tempfile::tempdir().unwrap();
+    let device = rwkv_burn::DeviceSpec::Flex.device().unwrap();
+    let base = dir.path().join("base.safetensors");
+    std::fs::write(&base, rwkv_burn_infer::embedded::DEFAULT_MODEL).unwrap();
+    let (_, mut model, names) = rwkv_burn::load::load_model_named(&base, &device).unwrap();
+    let spec = LoraSpec::new(4, 8.0, Targets::parse("att,ffn").unwrap()).unwrap();
+    adapters::attach_fresh(&mut model, &spec, 3).unwrap();
+    for (i, (_, projection)) in model.named_projections_mut().into_iter().enumerate() {
+        if let Some(lora) = &mut projection.lora {
+            let [r, out] = lora.b.dims();
+            let values: Vec<f32> = (0..r * out)
+                .map(|j| ((j * 11 + i * 3) as f32 * 0.7).sin() * 0.2)
+                .collect();
+            let id = lora.b.id;
+            lora.b = Param::from_tensor(Tensor::from_data(
+                TensorData::new(values, [r, out]),
+                &device,
+            ));
+            lora.b.id = id;
+        }
+    }
+    let adapter = dir.path().join("adapter.safetensors");
+    adapters::save(&model, &spec, &adapter).unwrap();
+    adapters::merge(&mut model).unwrap();
+    let merged = dir.path().join("merged.safetensors");
+    rwkv_burn::export::save_official(&model, &names, &merged).unwrap();
+    let greedy = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--prompt",
+            "In the beginning",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "40",
+        ];
+        args.extend(extra);
+        String::from_utf8(rwkv(&args, None).stdout).unwrap()
+    };
+    let plain = greedy(&["--model", base.to_str().unwrap()]);
+    let with_lora = greedy(&[
+        "--model",
+        base.to_str().unwrap(),
+        "--lora",
+        adapter.to_str().unwrap(),
+    ]);
+    let folded = greedy(&["--model", merged.to_str().unwrap()]);
+    assert_eq!(with_lora, folded);
+    assert_ne!(with_lora, plain, "the adapters change the text");
+    // bf16 base weights (packed) with f32 adapters beside them: the adapters still apply.
+    let bf16_plain = greedy(&["--model", base.to_str().unwrap(), "--weights", "bf16"]);
+    let bf16 = greedy(&[
+        "--model",
+        base.to_str().unwrap(),
+        "--weights",
+        "bf16",
+        "--lora",
+        adapter.to_str().unwrap(),
+    ]);
+    assert_ne!(bf16, bf16_plain, "adapters apply beside packed weights");
+
+    let v7 = fixtures().join("rwkv7/weights.pth");
+    let refused = Command::new(env!("CARGO_BIN_EXE_rwkv"))
+        .args(["generate", "--prompt", "x", "--model", v7.to_str().unwrap()])
+        .arg("--lora")
+        .arg(&adapter)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("adapter.safetensors"), "{stderr}");
+}

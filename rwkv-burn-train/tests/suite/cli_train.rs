@@ -260,3 +260,139 @@ fn a_killed_run_resumes_to_the_same_losses() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("same settings"));
 }
+
+/// State tuning and LoRA runs resume from their checkpoints (the tuned state or adapters and
+/// their optimizer moments) to the losses of an uninterrupted run. The kill is simulated
+/// exactly: the finished run's folder with its last checkpoint removed is what a run killed
+/// after the earlier checkpoint leaves.
+#[test]
+fn tuning_runs_resume_to_the_same_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.safetensors");
+    std::fs::write(&base, rwkv_burn_infer::embedded::DEFAULT_MODEL).unwrap();
+    let data = dir.path().join("text.txt");
+    let corpus =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/corpus/kjv-genesis-exodus.txt");
+    std::fs::write(&data, &std::fs::read(corpus).unwrap()[..20_000]).unwrap();
+    for (mode, lr) in [("state", "0.5"), ("lora", "0.01")] {
+        let whole = dir.path().join(format!("whole-{mode}"));
+        let args = |out: &std::path::Path| -> Vec<String> {
+            [
+                "train",
+                "--tune",
+                mode,
+                "--init-from",
+                base.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--ctx",
+                "32",
+                "--batch",
+                "2",
+                "--steps",
+                "6",
+                "--eval-every",
+                "3",
+                "--lr",
+                lr,
+                "--warmup",
+                "1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        };
+        let run = |args: &[String]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_rwkv-train"))
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{mode}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&args(&whole));
+        let killed = dir.path().join(format!("killed-{mode}"));
+        std::fs::create_dir_all(killed.join("checkpoints/step-00000003")).unwrap();
+        for entry in std::fs::read_dir(whole.join("checkpoints/step-00000003")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(
+                entry.path(),
+                killed
+                    .join("checkpoints/step-00000003")
+                    .join(entry.file_name()),
+            )
+            .unwrap();
+        }
+        std::fs::write(killed.join("checkpoints/latest"), "step-00000003").unwrap();
+        let rows: Vec<&str> = std::fs::read_to_string(whole.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .take(4)
+            .map(|l| Box::leak(l.to_string().into_boxed_str()) as &str)
+            .collect();
+        std::fs::write(killed.join("metrics.csv"), rows.join("\n") + "\n").unwrap();
+        let mut resumed = args(&killed);
+        resumed.push("--resume".into());
+        run(&resumed);
+        assert_eq!(
+            losses(&killed.join("metrics.csv")),
+            losses(&whole.join("metrics.csv")),
+            "{mode}"
+        );
+        let outputs: &[&str] = match mode {
+            "state" => &["state.safetensors", "time_state.pth"],
+            _ => &["adapter.safetensors"],
+        };
+        let device = rwkv_burn::DeviceSpec::available()[0].device().unwrap();
+        let (config, _) = rwkv_burn_infer::embedded::load_default(&device).unwrap();
+        for file in outputs {
+            // The tensors (a header's metadata may list its keys in any order).
+            let tensors = |dir: &std::path::Path| match *file {
+                "adapter.safetensors" => rwkv_burn::safetensors_io::read(&dir.join(file)).unwrap(),
+                _ => rwkv_burn::State::load(dir.join(file), &config, &device)
+                    .unwrap()
+                    .to_official(),
+            };
+            assert!(
+                tensors(&killed) == tensors(&whole),
+                "{mode}: {file} differs"
+            );
+        }
+    }
+}
+
+/// `--grad-cp` recomputes instead of keeping: the same losses, step for step.
+#[test]
+fn gradient_checkpointing_changes_no_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("text.txt");
+    let corpus =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/corpus/kjv-genesis-exodus.txt");
+    std::fs::write(&data, &std::fs::read(corpus).unwrap()[..20_000]).unwrap();
+    let run = |extra: &[&str], out: &std::path::Path| {
+        let status = Command::new(env!("CARGO_BIN_EXE_rwkv-train"))
+            .args(["train", "--data", data.to_str().unwrap(), "--out"])
+            .arg(out)
+            .args([
+                "--layers", "2", "--embd", "64", "--ctx", "32", "--batch", "2",
+            ])
+            .args(["--steps", "4", "--eval-every", "2"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        losses(&out.join("metrics.csv"))
+    };
+    let plain = run(&[], &dir.path().join("plain"));
+    let checkpointed = run(&["--grad-cp"], &dir.path().join("cp"));
+    assert_eq!(plain, checkpointed);
+}
