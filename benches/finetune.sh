@@ -7,6 +7,7 @@
 #
 #   cargo build --release -p rwkv-burn-infer -p rwkv-burn-train   # --features rwkv-burn/tch for tch
 #   DEVICES=flex,tch bash benches/finetune.sh
+#   CTX=2048 STEPS=2 RUNS="full;full --grad-cp" bash benches/finetune.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${CARGO_TARGET_DIR:-target}/release"
@@ -28,6 +29,7 @@ printf '| device | mode | flags | peak memory (MiB) | tokens/s | vs full |\n|---
 # mode and extra flags of each run; LoRA and state tuning also with their frozen base in bf16.
 runs=("full" "full --grad-cp" "lora" "lora --grad-cp" "lora --precision bf16"
   "state" "state --grad-cp" "state --precision bf16")
+[ -n "${RUNS:-}" ] && IFS=';' read -ra runs <<<"$RUNS"
 IFS=, read -ra list <<<"$devices"
 for device in "${list[@]}"; do
   full_mem=

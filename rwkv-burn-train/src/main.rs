@@ -29,7 +29,7 @@ enum Command {
     Grad(GradArgs),
     /// Train a model from scratch (RWKV-LM initialisation) or continue a checkpoint on a text
     /// file or binidx dataset; writes official-format safetensors and a metrics CSV.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Tokenize text (a plain file, or JSON lines with a "text" field) into a binidx dataset.
     Prepare(PrepareArgs),
     /// Draw the loss curve of a run's metrics.csv as a PNG.
@@ -979,7 +979,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Loss(args) => loss(args),
         Command::Grad(args) => grad(args),
-        Command::Train(args) => train(args),
+        Command::Train(args) => train(*args),
         Command::Prepare(args) => prepare(args),
         Command::Plot(args) => plot(args),
         Command::Export(args) => export(args),

@@ -61,6 +61,53 @@ fn our_logits(model: &Path, tokens: &[u32]) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// The official package's logits of every position for a `.pth` (`tests/official_logits.py`).
+fn official_logits(python: &Path, pth: &Path, version: &str, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let result = Command::new(python)
+        .arg(workspace().join("rwkv-burn-train/tests/official_logits.py"))
+        .arg(pth)
+        .arg(version)
+        .arg(serde_json::to_string(&tokens).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "official package on {}: {}",
+        pth.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    serde_json::from_slice(&result.stdout).unwrap()
+}
+
+/// Every official logit within `1e-4 + 1e-4·|official|` of ours (rows of the vocabulary).
+fn assert_logits_match(official: &[Vec<f32>], ours: &[Vec<f32>], what: &str) {
+    assert_eq!(official.len(), ours.len(), "{what}");
+    for (t, (a, b)) in official.iter().zip(ours).enumerate() {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (j, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 + 1e-4 * x.abs(),
+                "{what}: position {t}, logit {j}: official {x}, ours {y}"
+            );
+        }
+    }
+}
+
+/// `model`'s logits of `tokens` from `state`, one row per position.
+fn logits_from(model: &rwkv_burn::Rwkv, state: &mut State, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let device = rwkv_burn::DeviceSpec::Flex.device().unwrap();
+    let input = rwkv_burn::model::token_tensor(tokens, 1, &device);
+    let values: Vec<f32> = model
+        .forward(input, state)
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    values
+        .chunks(values.len() / tokens.len())
+        .map(<[f32]>::to_vec)
+        .collect()
+}
+
 #[test]
 fn exported_pth_runs_in_the_official_package_to_the_same_logits() {
     let python = match official_python() {
@@ -94,32 +141,12 @@ fn exported_pth_runs_in_the_official_package_to_the_same_logits() {
             .status()
             .unwrap();
         assert!(status.success(), "export of {}", source.display());
-        let result = Command::new(&python)
-            .arg(workspace().join("rwkv-burn-train/tests/official_logits.py"))
-            .arg(&out)
-            .arg(version)
-            .arg(serde_json::to_string(&tokens).unwrap())
-            .output()
-            .unwrap();
-        assert!(
-            result.status.success(),
-            "official package on {}: {}",
-            source.display(),
-            String::from_utf8_lossy(&result.stderr)
+        let official = official_logits(&python, &out, version, &tokens);
+        assert_logits_match(
+            &official,
+            &our_logits(&out, &tokens),
+            &source.display().to_string(),
         );
-        let official: Vec<Vec<f32>> = serde_json::from_slice(&result.stdout).unwrap();
-        let ours = our_logits(&out, &tokens);
-        assert_eq!(official.len(), ours.len());
-        for (t, (a, b)) in official.iter().zip(&ours).enumerate() {
-            assert_eq!(a.len(), b.len());
-            for (j, (x, y)) in a.iter().zip(b).enumerate() {
-                assert!(
-                    (x - y).abs() <= 1e-4 + 1e-4 * x.abs(),
-                    "{}: position {t}, logit {j}: official {x}, ours {y}",
-                    source.display()
-                );
-            }
-        }
     }
 }
 
@@ -164,43 +191,21 @@ fn time_state_files_start_where_the_official_package_starts() {
         tensors.extend(peft);
         let model_path = dir.path().join(format!("model{version}.pth"));
         write_official(&model_path, &tensors, StorageDType::F32).unwrap();
-        let result = Command::new(&python)
-            .arg(workspace().join("rwkv-burn-train/tests/official_logits.py"))
-            .arg(&model_path)
-            .arg(version)
-            .arg(serde_json::to_string(&tokens).unwrap())
-            .output()
-            .unwrap();
-        assert!(
-            result.status.success(),
-            "official package: {}",
-            String::from_utf8_lossy(&result.stderr)
-        );
-        let official: Vec<Vec<f32>> = serde_json::from_slice(&result.stdout).unwrap();
+        let official = official_logits(&python, &model_path, version, &tokens);
         let mut loaded = State::load(&state_path, &config, &device).unwrap();
-        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-        let input = Tensor::<2, burn::tensor::Int>::from_data(
-            TensorData::new(ids, [1, tokens.len()]),
-            &device,
+        let ours = logits_from(&model, &mut loaded, &tokens);
+        assert_logits_match(
+            &official,
+            &ours,
+            &format!("RWKV-{version} with a time_state"),
         );
-        let ours: Vec<f32> = model
-            .forward(input, &mut loaded)
-            .into_data()
-            .try_to_vec()
-            .unwrap();
-        let vocab = ours.len() / tokens.len();
         let zero_start = our_logits(&source, &tokens);
-        let mut moved = 0.0f32;
-        for (t, row) in official.iter().enumerate() {
-            for (j, x) in row.iter().enumerate() {
-                let y = ours[t * vocab + j];
-                assert!(
-                    (x - y).abs() <= 1e-4 + 1e-4 * x.abs(),
-                    "RWKV-{version}: position {t}, logit {j}: official {x}, ours {y}"
-                );
-                moved = moved.max((y - zero_start[t][j]).abs());
-            }
-        }
+        let moved = ours
+            .iter()
+            .flatten()
+            .zip(zero_start.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(moved > 1e-2, "the state changed the logits ({moved})");
     }
 }
@@ -209,7 +214,6 @@ fn time_state_files_start_where_the_official_package_starts() {
 /// the logits our model computes with the adapters applied unmerged, on every version.
 #[test]
 fn merged_lora_pth_runs_in_the_official_package_like_the_adapted_model() {
-    use burn::tensor::{Tensor, TensorData};
     use rwkv_burn::adapters::{self, LoraSpec, Targets};
     let python = match official_python() {
         Ok(p) => p,
@@ -227,20 +231,7 @@ fn merged_lora_pth_runs_in_the_official_package_like_the_adapted_model() {
         let spec = LoraSpec::new(4, 8.0, Targets::parse("att,ffn").unwrap()).unwrap();
         adapters::attach_fresh(&mut model, &spec, 1).unwrap();
         // Fresh adapters start with B = 0; trained ones do not.
-        for (i, (_, projection)) in model.named_projections_mut().into_iter().enumerate() {
-            if let Some(lora) = &mut projection.lora {
-                let [r, out] = lora.b.dims();
-                let values: Vec<f32> = (0..r * out)
-                    .map(|j| ((j * 13 + i * 5) as f32 * 0.77).sin() * 0.05)
-                    .collect();
-                let id = lora.b.id;
-                lora.b = burn::module::Param::from_tensor(Tensor::from_data(
-                    TensorData::new(values, [r, out]),
-                    &device,
-                ));
-                lora.b.id = id;
-            }
-        }
+        super::lora::nonzero_b(&mut model, &device);
         let adapter = dir.path().join(format!("adapter{version}.safetensors"));
         adapters::save(&model, &spec, &adapter).unwrap();
         let merged = dir.path().join(format!("merged{version}.pth"));
@@ -254,39 +245,13 @@ fn merged_lora_pth_runs_in_the_official_package_like_the_adapted_model() {
             .status()
             .unwrap();
         assert!(status.success());
-        let result = Command::new(&python)
-            .arg(workspace().join("rwkv-burn-train/tests/official_logits.py"))
-            .arg(&merged)
-            .arg(version)
-            .arg(serde_json::to_string(&tokens).unwrap())
-            .output()
-            .unwrap();
-        assert!(
-            result.status.success(),
-            "official package: {}",
-            String::from_utf8_lossy(&result.stderr)
-        );
-        let official: Vec<Vec<f32>> = serde_json::from_slice(&result.stdout).unwrap();
-        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-        let input = Tensor::<2, burn::tensor::Int>::from_data(
-            TensorData::new(ids, [1, tokens.len()]),
-            &device,
-        );
+        let official = official_logits(&python, &merged, version, &tokens);
         let mut state = State::zeros(&model.config(), 1, &device);
-        let ours: Vec<f32> = model
-            .forward(input, &mut state)
-            .into_data()
-            .try_to_vec()
-            .unwrap();
-        let vocab = ours.len() / tokens.len();
-        for (t, row) in official.iter().enumerate() {
-            for (j, x) in row.iter().enumerate() {
-                let y = ours[t * vocab + j];
-                assert!(
-                    (x - y).abs() <= 1e-4 + 1e-4 * x.abs(),
-                    "RWKV-{version}: position {t}, logit {j}: official {x}, ours (adapted) {y}"
-                );
-            }
-        }
+        let ours = logits_from(&model, &mut state, &tokens);
+        assert_logits_match(
+            &official,
+            &ours,
+            &format!("RWKV-{version} merged vs adapted"),
+        );
     }
 }
