@@ -6,7 +6,7 @@
 # optimizer state, the activations the backward keeps, and the allocator's slack.
 #
 #   cargo build --release -p rwkv-burn-infer -p rwkv-burn-train   # --features rwkv-burn/tch for tch
-#   DEVICES=flex,tch bash benches/finetune.sh
+#   DEVICES=flex,libtorch bash benches/finetune.sh
 #   CTX=2048 STEPS=2 RUNS="full;full --grad-cp" bash benches/finetune.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
