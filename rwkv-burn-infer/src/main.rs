@@ -61,6 +61,10 @@ enum Command {
     /// Write a checkpoint with its projection matrices in another precision (bf16, f16, q8,
     /// q4), as safetensors that load in that format directly, with nothing converted.
     Quantize(QuantizeArgs),
+    /// Write any checkpoint this tool reads (a Hugging Face folder, a GGUF file, ...) as an
+    /// official RWKV checkpoint (.pth or .safetensors, official names and shapes), which the
+    /// official `rwkv` package and the other RWKV tools load.
+    Convert(ConvertArgs),
     /// Print the token ids of a file's bytes as a JSON array.
     Tokenize(TokenizeArgs),
     /// Write the bytes of token ids to stdout.
@@ -76,7 +80,9 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// Checkpoint: an official .pth, a safetensors file, or a Hugging Face model folder.
+    /// Checkpoint: an official .pth, a safetensors file, a Hugging Face model folder
+    /// (RWKV-4, or RWKV-7 in the fla-hub/rwkv7-hf layout, sharded or not), or a llama.cpp
+    /// GGUF file (RWKV-6, RWKV-7; F32, F16, BF16, Q8_0, Q4_0).
     /// Default: the small byte-level RWKV-7 built into this binary.
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
@@ -87,6 +93,10 @@ struct ModelArgs {
     /// will be NaN where the values reach).
     #[arg(long)]
     allow_non_finite: bool,
+    /// Build the model even when the file holds tensors it does not read (refused by
+    /// default: a newer variant or unmerged adapters would run wrong without a word).
+    #[arg(long)]
+    allow_unused_tensors: bool,
     /// Precision of the projection matrices: f32, bf16, f16, q8 (8-bit blocks of 32, ggml's
     /// Q8_0) or q4 (4-bit blocks, ggml's Q4_0; the head in q8). Everything else stays f32, and
     /// so does all arithmetic. Default: the precision the checkpoint stores them in (an
@@ -104,6 +114,13 @@ struct ModelArgs {
     /// compute in f32 beside weights of any precision.
     #[arg(long, value_name = "ADAPTER")]
     lora: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The load checks these flags turn off.
+    fn checks(&self) -> Checks {
+        (self.allow_non_finite, self.allow_unused_tensors)
+    }
 }
 
 #[derive(Args, Clone)]
@@ -292,6 +309,10 @@ struct BenchArgs {
     /// Load weights that hold NaN or infinite values instead of refusing them.
     #[arg(long)]
     allow_non_finite: bool,
+    /// Build the model even when the file holds tensors it does not read (refused by
+    /// default: a newer variant or unmerged adapters would run wrong without a word).
+    #[arg(long)]
+    allow_unused_tensors: bool,
     /// Precision of the projection matrices: f32, bf16, f16, q8 (8-bit blocks of 32, ggml's
     /// Q8_0) or q4 (4-bit blocks, ggml's Q4_0; the head in q8). Everything else stays f32, and
     /// so does all arithmetic. Default: the precision the checkpoint stores them in (an
@@ -315,7 +336,9 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct InfoArgs {
-    /// Checkpoint: an official .pth, a safetensors file, or a Hugging Face model folder.
+    /// Checkpoint: an official .pth, a safetensors file, a Hugging Face model folder
+    /// (RWKV-4, or RWKV-7 in the fla-hub/rwkv7-hf layout, sharded or not), or a llama.cpp
+    /// GGUF file (RWKV-6, RWKV-7; F32, F16, BF16, Q8_0, Q4_0).
     /// Default: the small byte-level RWKV-7 built into this binary.
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
@@ -326,7 +349,9 @@ struct InfoArgs {
 
 #[derive(Args)]
 struct QuantizeArgs {
-    /// Checkpoint: an official .pth, a safetensors file, or a Hugging Face model folder.
+    /// Checkpoint: an official .pth, a safetensors file, a Hugging Face model folder
+    /// (RWKV-4, or RWKV-7 in the fla-hub/rwkv7-hf layout, sharded or not), or a llama.cpp
+    /// GGUF file (RWKV-6, RWKV-7; F32, F16, BF16, Q8_0, Q4_0).
     /// Default: the small byte-level RWKV-7 built into this binary.
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
@@ -341,6 +366,30 @@ struct QuantizeArgs {
     /// Load weights that hold NaN or infinite values instead of refusing them.
     #[arg(long)]
     allow_non_finite: bool,
+    /// Build the model even when the file holds tensors it does not read (refused by
+    /// default: a newer variant or unmerged adapters would run wrong without a word).
+    #[arg(long)]
+    allow_unused_tensors: bool,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// The checkpoint: any file or folder `--model` takes.
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// Output file, `*.pth` or `*.safetensors`. Not the model; written atomically.
+    #[arg(long, value_name = "OUT")]
+    out: PathBuf,
+    /// Element type of the output: f32, f16 or bf16. Default: the input's where it is bf16 or
+    /// f16, else f32 (quantized GGUF blocks are dequantized: official tools read no blocks).
+    #[arg(long, value_name = "DTYPE")]
+    dtype: Option<rwkv_burn::export::StorageDType>,
+    /// Load weights that hold NaN or infinite values instead of refusing them.
+    #[arg(long)]
+    allow_non_finite: bool,
+    /// Convert even when the file holds tensors the model does not read (they are left out).
+    #[arg(long)]
+    allow_unused_tensors: bool,
 }
 
 #[derive(Args)]
@@ -482,7 +531,7 @@ fn spinner(message: String) -> ProgressBar {
 fn load(args: &ModelArgs) -> Result<(RwkvConfig, Rwkv, burn::tensor::Device)> {
     let device = args.device.device()?;
     let (config, mut model) = match &args.model {
-        Some(path) => load_path(path, &device, args.allow_non_finite, args.weights)?,
+        Some(path) => load_path(path, &device, args.checks(), args.weights)?,
         None => load_checkpoint(embedded::default_checkpoint()?, &device, args.weights)?,
     };
     if let Some(path) = &args.lora {
@@ -504,17 +553,29 @@ fn load(args: &ModelArgs) -> Result<(RwkvConfig, Rwkv, burn::tensor::Device)> {
     Ok((config, model, device))
 }
 
+/// The load checks a command's flags turn off: `(--allow-non-finite, --allow-unused-tensors)`.
+type Checks = (bool, bool);
+
+/// Opens a checkpoint with the checks the flags leave on.
+fn open_checked(path: &Path, (non_finite, unused): Checks) -> Result<Checkpoint> {
+    let mut checkpoint = Checkpoint::open(path)?;
+    if non_finite {
+        checkpoint = checkpoint.allow_non_finite();
+    }
+    if unused {
+        checkpoint = checkpoint.allow_unused();
+    }
+    Ok(checkpoint)
+}
+
 fn load_path(
     path: &Path,
     device: &burn::tensor::Device,
-    allow_non_finite: bool,
+    checks: Checks,
     weights: Option<WeightFormat>,
 ) -> Result<(RwkvConfig, Rwkv)> {
     let bar = spinner(format!("loading {}", path.display()));
-    let mut checkpoint = Checkpoint::open(path)?;
-    if allow_non_finite {
-        checkpoint = checkpoint.allow_non_finite();
-    }
+    let checkpoint = open_checked(path, checks)?;
     let loaded = load_checkpoint(checkpoint, device, weights);
     bar.finish_and_clear();
     loaded
@@ -590,11 +651,45 @@ fn load_state(path: &Path, config: &RwkvConfig, device: &burn::tensor::Device) -
     Ok(state)
 }
 
-fn tokenizer(vocab: &VocabArgs, config: &RwkvConfig) -> Result<Box<dyn Tokenizer>> {
+/// The tokenizer `--vocab` names; without it, the one the model ships (a folder's vocabulary
+/// file, a GGUF file's vocabulary), else the one its vocabulary size implies.
+fn tokenizer(
+    vocab: &VocabArgs,
+    config: &RwkvConfig,
+    model: &ModelArgs,
+) -> Result<Box<dyn Tokenizer>> {
+    if vocab.vocab.is_none()
+        && let Some(path) = &model.model
+        && let Some(tokenizer) = bundled_tokenizer(path)?
+    {
+        if tokenizer.vocab_size() > config.vocab_size {
+            bail!(
+                "{}: its vocabulary has {} ids, more than the model's {}; pass --vocab",
+                path.display(),
+                tokenizer.vocab_size(),
+                config.vocab_size
+            );
+        }
+        return Ok(tokenizer);
+    }
     Ok(rwkv_burn::tokenizer::choose(
         vocab.vocab.as_deref(),
         config.vocab_size,
     )?)
+}
+
+/// The tokenizer a model folder or GGUF file carries (other files carry none).
+fn bundled_tokenizer(path: &Path) -> Result<Option<Box<dyn Tokenizer>>> {
+    let gguf = || {
+        let mut head = [0u8; 4];
+        std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .is_ok_and(|_| &head == rwkv_burn::load::gguf::MAGIC)
+    };
+    if !path.is_dir() && !gguf() {
+        return Ok(None);
+    }
+    Ok(Checkpoint::open(path)?.tokenizer()?)
 }
 
 /// Reads a prompt, with a progress bar while a long one is read into the state.
@@ -667,7 +762,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         protected,
     )?;
     let (config, model, device) = load(&args.model)?;
-    let tokenizer = tokenizer(&args.vocab, &config)?;
+    let tokenizer = tokenizer(&args.vocab, &config, &args.model)?;
     let ids = tokenizer.encode(&prompt)?;
     let pipeline = Pipeline::new(&model, tokenizer.as_ref(), device.clone());
     let mut state = match &args.state_in {
@@ -703,7 +798,7 @@ fn chat(args: ChatArgs) -> Result<()> {
         inputs(args.model.model.as_deref(), &args.vocab),
     )?;
     let (config, model, device) = load(&args.model)?;
-    let tokenizer = tokenizer(&args.vocab, &config)?;
+    let tokenizer = tokenizer(&args.vocab, &config, &args.model)?;
     let pipeline = Pipeline::new(&model, tokenizer.as_ref(), device.clone());
     let state = match &args.state_in {
         Some(path) => load_state(path, &config, &device)?,
@@ -758,7 +853,7 @@ fn eval_cmd(args: EvalArgs) -> Result<()> {
     }
     let text = files::read_input(&args.input, MAX_TEXT_BYTES).context("reading the text")?;
     let (config, model, device) = load(&args.model)?;
-    let tokenizer = tokenizer(&args.vocab, &config)?;
+    let tokenizer = tokenizer(&args.vocab, &config, &args.model)?;
     let ids = tokenizer.encode(&text)?;
     if ids.len() < 2 {
         bail!(
@@ -796,7 +891,13 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
     let (label, model) = match (&args.model, &args.preset) {
         (Some(path), _) => (
             path.display().to_string(),
-            load_path(path, &device, args.allow_non_finite, args.weights)?.1,
+            load_path(
+                path,
+                &device,
+                (args.allow_non_finite, args.allow_unused_tensors),
+                args.weights,
+            )?
+            .1,
         ),
         (None, Some(name)) => {
             let config = preset(name).context("unknown preset")?;
@@ -893,13 +994,10 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         bail!("--out {}: name the file *.safetensors", args.out.display());
     }
     files::check_output(&args.out, &Inputs::new().protect_opt(args.model.as_deref()))?;
-    let mut checkpoint = match &args.model {
-        Some(path) => Checkpoint::open(path)?,
+    let checkpoint = match &args.model {
+        Some(path) => open_checked(path, (args.allow_non_finite, args.allow_unused_tensors))?,
         None => embedded::default_checkpoint()?,
     };
-    if args.allow_non_finite {
-        checkpoint = checkpoint.allow_non_finite();
-    }
     let bar = spinner(format!("converting to {}", args.to));
     // Packed formats exist on flex, whatever device the file will later run on.
     let device = DeviceSpec::Flex.device()?;
@@ -914,6 +1012,65 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         model.bytes_per_token() as f64 / 1e6
     );
     Ok(())
+}
+
+fn convert(args: ConvertArgs) -> Result<()> {
+    use rwkv_burn::export::StorageDType;
+    if rwkv_burn::export::ExportFormat::from_path(&args.out).is_none() {
+        bail!(
+            "--out {}: name the file *.pth or *.safetensors",
+            args.out.display()
+        );
+    }
+    files::check_output(&args.out, &Inputs::new().protect(&args.model))?;
+    let checkpoint = open_checked(
+        &args.model,
+        (args.allow_non_finite, args.allow_unused_tensors),
+    )?;
+    let dtype = args
+        .dtype
+        .unwrap_or(match rwkv_burn::load::stored_format(&checkpoint) {
+            WeightFormat::Bf16 => StorageDType::BF16,
+            WeightFormat::F16 => StorageDType::F16,
+            _ => StorageDType::F32,
+        });
+    let bar = spinner(format!("converting {}", args.model.display()));
+    let device = DeviceSpec::Flex.device()?;
+    let config = rwkv_burn::load::detect_config(&checkpoint)?;
+    let (model, names) = rwkv_burn::model::build_named(&checkpoint, &config, &device)?;
+    let tensors = rwkv_burn::export::official_tensors(&model, &names);
+    rwkv_burn::export::write_official(&args.out, &tensors, dtype)?;
+    bar.finish_and_clear();
+    note!(
+        "wrote {} ({} tensors, {dtype:?}, {})",
+        args.out.display(),
+        tensors.len(),
+        config.version
+    );
+    Ok(())
+}
+
+/// What `rwkv info` says of a GGUF file beyond the model: version, tensor types, metadata.
+fn gguf_summary(gguf: &rwkv_burn::load::gguf::Gguf) -> String {
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    for tensor in &gguf.tensors {
+        match kinds.iter_mut().find(|(k, _)| *k == tensor.kind.name()) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((tensor.kind.name(), 1)),
+        }
+    }
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+    let mut text = format!(
+        "gguf:        version {}, architecture {}, {} tensors ({})\nmetadata:\n",
+        gguf.version,
+        gguf.architecture().unwrap_or("(none)"),
+        gguf.tensors.len(),
+        kinds.join(", ")
+    );
+    for (key, value) in &gguf.metadata {
+        text += &format!("  {key} = {}\n", value.describe());
+    }
+    text
 }
 
 fn info(args: InfoArgs) -> Result<()> {
@@ -932,6 +1089,9 @@ fn info(args: InfoArgs) -> Result<()> {
             " (not supported by this build)"
         }
     );
+    if let Some(gguf) = checkpoint.gguf() {
+        text += &gguf_summary(gguf);
+    }
     if !version.is_supported() {
         emit(text.as_bytes())?;
         return Ok(());
@@ -1091,7 +1251,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         bail!("--state-dir {}: not a folder", dir.display());
     }
     let (config, model, device) = load(&args.model)?;
-    let tokenizer: std::sync::Arc<dyn Tokenizer> = tokenizer(&args.vocab, &config)?.into();
+    let tokenizer: std::sync::Arc<dyn Tokenizer> =
+        tokenizer(&args.vocab, &config, &args.model)?.into();
     let pipeline = Pipeline::new(&model, tokenizer.as_ref(), device);
     let model_id = args
         .model_id
@@ -1161,6 +1322,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench_cmd(args),
         Command::Info(args) => info(args),
         Command::Quantize(args) => quantize(args),
+        Command::Convert(args) => convert(args),
         Command::Tokenize(args) => tokenize(args),
         Command::Detokenize(args) => detokenize(args),
         Command::Logits(args) => logits(args),

@@ -353,3 +353,153 @@ fn lora_adapters_apply_without_merging() {
     assert!(!refused.status.success());
     assert!(stderr.contains("adapter.safetensors"), "{stderr}");
 }
+
+/// `logits` of `model` for the format fixtures' tokens, as f32 values.
+fn cli_logits(model: &str, dir: &std::path::Path, name: &str) -> Vec<f32> {
+    let out = dir.join(name);
+    let tokens =
+        "188,48,38,49,205,188,94,90,240,193,201,214,134,45,208,134,120,20,104,66,246,131,226,246";
+    rwkv(
+        &[
+            "logits",
+            "--model",
+            model,
+            "--weights",
+            "f32",
+            "--tokens",
+            tokens,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    let tensors = rwkv_burn::safetensors_io::read(&out).unwrap();
+    let logits = tensors.into_iter().find(|t| t.name == "logits").unwrap();
+    logits.data.try_to_vec::<f32>().unwrap()
+}
+
+/// GGUF files and Hugging Face folders run through the CLI, bring their tokenizer, show their
+/// metadata, and convert to official checkpoints that give the same logits.
+#[test]
+fn downloaded_formats_run_show_and_convert() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = fixtures().join("gguf_rwkv7/model-q4_0.gguf");
+    let gguf = gguf.to_str().unwrap();
+    let info = rwkv(&["info", "--model", gguf], None);
+    let info = String::from_utf8_lossy(&info.stdout);
+    for needle in [
+        "architecture rwkv7",
+        "Q4_0 x13",
+        "rwkv7.wkv.head_size = 32",
+        "runs as:     q4",
+    ] {
+        assert!(info.contains(needle), "{needle}: {info}");
+    }
+
+    // The folder's vocabulary (ids 1..=255 are bytes 0x00..=0xFE) is the tokenizer: byte
+    // 0xFF has no token in it, while the byte tokenizer a 256-token model would get has one.
+    let folder = fixtures().join("hf_rwkv7_sharded");
+    let folder = folder.to_str().unwrap();
+    let prompt = dir.path().join("prompt.bin");
+    std::fs::write(&prompt, b"A\xff").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_rwkv"))
+        .args(["generate", "--model", folder, "--prompt-file"])
+        .arg(&prompt)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("0xff has no token"),
+        "{stderr}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_rwkv"))
+        .args([
+            "generate",
+            "--model",
+            folder,
+            "--vocab",
+            "bytes",
+            "--max-tokens",
+            "2",
+        ])
+        .arg("--prompt-file")
+        .arg(&prompt)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Converted to official files, every layout gives its own logits back.
+    for (source, out) in [
+        (folder.to_string(), "sharded.pth"),
+        (
+            fixtures()
+                .join("gguf_rwkv6/model-q8_0.gguf")
+                .to_string_lossy()
+                .into_owned(),
+            "v6.safetensors",
+        ),
+    ] {
+        let converted = dir.path().join(out);
+        rwkv(
+            &[
+                "convert",
+                "--model",
+                &source,
+                "--out",
+                converted.to_str().unwrap(),
+            ],
+            None,
+        );
+        let before = cli_logits(&source, dir.path(), "a.safetensors");
+        let after = cli_logits(converted.to_str().unwrap(), dir.path(), "b.safetensors");
+        // The same f32 values in both (quantized blocks dequantized): the same logits.
+        assert!(before == after, "{source}: converted logits differ");
+    }
+    let refused = Command::new(env!("CARGO_BIN_EXE_rwkv"))
+        .args(["convert", "--model", gguf, "--out"])
+        .arg(dir.path().join("x.gguf"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("*.pth or *.safetensors"));
+}
+
+/// A file with a tensor no model reads is refused by name; the flag lets it run.
+#[test]
+fn unused_tensors_are_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors =
+        rwkv_burn::safetensors_io::read(&fixtures().join("rwkv7/weights.safetensors")).unwrap();
+    let data = tensors[0].data.clone();
+    tensors.push(rwkv_burn::safetensors_io::NamedTensor::new(
+        "blocks.0.att.receptance.lora_A",
+        data,
+    ));
+    let path = dir.path().join("m.safetensors");
+    rwkv_burn::safetensors_io::write(&path, &tensors).unwrap();
+    let path = path.to_str().unwrap();
+    let args = [
+        "generate",
+        "--model",
+        path,
+        "--prompt",
+        "a",
+        "--max-tokens",
+        "2",
+    ];
+    let refused = Command::new(env!("CARGO_BIN_EXE_rwkv"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains("blocks.0.att.receptance.lora_A")
+            && stderr.contains("--allow-unused-tensors"),
+        "{stderr}"
+    );
+    rwkv(&[&args[..], &["--allow-unused-tensors"]].concat(), None);
+}

@@ -2,6 +2,7 @@
 //! names, shapes and element types, and lazy access to the values. Nothing here knows RWKV's
 //! names or folders (`hf.rs` and `mod.rs` sit above).
 
+use super::gguf::{GgmlType, Gguf};
 use crate::dtype::SourceDType;
 use crate::weights::{
     BLOCK, LoadError, Role, StoredData, StoredTensor, TensorIndex, WeightFormat, WeightSource,
@@ -20,8 +21,10 @@ pub enum Format {
     Pth,
     /// safetensors.
     Safetensors,
-    /// A Hugging Face model folder (`config.json` plus weights).
+    /// A Hugging Face model folder (`config.json` plus weights, maybe sharded).
     HuggingFace,
+    /// llama.cpp's GGUF.
+    Gguf,
 }
 
 /// The bytes of a whole safetensors file: a memory map, or a buffer in memory.
@@ -46,13 +49,89 @@ enum Source {
         levels: Box<Source>,
         scales: Box<Source>,
     },
+    /// A GGUF Q8_0 or Q4_0 matrix: blocks of an f16 scale and its levels, interleaved; read
+    /// into [`Source::Blocks`]' two planes (one copy, nothing re-quantized).
+    Interleaved {
+        format: WeightFormat,
+        bytes: Box<Source>,
+    },
+    /// A tensor stored in another layout than the official one (`hf.rs`, `gguf_rwkv.rs`),
+    /// rearranged as it is read.
+    Rearranged {
+        stored: Box<Entry>,
+        op: Rearrange,
+    },
 }
 
+/// How a tensor stored in a foreign layout becomes the official one. The result is f32
+/// (these are the small tensors: low-rank factors, fused mixes), except that a scaled block
+/// matrix stays in blocks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Rearrange {
+    /// `[.., rows, cols]` -> `[.., cols, rows]`.
+    Transpose,
+    /// Part `index` of `count` equal parts along the first dimension (a fused tensor).
+    Part { index: usize, count: usize },
+    /// Every value times `factor`, a power of two (exact): undoes llama.cpp's RWKV-6
+    /// `rescale_every_n_layers` division.
+    Scale(f32),
+}
+
+/// A tensor of a checkpoint: its official shape, stored element type and where it is.
 #[derive(Clone)]
-struct Entry {
+pub(super) struct Entry {
     shape: Vec<usize>,
     dtype: Result<SourceDType, String>,
     source: Source,
+}
+
+impl Entry {
+    /// The shape it is read in.
+    pub(super) fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The same values read in `shape`, which must hold as many (checked).
+    pub(super) fn reshaped(mut self, shape: Vec<usize>) -> Option<Self> {
+        let count = |s: &[usize]| s.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        (count(&shape).is_some() && count(&shape) == count(&self.shape)).then(|| {
+            self.shape = shape;
+            self
+        })
+    }
+
+    /// The values rearranged by `op`; `None` where the shape does not allow it.
+    pub(super) fn rearranged(self, op: Rearrange) -> Option<Self> {
+        let mut shape = self.shape.clone();
+        match op {
+            Rearrange::Transpose => {
+                let n = shape.len();
+                if n < 2 {
+                    return None;
+                }
+                shape.swap(n - 1, n - 2);
+            }
+            Rearrange::Part { index, count } => {
+                let first = *shape.first()?;
+                if count == 0 || index >= count || first % count != 0 {
+                    return None;
+                }
+                shape[0] = first / count;
+                if shape[0] == 1 && shape.len() > 1 {
+                    shape.remove(0);
+                }
+            }
+            Rearrange::Scale(_) => {}
+        }
+        Some(Self {
+            shape,
+            dtype: self.dtype.clone(),
+            source: Source::Rearranged {
+                stored: Box::new(self),
+                op,
+            },
+        })
+    }
 }
 
 /// An opened checkpoint whose tensors are read on demand, one at a time, so loading never
@@ -63,6 +142,12 @@ pub struct Checkpoint {
     entries: BTreeMap<String, Entry>,
     /// Whether building refuses NaN and infinite weights ([`Checkpoint::allow_non_finite`]).
     check_finite: bool,
+    /// Whether building refuses tensors it did not read ([`Checkpoint::allow_unused`]).
+    check_unused: bool,
+    /// A GGUF file's header and metadata.
+    gguf: Option<Box<Gguf>>,
+    /// The vocabulary a model folder ships (`hf.rs`).
+    vocab_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -101,12 +186,101 @@ impl Checkpoint {
         match sniff(head, len) {
             Some(Format::Safetensors) => return Self::open_safetensors(path, file),
             Some(Format::Pth) => return Self::open_pth(path),
+            Some(Format::Gguf) => return Self::open_gguf(path, file),
             _ => {}
         }
         Err(LoadError::NotACheckpoint {
             path: path.to_path_buf(),
-            reason: "neither a PyTorch file nor safetensors".into(),
+            reason: "neither a PyTorch file, safetensors nor GGUF".into(),
         })
+    }
+
+    /// A GGUF file with the names and torch-order shapes it stores (`gguf_rwkv.rs` maps them
+    /// to the official ones).
+    fn open_gguf(path: &Path, file: std::fs::File) -> Result<Self, LoadError> {
+        // SAFETY: as for safetensors above: only read, values copied out.
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let gguf = Gguf::parse(&map, path)?;
+        let buffer: Buffer = Arc::new(map);
+        let entries = gguf
+            .tensors
+            .iter()
+            .map(|t| {
+                let bytes = Source::Mapped {
+                    map: buffer.clone(),
+                    start: t.start,
+                    end: t.end,
+                    file: true,
+                };
+                let (dtype, source) = match t.kind {
+                    GgmlType::F32 => (Ok(SourceDType::F32), bytes),
+                    GgmlType::F16 => (Ok(SourceDType::F16), bytes),
+                    GgmlType::Bf16 => (Ok(SourceDType::BF16), bytes),
+                    GgmlType::Q8_0 | GgmlType::Q4_0 => {
+                        let format = if t.kind == GgmlType::Q8_0 {
+                            WeightFormat::Q8
+                        } else {
+                            WeightFormat::Q4
+                        };
+                        let source = Source::Interleaved {
+                            format,
+                            bytes: Box::new(bytes),
+                        };
+                        (Err(format.to_string()), source)
+                    }
+                };
+                let entry = Entry {
+                    shape: t.shape(),
+                    dtype,
+                    source,
+                };
+                (t.name.clone(), entry)
+            })
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            format: Format::Gguf,
+            entries,
+            check_finite: true,
+            check_unused: true,
+            gguf: Some(Box::new(gguf)),
+            vocab_file: None,
+        })
+    }
+
+    /// The tensors, by name, for a layout's mapping to take apart (`hf.rs`, `gguf_rwkv.rs`).
+    pub(super) fn take_entries(&mut self) -> BTreeMap<String, Entry> {
+        std::mem::take(&mut self.entries)
+    }
+
+    /// Puts tensors (back) in.
+    pub(super) fn set_entries(&mut self, entries: BTreeMap<String, Entry>) {
+        self.entries = entries;
+    }
+
+    /// A GGUF file's header and metadata.
+    pub fn gguf(&self) -> Option<&Gguf> {
+        self.gguf.as_deref()
+    }
+
+    /// The vocabulary file a model folder ships, if any.
+    pub fn vocab_file(&self) -> Option<&Path> {
+        self.vocab_file.as_deref()
+    }
+
+    pub(super) fn set_vocab_file(&mut self, path: Option<PathBuf>) {
+        self.vocab_file = path;
+    }
+
+    /// The same checkpoint, built even when it holds tensors the model does not read (by
+    /// default refused: a variant we do not know, or adapters left unmerged, would otherwise
+    /// run with those tensors ignored and give wrong logits silently).
+    pub fn allow_unused(mut self) -> Self {
+        self.check_unused = false;
+        self
     }
 
     fn open_safetensors(path: &Path, file: std::fs::File) -> Result<Self, LoadError> {
@@ -190,6 +364,9 @@ impl Checkpoint {
             format: Format::Safetensors,
             entries,
             check_finite: true,
+            check_unused: true,
+            gguf: None,
+            vocab_file: None,
         })
     }
 
@@ -217,6 +394,9 @@ impl Checkpoint {
             format: Format::Pth,
             entries: strip_wrapper_prefix(entries),
             check_finite: true,
+            check_unused: true,
+            gguf: None,
+            vocab_file: None,
         })
     }
 
@@ -324,29 +504,22 @@ impl Checkpoint {
     /// element type (`f32`, `bf16`, ...), and its bytes in the file (levels and scales for
     /// block formats; `None` for a non-float type, whose size this reader does not know).
     pub fn stored_as(&self, name: &str) -> Option<(String, Option<u64>)> {
-        let entry = self.entries.get(name)?;
-        let elements: usize = entry.shape.iter().product();
-        if let Source::Blocks { format, .. } = entry.source {
-            let cols = entry.shape.last().copied().unwrap_or(0);
-            let rows = elements.checked_div(cols).unwrap_or(0);
-            let bytes = format.row_bytes(cols) * rows;
-            return Some((format.to_string(), Some(bytes as u64)));
-        }
-        Some(match &entry.dtype {
-            Ok(dtype) => (
-                format!("{dtype:?}").to_lowercase(),
-                Some((elements * dtype.size()) as u64),
-            ),
-            Err(other) => (other.to_lowercase(), None),
-        })
+        self.entries.get(name).map(stored_as)
     }
 
     /// The block format a tensor is stored in (files `rwkv quantize` wrote), if any.
     pub fn block_format(&self, name: &str) -> Option<WeightFormat> {
-        match self.entries.get(name)?.source {
-            Source::Blocks { format, .. } => Some(format),
-            _ => None,
+        fn of(source: &Source) -> Option<WeightFormat> {
+            match source {
+                Source::Blocks { format, .. } | Source::Interleaved { format, .. } => Some(*format),
+                Source::Rearranged {
+                    stored,
+                    op: Rearrange::Scale(_),
+                } => of(&stored.source),
+                _ => None,
+            }
         }
+        of(&self.entries.get(name)?.source)
     }
 
     /// Shape of a tensor, if present.
@@ -364,21 +537,53 @@ impl Checkpoint {
                 path: self.path.clone(),
                 name: name.to_string(),
             })?;
-        if let Source::Blocks {
-            format,
-            levels,
-            scales,
-        } = &entry.source
-        {
-            return Ok(StoredTensor {
-                shape: entry.shape.clone(),
-                data: StoredData::Blocks {
+        Ok(StoredTensor {
+            shape: entry.shape.clone(),
+            data: self.data(name, entry)?,
+        })
+    }
+
+    /// The values of `entry` (tensor `name`), in the stored element type where nothing
+    /// rearranges them.
+    fn data<'s>(&'s self, name: &str, entry: &'s Entry) -> Result<StoredData<'s>, LoadError> {
+        let bytes = match &entry.source {
+            Source::Blocks {
+                format,
+                levels,
+                scales,
+            } => {
+                return Ok(StoredData::Blocks {
                     format: *format,
                     levels: Cow::Borrowed(mapped(levels)),
                     scales: Cow::Borrowed(mapped(scales)),
+                });
+            }
+            Source::Interleaved { format, bytes } => {
+                let (levels, scales) = deinterleave(*format, mapped(bytes));
+                return Ok(StoredData::Blocks {
+                    format: *format,
+                    levels: Cow::Owned(levels),
+                    scales: Cow::Owned(scales),
+                });
+            }
+            Source::Rearranged { stored, op } => {
+                let data = self.data(name, stored)?;
+                return Ok(rearrange(data, &stored.shape, *op));
+            }
+            Source::Mapped { .. } => Cow::Borrowed(mapped(&entry.source)),
+            Source::Pth(tensor) => Cow::Owned(tensor.read().map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => {
+                    LoadError::Truncated {
+                        path: self.path.clone(),
+                        detail: e.to_string(),
+                    }
+                }
+                _ => LoadError::Io {
+                    path: self.path.clone(),
+                    source: e,
                 },
-            });
-        }
+            })?),
+        };
         let dtype = entry
             .dtype
             .clone()
@@ -395,26 +600,8 @@ impl Checkpoint {
                 path: self.path.clone(),
                 detail: format!("tensor '{name}' has an impossible shape {:?}", entry.shape),
             })?;
-        let bytes = match &entry.source {
-            Source::Mapped { .. } | Source::Blocks { .. } => Cow::Borrowed(mapped(&entry.source)),
-            Source::Pth(tensor) => Cow::Owned(tensor.read().map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => {
-                    LoadError::Truncated {
-                        path: self.path.clone(),
-                        detail: e.to_string(),
-                    }
-                }
-                _ => LoadError::Io {
-                    path: self.path.clone(),
-                    source: e,
-                },
-            })?),
-        };
         self.check_len(name, bytes.len(), want)?;
-        Ok(StoredTensor {
-            shape: entry.shape.clone(),
-            data: StoredData::Bytes { dtype, bytes },
-        })
+        Ok(StoredData::Bytes { dtype, bytes })
     }
 
     /// Reads a tensor as f32 values (row-major) and its shape, converting f16/bf16/f64.
@@ -461,6 +648,10 @@ impl WeightSource for Checkpoint {
 
     fn checks_finite(&self) -> bool {
         self.check_finite
+    }
+
+    fn listed(&self) -> Option<Vec<&str>> {
+        self.check_unused.then(|| Checkpoint::names(self).collect())
     }
 
     fn read(&self, name: &str, _: &[usize], _: Role) -> Result<StoredTensor<'_>, LoadError> {
@@ -520,8 +711,107 @@ fn release(source: &Source) {
             release(levels);
             release(scales);
         }
+        Source::Interleaved { bytes, .. } => release(bytes),
+        Source::Rearranged { stored, .. } => release(&stored.source),
         _ => {}
     }
+}
+
+/// How a tensor is stored, as [`Checkpoint::stored_as`] reports it (a rearranged one as
+/// its file stores it).
+fn stored_as(entry: &Entry) -> (String, Option<u64>) {
+    let elements: usize = entry.shape.iter().product();
+    match (&entry.source, &entry.dtype) {
+        (Source::Interleaved { format, bytes }, _) => {
+            (format.to_string(), Some(mapped(bytes).len() as u64))
+        }
+        (Source::Rearranged { stored, .. }, _) => stored_as(stored),
+        (Source::Blocks { format, .. }, _) => {
+            let cols = entry.shape.last().copied().unwrap_or(0);
+            let rows = elements.checked_div(cols).unwrap_or(0);
+            (
+                format.to_string(),
+                Some((format.row_bytes(cols) * rows) as u64),
+            )
+        }
+        (_, Ok(dtype)) => (
+            format!("{dtype:?}").to_lowercase(),
+            Some((elements * dtype.size()) as u64),
+        ),
+        (_, Err(other)) => (other.to_lowercase(), None),
+    }
+}
+
+/// ggml's interleaved Q8_0/Q4_0 blocks (an f16 scale, then the block's levels) as the two
+/// planes of [`StoredData::Blocks`]: levels, then little-endian f16 scales. The length was
+/// checked when the file was opened (whole blocks).
+fn deinterleave(format: WeightFormat, bytes: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let level_bytes = format.level_bytes(BLOCK);
+    let blocks = bytes.len() / (2 + level_bytes);
+    let mut levels = Vec::with_capacity(blocks * level_bytes);
+    let mut scales = Vec::with_capacity(blocks * 2);
+    for block in bytes.chunks_exact(2 + level_bytes) {
+        scales.extend_from_slice(&block[..2]);
+        levels.extend_from_slice(&block[2..]);
+    }
+    (levels, scales)
+}
+
+/// The values of a tensor stored in `shape`, rearranged by `op` (see [`Rearrange`]).
+fn rearrange<'s>(data: StoredData<'s>, shape: &[usize], op: Rearrange) -> StoredData<'s> {
+    if let (
+        Rearrange::Scale(factor),
+        StoredData::Blocks {
+            format,
+            levels,
+            scales,
+        },
+    ) = (op, &data)
+    {
+        // A power of two times an f16 scale is exact (short of overflow, which a trained
+        // model's scales are far from).
+        let scales = scales
+            .chunks_exact(2)
+            .flat_map(|c| {
+                let d = half::f16::from_le_bytes([c[0], c[1]]).to_f32() * factor;
+                half::f16::from_f32(d).to_le_bytes()
+            })
+            .collect();
+        return StoredData::Blocks {
+            format: *format,
+            levels: levels.clone(),
+            scales: Cow::Owned(scales),
+        };
+    }
+    let values = StoredTensor {
+        shape: shape.to_vec(),
+        data,
+    }
+    .into_f32();
+    StoredData::F32(match op {
+        Rearrange::Transpose => {
+            let n = shape.len();
+            let (rows, cols) = (shape[n - 2], shape[n - 1]);
+            if rows * cols == 0 {
+                return StoredData::F32(Vec::new());
+            }
+            let mut out = vec![0f32; values.len()];
+            for (b, matrix) in values.chunks_exact(rows * cols).enumerate() {
+                let target = &mut out[b * rows * cols..(b + 1) * rows * cols];
+                for (r, row) in matrix.chunks_exact(cols).enumerate() {
+                    for (c, v) in row.iter().enumerate() {
+                        target[c * rows + r] = *v;
+                    }
+                }
+            }
+            out
+        }
+        Rearrange::Part { index, count } => {
+            let part = values.len() / count;
+            values[index * part..(index + 1) * part].to_vec()
+        }
+        Rearrange::Scale(factor) => values.iter().map(|v| v * factor).collect(),
+    })
 }
 
 /// Joins each matrix that `rwkv quantize` stored in a block format, `NAME.q8` (I8 `[out, in]`)
@@ -625,14 +915,17 @@ fn strip_wrapper_prefix(entries: BTreeMap<String, Entry>) -> BTreeMap<String, En
 }
 
 /// The format of a weights file from its first bytes (at least 9 for safetensors) and, when
-/// known, its length: [`Format::Safetensors`], [`Format::Pth`] (zip or legacy pickle), or
-/// `None`.
+/// known, its length: [`Format::Safetensors`], [`Format::Pth`] (zip or legacy pickle),
+/// [`Format::Gguf`], or `None`.
 ///
 /// The first byte of safetensors is the low byte of its header length, which is 0x80,
 /// pickle's protocol opcode, for one header length in 256: a file that could be either is
 /// safetensors when its header length fits in the file. Otherwise a `{` at byte 8 means
 /// safetensors (truncated ones included, so that loading reports the truncation).
 pub fn sniff(head: &[u8], len: Option<u64>) -> Option<Format> {
+    if head.starts_with(super::gguf::MAGIC) {
+        return Some(Format::Gguf);
+    }
     let pth = head.starts_with(ZIP_MAGIC) || head.first() == Some(&PICKLE_PROTO);
     if head.len() >= 9 && head[8] == b'{' {
         let header = u64::from_le_bytes(head[..8].try_into().expect("eight bytes"));

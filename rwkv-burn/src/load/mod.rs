@@ -1,11 +1,17 @@
-//! Loading checkpoints: official `.pth`, official-name safetensors and Hugging Face folders.
+//! Loading checkpoints: official `.pth`, official-name safetensors, Hugging Face folders
+//! (RWKV-4 transformers, RWKV-7 fla-hub and rwkv7-hf layouts, sharded or not) and llama.cpp's
+//! GGUF (RWKV-6, RWKV-7).
 //!
 //! The format, the version and every dimension are detected from the file. Files are read
-//! tensor by tensor (safetensors through a memory map). `checkpoint.rs` reads containers,
-//! `hf.rs` Hugging Face folders and names; this module opens whichever a path holds.
+//! tensor by tensor (safetensors and GGUF through a memory map). `checkpoint.rs` reads
+//! containers, `gguf.rs` GGUF's header; `hf.rs` and `gguf_rwkv.rs` hold those layouts' naming
+//! tables, which `layout.rs` applies; this module opens whichever a path holds.
 
 mod checkpoint;
+pub mod gguf;
+pub mod gguf_rwkv;
 pub mod hf;
+mod layout;
 
 pub use crate::model::{detect_config, detect_version, read_config};
 pub use crate::weights::LoadError;
@@ -42,7 +48,32 @@ impl Checkpoint {
                 reason: "not a regular file or a folder".into(),
             });
         }
-        Ok(hf::official_names(Self::open_file(path)?))
+        let checkpoint = Self::open_file(path)?;
+        match checkpoint.format() {
+            Format::Gguf => gguf_rwkv::official(checkpoint),
+            _ => Ok(hf::official_names(checkpoint)),
+        }
+    }
+
+    /// The tokenizer the checkpoint ships: a model folder's vocabulary file, or a GGUF
+    /// file's World vocabulary; `None` when it has none (choose by vocabulary size then).
+    pub fn tokenizer(
+        &self,
+    ) -> Result<Option<Box<dyn crate::tokenizer::Tokenizer>>, crate::tokenizer::TokenizerError>
+    {
+        if let Some(file) = self.vocab_file() {
+            return crate::tokenizer::load_tokenizer(file).map(Some);
+        }
+        let Some(vocab) = self.gguf().and_then(gguf_rwkv::world_vocab) else {
+            return Ok(None);
+        };
+        let tokens = vocab.map_err(|message| crate::tokenizer::TokenizerError::Vocab {
+            path: self.path().to_path_buf(),
+            line: 0,
+            message: format!("GGUF vocabulary: {message}"),
+        })?;
+        crate::tokenizer::WorldTokenizer::from_tokens(tokens, self.path())
+            .map(|t| Some(Box::new(t) as Box<dyn crate::tokenizer::Tokenizer>))
     }
 
     /// A safetensors checkpoint already in memory (an embedded model, a browser upload), in

@@ -238,6 +238,7 @@ pub fn build_with(
         .collect::<Result<Vec<_>, _>>()?;
     let ln_out = load_layer_norm(&mut w, "ln_out", c)?;
     let head = Projection::load(&mut w, Role::Head, "head.weight", v, c)?;
+    w.check_unused()?;
     Ok((Rwkv::new(emb, ln0, blocks, ln_out, head), w.into_names()))
 }
 

@@ -74,8 +74,29 @@ impl WorldTokenizer {
             }
             tokens[id] = Some(bytes);
         }
-        if tokens.len() == 1 {
-            return Err(err(0, "the vocabulary is empty".into()));
+        Self::from_tokens(tokens, path)
+    }
+
+    /// The tokenizer of a vocabulary given as the bytes of each id (index = id; `None` for
+    /// ids without text, such as 0, end-of-text); `path` names it in errors.
+    pub fn from_tokens(tokens: Vec<Option<Vec<u8>>>, path: &Path) -> Result<Self, TokenizerError> {
+        let err = |message: String| TokenizerError::Vocab {
+            path: path.to_path_buf(),
+            line: 0,
+            message,
+        };
+        if tokens.iter().all(Option::is_none) {
+            return Err(err("the vocabulary is empty".into()));
+        }
+        if tokens.len() > super::MAX_VOCAB {
+            return Err(err(format!(
+                "{} ids; ids must be below {}",
+                tokens.len(),
+                super::MAX_VOCAB
+            )));
+        }
+        if tokens.iter().flatten().any(Vec::is_empty) {
+            return Err(err("a token has no bytes".into()));
         }
         let mut edges = HashMap::new();
         let mut ends = vec![None];

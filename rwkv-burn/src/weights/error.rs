@@ -132,6 +132,21 @@ pub enum LoadError {
         /// The value (NaN, inf or -inf).
         value: f32,
     },
+    /// The file holds tensors the model did not read: a variant this build does not know
+    /// (RWKV-7a/7b extras), adapters left unmerged, or a mix-up. Running without them would
+    /// give wrong logits silently.
+    #[error(
+        "{path}: {} tensor(s) that this model does not use: {} (a newer RWKV variant, or LoRA adapters left unmerged?); \
+         to run without them anyway, pass --allow-unused-tensors",
+        names.len(),
+        list_names(names)
+    )]
+    UnusedTensors {
+        /// The file.
+        path: PathBuf,
+        /// Their names (official naming where the layout maps them).
+        names: Vec<String>,
+    },
     /// A matrix stored in a block format does not hold what its format needs.
     #[error("{path}: tensor '{name}': {detail}")]
     BadBlocks {
@@ -142,4 +157,18 @@ pub enum LoadError {
         /// What does not fit.
         detail: String,
     },
+}
+
+/// Up to ten names, then how many more.
+fn list_names(names: &[String]) -> String {
+    let mut text = names
+        .iter()
+        .take(10)
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > 10 {
+        text += &format!(" and {} more", names.len() - 10);
+    }
+    text
 }

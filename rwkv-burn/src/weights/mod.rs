@@ -33,6 +33,8 @@ pub struct Weights<'a> {
     max_buffer: Option<u64>,
     /// The precision projections are held in.
     format: WeightFormat,
+    /// Every name read so far (for [`Weights::unused`]).
+    read: std::collections::HashSet<String>,
 }
 
 /// A projection matrix as [`Weights::linear`] placed it.
@@ -63,6 +65,7 @@ impl<'a> Weights<'a> {
             names: Vec::new(),
             max_buffer: crate::device::max_buffer_bytes(device),
             format: WeightFormat::F32,
+            read: Default::default(),
         }
     }
 
@@ -102,6 +105,28 @@ impl<'a> Weights<'a> {
         self.source.contains(&self.name(leaf))
     }
 
+    /// Refuses, as [`LoadError::UnusedTensors`], the tensors of a source that lists its
+    /// names ([`WeightSource::listed`]) and that nothing has read: call once the model is
+    /// built.
+    pub fn check_unused(&self) -> Result<(), LoadError> {
+        let Some(names) = self.source.listed() else {
+            return Ok(());
+        };
+        let unused: Vec<String> = names
+            .into_iter()
+            .filter(|n| !self.read.contains(*n))
+            .map(str::to_string)
+            .collect();
+        if unused.is_empty() {
+            Ok(())
+        } else {
+            Err(LoadError::UnusedTensors {
+                path: self.path().to_path_buf(),
+                names: unused,
+            })
+        }
+    }
+
     /// The names recorded so far, in reading order.
     pub fn into_names(self) -> ParamNames {
         ParamNames(self.names)
@@ -118,12 +143,13 @@ impl<'a> Weights<'a> {
     /// Values and stored shape of tensor `name`, whose model shape is `expected`; sources
     /// without stored shapes get `official` as the stored shape.
     fn read(
-        &self,
+        &mut self,
         name: &str,
         expected: &[usize],
         official: &[usize],
         role: Role,
     ) -> Result<(StoredTensor<'a>, Vec<usize>), LoadError> {
+        self.read.insert(name.to_string());
         let tensor = self.source.read(name, expected, role)?;
         let shape = if self.source.stores_shapes() {
             tensor.shape.clone()

@@ -149,6 +149,11 @@ pub trait WeightSource {
     fn checks_finite(&self) -> bool {
         true
     }
+    /// Every tensor name it holds, when building should refuse the ones the model does not
+    /// read ([`LoadError::UnusedTensors`]); `None` (the default) skips that check.
+    fn listed(&self) -> Option<Vec<&str>> {
+        None
+    }
     /// A tensor by official name; `expected` is the shape the model needs (the caller checks
     /// the stored shape against it) and `role` what it does.
     fn read(

@@ -5,6 +5,7 @@
 mod bad_input;
 mod common;
 mod fixtures;
+mod formats;
 mod modes;
 mod mutations;
 mod tokenizers;

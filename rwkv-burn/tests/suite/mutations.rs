@@ -194,3 +194,60 @@ fn damaged_vocabularies_never_panic() {
         &check,
     );
 }
+
+#[test]
+fn damaged_gguf_files_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, source) in ["gguf_rwkv7/model-q8_0.gguf", "gguf_rwkv6/model-q4_0.gguf"]
+        .into_iter()
+        .enumerate()
+    {
+        let path = dir.path().join("m.gguf");
+        survive(
+            &fixtures().join(source),
+            &path,
+            200,
+            0x9909 + i as u64,
+            &|p| {
+                load_and_step(p);
+                if let Ok(checkpoint) = rwkv_burn::load::Checkpoint::open(p) {
+                    let _ = checkpoint.tokenizer();
+                }
+            },
+        );
+    }
+}
+
+#[test]
+fn damaged_sharded_rwkv7_folders_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("hf");
+    std::fs::create_dir(&folder).unwrap();
+    let source = fixtures().join("hf_rwkv7_sharded");
+    let files = [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "rwkv_vocab_v20230424.txt",
+    ];
+    for file in files {
+        std::fs::write(folder.join(file), std::fs::read(source.join(file)).unwrap()).unwrap();
+    }
+    // One file at a time damaged while the others stay intact.
+    for (i, file) in files.into_iter().enumerate() {
+        survive(
+            &source.join(file),
+            &folder.join(file),
+            60,
+            0x5a4d + i as u64,
+            &|_| {
+                load_and_step(&folder);
+                if let Ok(checkpoint) = rwkv_burn::load::Checkpoint::open(&folder) {
+                    let _ = checkpoint.tokenizer();
+                }
+            },
+        );
+        std::fs::write(folder.join(file), std::fs::read(source.join(file)).unwrap()).unwrap();
+    }
+}

@@ -1,0 +1,598 @@
+//! The formats people download: Hugging Face RWKV-7 folders (fla-hub, rwkv7-hf, sharded) and
+//! llama.cpp's GGUF (RWKV-6, RWKV-7; F32, F16, Q8_0, Q4_0), against the official package's
+//! outputs on the same (dequantized) weights; their bad inputs; tensors no model reads.
+
+use crate::common::{assert_matches, devices, fixtures};
+use crate::fixtures::check_model;
+use rwkv_burn::LoadError;
+use rwkv_burn::load::Checkpoint;
+use rwkv_burn::load::gguf::{Gguf, Value};
+use rwkv_burn::safetensors_io::{NamedTensor, read, write};
+use std::path::{Path, PathBuf};
+
+const HF_FOLDERS: [&str; 3] = ["hf_rwkv7_fla", "hf_rwkv7_hf", "hf_rwkv7_sharded"];
+const GGUF_TYPES: [&str; 4] = ["f32", "f16", "q8_0", "q4_0"];
+
+#[test]
+fn hugging_face_rwkv7_folders_match_the_package() {
+    for folder in HF_FOLDERS {
+        let dir = fixtures().join(folder);
+        check_model(&dir, &dir, "expected.safetensors", &devices(), false);
+    }
+}
+
+/// Every GGUF file of `arch` against the package on that file's dequantized weights.
+fn check_gguf(arch: &str) {
+    let dir = fixtures().join(arch);
+    for kind in GGUF_TYPES {
+        let model = dir.join(format!("model-{kind}.gguf"));
+        let expected = format!("expected-{kind}.safetensors");
+        check_model(&dir, &model, &expected, &devices(), false);
+    }
+}
+
+#[test]
+fn gguf_rwkv7_files_match_the_package_on_their_dequantized_weights() {
+    check_gguf("gguf_rwkv7");
+}
+
+#[test]
+fn gguf_rwkv6_files_match_the_package_on_their_dequantized_weights() {
+    check_gguf("gguf_rwkv6");
+}
+
+/// The weights of every layout, read back under official names, equal the official file's
+/// (or, for the quantized GGUF files, the fixture's own dequantization) bit for bit.
+#[test]
+fn every_layout_reads_back_the_official_weights_bit_for_bit() {
+    let official = |version: &str, file: &str| -> Vec<NamedTensor> {
+        read(&fixtures().join(version).join(file)).unwrap()
+    };
+    let mut cases: Vec<(PathBuf, Vec<NamedTensor>)> = Vec::new();
+    for folder in HF_FOLDERS {
+        cases.push((
+            fixtures().join(folder),
+            official("rwkv7", "weights.safetensors"),
+        ));
+    }
+    for (arch, version) in [("gguf_rwkv7", "rwkv7"), ("gguf_rwkv6", "rwkv6")] {
+        let dir = fixtures().join(arch);
+        cases.push((
+            dir.join("model-f32.gguf"),
+            official(version, "weights.safetensors"),
+        ));
+        for kind in ["q8_0", "q4_0"] {
+            cases.push((
+                dir.join(format!("model-{kind}.gguf")),
+                read(&dir.join(format!("dequant-{kind}.safetensors"))).unwrap(),
+            ));
+        }
+    }
+    for (path, want) in cases {
+        let checkpoint = Checkpoint::open(&path).unwrap();
+        // Layer 0's value residual is unused; the HF and GGUF layouts do not carry it.
+        let want: Vec<_> = want
+            .into_iter()
+            .filter(|t| {
+                !["blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"]
+                    .contains(&t.name.as_str())
+            })
+            .collect();
+        let mut names: Vec<&str> = checkpoint.names().collect();
+        names.sort();
+        let mut want_names: Vec<&str> = want.iter().map(|t| t.name.as_str()).collect();
+        want_names.sort();
+        assert_eq!(names, want_names, "{}", path.display());
+        for tensor in &want {
+            let (values, shape) = checkpoint.read_f32(&tensor.name).unwrap();
+            assert_eq!(
+                shape,
+                tensor.data.shape().to_vec(),
+                "{}: {}",
+                path.display(),
+                tensor.name
+            );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let expected = tensor
+                .data
+                .clone()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap();
+            assert!(
+                bits(&values) == bits(&expected),
+                "{}: {} differs",
+                path.display(),
+                tensor.name
+            );
+        }
+    }
+}
+
+/// Quantized GGUF matrices run packed as stored (nothing re-quantized), on flex, and with
+/// exact products still match the package on the dequantized weights.
+#[test]
+fn quantized_gguf_runs_packed_as_stored() {
+    let flex = rwkv_burn::DeviceSpec::Flex.device().unwrap();
+    for (arch, kind, format) in [
+        ("gguf_rwkv7", "q8_0", rwkv_burn::WeightFormat::Q8),
+        ("gguf_rwkv7", "q4_0", rwkv_burn::WeightFormat::Q4),
+        ("gguf_rwkv6", "q8_0", rwkv_burn::WeightFormat::Q8),
+        ("gguf_rwkv6", "f16", rwkv_burn::WeightFormat::F16),
+    ] {
+        let dir = fixtures().join(arch);
+        let checkpoint = Checkpoint::open(dir.join(format!("model-{kind}.gguf"))).unwrap();
+        assert_eq!(rwkv_burn::load::stored_format(&checkpoint), format);
+        let config = rwkv_burn::load::detect_config(&checkpoint).unwrap();
+        let (model, _) = rwkv_burn::model::build_with(&checkpoint, &config, &flex, format).unwrap();
+        model.set_exact_products(true);
+        let expected =
+            crate::common::Expected::open(dir.join(format!("expected-{kind}.safetensors")));
+        let tokens: Vec<i64> = expected.tokens("tokens");
+        let mut state = rwkv_burn::State::zeros(&config, 1, &flex);
+        let logits = model
+            .forward(crate::common::token_tensor(&tokens, 1, &flex), &mut state)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_matches(
+            &logits,
+            &expected.f32("logits_full"),
+            &format!("{arch} {kind} packed"),
+        );
+    }
+}
+
+/// The tokenizer comes with the model: a folder's vocabulary file, a GGUF file's World
+/// vocabulary (llama.cpp's escaped strings); both the fixture's truncated World vocabulary.
+#[test]
+fn models_bring_their_tokenizer() {
+    let vocab = rwkv_burn::tokenizer::WorldTokenizer::from_file(
+        fixtures().join("hf_rwkv7_fla/rwkv_vocab_v20230424.txt"),
+    )
+    .unwrap();
+    use rwkv_burn::tokenizer::Tokenizer;
+    let text = b"Hello\n\t\\ 'x' \"y\" \x00\xfe";
+    let want = vocab.encode(text).unwrap();
+    for path in [
+        fixtures().join("hf_rwkv7_fla"),
+        fixtures().join("hf_rwkv7_sharded"),
+        fixtures().join("gguf_rwkv7/model-q8_0.gguf"),
+        fixtures().join("gguf_rwkv6/model-f32.gguf"),
+    ] {
+        let checkpoint = Checkpoint::open(&path).unwrap();
+        let tokenizer = checkpoint.tokenizer().unwrap().expect("a tokenizer");
+        assert_eq!(tokenizer.vocab_size(), 256, "{}", path.display());
+        for id in 1..256u32 {
+            assert_eq!(
+                tokenizer.decode(&[id]).unwrap(),
+                vocab.decode(&[id]).unwrap(),
+                "{} id {id}",
+                path.display()
+            );
+        }
+        assert_eq!(tokenizer.encode(text).unwrap(), want, "{}", path.display());
+    }
+    // Official files carry none.
+    let official = Checkpoint::open(fixtures().join("rwkv7/weights.safetensors")).unwrap();
+    assert!(official.tokenizer().unwrap().is_none());
+}
+
+fn load_err(path: &Path) -> LoadError {
+    let device = rwkv_burn::DeviceSpec::Flex.device().unwrap();
+    match rwkv_burn::load_model(path, &device) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e,
+    }
+}
+
+/// A checkpoint with one tensor no model reads is refused, naming it; allowed, it loads.
+#[test]
+fn unknown_tensors_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors = read(&fixtures().join("rwkv7/weights.safetensors")).unwrap();
+    let extra = tensors
+        .iter()
+        .find(|t| t.name == "blocks.1.att.k_k")
+        .unwrap()
+        .data
+        .clone();
+    tensors.push(NamedTensor::new("blocks.1.att.deep_emb", extra));
+    let path = dir.path().join("extra.safetensors");
+    write(&path, &tensors).unwrap();
+    match load_err(&path) {
+        LoadError::UnusedTensors { names, .. } => assert_eq!(names, ["blocks.1.att.deep_emb"]),
+        other => panic!("expected UnusedTensors, got {other}"),
+    }
+    let device = rwkv_burn::DeviceSpec::Flex.device().unwrap();
+    let checkpoint = Checkpoint::open(&path).unwrap().allow_unused();
+    rwkv_burn::load::load_checkpoint(&checkpoint, &device).unwrap();
+
+    // An unmerged LoRA in a GGUF or HF layout is named in that layout's words.
+    let folder = copy_folder("hf_rwkv7_fla", dir.path());
+    let weights = folder.join("model.safetensors");
+    let mut tensors = read(&weights).unwrap();
+    let extra = tensors[0].data.clone();
+    tensors.push(NamedTensor::new("model.layers.0.attn.r_proj.lora_A", extra));
+    write(&weights, &tensors).unwrap();
+    match load_err(&folder) {
+        LoadError::UnusedTensors { names, .. } => {
+            assert_eq!(names, ["model.layers.0.attn.r_proj.lora_A"])
+        }
+        other => panic!("expected UnusedTensors, got {other}"),
+    }
+}
+
+fn copy_folder(name: &str, into: &Path) -> PathBuf {
+    let from = fixtures().join(name);
+    let to = into.join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        std::fs::copy(entry.path(), &target).unwrap();
+        let mut perms = std::fs::metadata(&target).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(&target, perms).unwrap();
+    }
+    to
+}
+
+/// Edits a JSON file of a copied folder.
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut value);
+    std::fs::write(path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+}
+
+#[test]
+fn bad_hugging_face_folders_are_refused_with_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expect = |folder: &Path, needle: &str| {
+        let err = load_err(folder);
+        let text = err.to_string();
+        assert!(
+            matches!(err, LoadError::BadConfig { .. }) && text.contains(needle),
+            "{needle}: {text}"
+        );
+    };
+    // A config that disagrees with the tensors, field by field.
+    for (field, value) in [
+        ("hidden_size", 128),
+        ("num_hidden_layers", 3),
+        ("vocab_size", 65536),
+        ("head_dim", 64),
+        ("decay_low_rank_dim", 64),
+        ("v_low_rank_dim", 32),
+    ] {
+        let folder = copy_folder("hf_rwkv7_hf", &tmp.path().join(field));
+        edit_json(&folder.join("config.json"), |c| c[field] = value.into());
+        expect(&folder, &format!("config.json says {field} = {value}"));
+    }
+    let index = "model.safetensors.index.json";
+    let shard2 = "model-00002-of-00002.safetensors";
+    // A missing shard.
+    let folder = copy_folder("hf_rwkv7_sharded", &tmp.path().join("missing"));
+    std::fs::remove_file(folder.join(shard2)).unwrap();
+    expect(&folder, "is missing");
+    // An index that names a tensor no shard has.
+    let folder = copy_folder("hf_rwkv7_sharded", &tmp.path().join("phantom"));
+    edit_json(&folder.join(index), |i| {
+        i["weight_map"]["model.layers.0.attn.phantom"] = shard2.into()
+    });
+    expect(&folder, "does not hold it");
+    // Two shards with the same tensor.
+    let folder = copy_folder("hf_rwkv7_sharded", &tmp.path().join("twice"));
+    let head = read(&folder.join(shard2))
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "lm_head.weight")
+        .unwrap();
+    let extra = NamedTensor::new("model.norm.extra", head.data.clone());
+    write(&folder.join("model-extra.safetensors"), &[head, extra]).unwrap();
+    edit_json(&folder.join(index), |i| {
+        i["weight_map"]["model.norm.extra"] = "model-extra.safetensors".into()
+    });
+    expect(&folder, "is in both");
+    // A shard outside the folder.
+    let folder = copy_folder("hf_rwkv7_sharded", &tmp.path().join("escape"));
+    edit_json(&folder.join(index), |i| {
+        i["weight_map"]["lm_head.weight"] = "../x.safetensors".into()
+    });
+    expect(&folder, "not a file name");
+}
+
+/// A GGUF file rebuilt from parts, so that one part at a time can be damaged.
+struct GgufParts {
+    version: u32,
+    metadata: Vec<(String, Value)>,
+    /// name, ne, ggml type id, data.
+    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
+    /// Overrides: tensor count, offset of tensor 0.
+    tensor_count: Option<u64>,
+    first_offset: Option<u64>,
+}
+
+impl GgufParts {
+    fn from_file(path: &Path) -> Self {
+        let bytes = std::fs::read(path).unwrap();
+        let gguf = Gguf::parse(&bytes, path).unwrap();
+        Self {
+            version: gguf.version,
+            metadata: gguf.metadata.clone(),
+            tensors: gguf
+                .tensors
+                .iter()
+                .map(|t| {
+                    let ne = t.ne.iter().map(|&d| d as u64).collect();
+                    (
+                        t.name.clone(),
+                        ne,
+                        t.kind.id(),
+                        bytes[t.start..t.end].to_vec(),
+                    )
+                })
+                .collect(),
+            tensor_count: None,
+            first_offset: None,
+        }
+    }
+
+    fn set(&mut self, key: &str, value: Value) {
+        match self.metadata.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => self.metadata.push((key.into(), value)),
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        fn string(out: &mut Vec<u8>, s: &str) {
+            out.extend((s.len() as u64).to_le_bytes());
+            out.extend(s.as_bytes());
+        }
+        fn value(out: &mut Vec<u8>, v: &Value, tagged: bool) {
+            let tag = |out: &mut Vec<u8>, t: u32| {
+                if tagged {
+                    out.extend(t.to_le_bytes())
+                }
+            };
+            match v {
+                Value::Uint(x) => {
+                    tag(out, 4);
+                    out.extend((*x as u32).to_le_bytes())
+                }
+                Value::Int(x) => {
+                    tag(out, 5);
+                    out.extend((*x as i32).to_le_bytes())
+                }
+                Value::Float(x) => {
+                    tag(out, 6);
+                    out.extend((*x as f32).to_le_bytes())
+                }
+                Value::Bool(x) => {
+                    tag(out, 7);
+                    out.push(*x as u8)
+                }
+                Value::String(s) => {
+                    tag(out, 8);
+                    string(out, s)
+                }
+                Value::Array(items) => {
+                    tag(out, 9);
+                    let item = match items.first() {
+                        Some(Value::Int(_)) => 5u32,
+                        Some(Value::String(_)) => 8,
+                        Some(Value::Float(_)) => 6,
+                        _ => 4,
+                    };
+                    out.extend(item.to_le_bytes());
+                    out.extend((items.len() as u64).to_le_bytes());
+                    for i in items {
+                        value(out, i, false);
+                    }
+                }
+            }
+        }
+        let mut out = b"GGUF".to_vec();
+        out.extend(self.version.to_le_bytes());
+        let count = self.tensor_count.unwrap_or(self.tensors.len() as u64);
+        out.extend(count.to_le_bytes());
+        out.extend((self.metadata.len() as u64).to_le_bytes());
+        for (k, v) in &self.metadata {
+            string(&mut out, k);
+            value(&mut out, v, true);
+        }
+        let mut offset = 0u64;
+        let mut data = Vec::new();
+        for (i, (name, ne, kind, bytes)) in self.tensors.iter().enumerate() {
+            string(&mut out, name);
+            out.extend((ne.len() as u32).to_le_bytes());
+            for d in ne {
+                out.extend(d.to_le_bytes());
+            }
+            out.extend(kind.to_le_bytes());
+            let at = match (i, self.first_offset) {
+                (0, Some(o)) => o,
+                _ => offset,
+            };
+            out.extend(at.to_le_bytes());
+            data.extend(bytes);
+            data.resize(data.len().next_multiple_of(32), 0);
+            offset = data.len() as u64;
+        }
+        out.resize(out.len().next_multiple_of(32), 0);
+        out.extend(data);
+        out
+    }
+}
+
+#[test]
+fn bad_gguf_files_are_refused_with_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = fixtures().join("gguf_rwkv7/model-q8_0.gguf");
+    let path = tmp.path().join("bad.gguf");
+    let parts = || GgufParts::from_file(&source);
+    let check = |bytes: Vec<u8>, what: &str, ok: &dyn Fn(&LoadError) -> bool| {
+        std::fs::write(&path, bytes).unwrap();
+        let err = load_err(&path);
+        assert!(ok(&err), "{what}: {err}");
+        assert!(err.to_string().contains("bad.gguf"), "{what}: {err}");
+    };
+    let truncated = |needle: &'static str| {
+        move |e: &LoadError| {
+            matches!(e, LoadError::Truncated { .. }) && e.to_string().contains(needle)
+        }
+    };
+    // Rebuilt unchanged, it loads (so every refusal below is the damage's).
+    std::fs::write(&path, parts().bytes()).unwrap();
+    let device = rwkv_burn::DeviceSpec::Flex.device().unwrap();
+    rwkv_burn::load_model(&path, &device).unwrap();
+
+    let mut bytes = parts().bytes();
+    bytes[3] = b'X';
+    check(bytes, "magic", &|e| {
+        matches!(e, LoadError::NotACheckpoint { .. })
+    });
+    let mut p = parts();
+    p.version = 4;
+    check(p.bytes(), "version", &|e| {
+        e.to_string().contains("GGUF version 4")
+    });
+    let mut p = parts();
+    p.tensor_count = Some(1 << 40);
+    check(p.bytes(), "tensor count", &truncated("tensors declared"));
+    let mut bytes = parts().bytes();
+    // The first key's length (after magic, version and the two counts).
+    bytes[24..32].copy_from_slice(&(1u64 << 50).to_le_bytes());
+    check(bytes, "key length", &truncated("string bytes declared"));
+    let mut p = parts();
+    p.set(
+        "tokenizer.ggml.tokens",
+        Value::Array(vec![Value::String("a".into())]),
+    );
+    let mut bytes = p.bytes();
+    let at = find(&bytes, b"tokenizer.ggml.tokens") + "tokenizer.ggml.tokens".len() + 8;
+    bytes[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    check(bytes, "array length", &truncated("array items declared"));
+    let mut p = parts();
+    p.first_offset = Some(1 << 40);
+    check(p.bytes(), "offset", &truncated("needs bytes"));
+    let mut p = parts();
+    p.first_offset = Some(3);
+    check(
+        p.bytes(),
+        "alignment",
+        &truncated("not a multiple of the alignment"),
+    );
+    let mut p = parts();
+    p.tensors[0].2 = 99;
+    check(
+        p.bytes(),
+        "unknown type",
+        &truncated("unknown ggml type 99"),
+    );
+    let mut p = parts();
+    p.tensors[0].2 = 12;
+    check(
+        p.bytes(),
+        "Q4_K",
+        &|e| matches!(e, LoadError::UnsupportedDType { dtype, .. } if dtype.starts_with("Q4_K")),
+    );
+    let mut p = parts();
+    p.tensors[0].1 = vec![1 << 40, 1 << 40];
+    check(p.bytes(), "dims", &truncated("hold more values"));
+    let mut p = parts();
+    p.tensors[0].1 = vec![1 << 32, 1 << 32, 1 << 32, 1 << 32];
+    check(p.bytes(), "dims overflow", &truncated("hold more values"));
+    let mut p = parts();
+    p.set("general.architecture", Value::String("llama".into()));
+    check(p.bytes(), "llama", &|e| {
+        matches!(e, LoadError::UnknownArchitecture { .. }) && e.to_string().contains("'llama'")
+    });
+    let mut p = parts();
+    p.set("rwkv7.block_count", Value::Uint(3));
+    check(p.bytes(), "block count", &|e| {
+        matches!(e, LoadError::BadConfig { .. }) && e.to_string().contains("block_count")
+    });
+    let mut p = parts();
+    p.set("rwkv7.wkv.head_size", Value::Uint(0));
+    check(p.bytes(), "head size", &|e| {
+        e.to_string().contains("head_size")
+    });
+    let mut p = parts();
+    let extra = p.tensors[0].clone();
+    p.tensors.push(extra);
+    check(p.bytes(), "duplicate", &truncated("twice"));
+    let mut p = parts();
+    let mut extra = p.tensors[0].clone();
+    extra.0 = "blk.0.time_mix_deep_emb.weight".into();
+    p.tensors.push(extra);
+    check(
+        p.bytes(),
+        "unknown tensor",
+        &|e| matches!(e, LoadError::UnusedTensors { names, .. } if names == &["blk.0.time_mix_deep_emb.weight"]),
+    );
+    let mut bytes = parts().bytes();
+    bytes.truncate(bytes.len() - 100);
+    check(bytes, "truncated", &truncated("needs bytes"));
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap()
+}
+
+/// llama.cpp divides RWKV-6 block `i`'s output matrices by `2^(i / rescale_every_n_layers)`;
+/// loading multiplies them back exactly, in F32 files and in Q8_0 blocks (whose f16 scales
+/// carry the factor).
+#[test]
+fn rwkv6_rescaled_gguf_files_load_the_original_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    for kind in ["f32", "q8_0"] {
+        let source = fixtures().join(format!("gguf_rwkv6/model-{kind}.gguf"));
+        let mut parts = GgufParts::from_file(&source);
+        parts.set("rwkv6.rescale_every_n_layers", Value::Uint(1));
+        for (name, _, ty, data) in &mut parts.tensors {
+            if !(name == "blk.1.time_mix_output.weight" || name == "blk.1.channel_mix_value.weight")
+            {
+                continue;
+            }
+            match *ty {
+                0 => {
+                    for v in data.chunks_exact_mut(4) {
+                        let x = f32::from_le_bytes(v.try_into().unwrap()) / 2.0;
+                        v.copy_from_slice(&x.to_le_bytes());
+                    }
+                }
+                8 => {
+                    for block in data.chunks_exact_mut(34) {
+                        let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32() / 2.0;
+                        block[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+                    }
+                }
+                other => panic!("{name}: type {other}"),
+            }
+        }
+        let path = tmp.path().join(format!("rescaled-{kind}.gguf"));
+        std::fs::write(&path, parts.bytes()).unwrap();
+        let (original, rescaled) = (
+            Checkpoint::open(&source).unwrap(),
+            Checkpoint::open(&path).unwrap(),
+        );
+        for name in original.names() {
+            assert_eq!(
+                original.read_f32(name).unwrap(),
+                rescaled.read_f32(name).unwrap(),
+                "{kind}: {name}"
+            );
+        }
+        assert_eq!(
+            rescaled.block_format("blocks.1.att.output.weight"),
+            original.block_format("blocks.1.att.output.weight")
+        );
+    }
+}
