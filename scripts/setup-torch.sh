@@ -36,4 +36,9 @@ if ! "$venv/bin/python" -c "import openai; assert openai.__version__ == '3.60.0'
   echo "setup-torch: installing openai 3.60.0" >&2
   "$venv/bin/pip" install --quiet --disable-pip-version-check "openai==3.60.0" >&2
 fi
+# llama.cpp's gguf-py: the reference dequantizer of the GGUF K-quant test.
+if ! "$venv/bin/python" -c "import gguf, importlib.metadata as m; assert m.version('gguf') == '0.19.0'" 2>/dev/null; then
+  echo "setup-torch: installing gguf 0.19.0" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "gguf==0.19.0" >&2
+fi
 echo "setup-torch: torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)') in $venv" >&2

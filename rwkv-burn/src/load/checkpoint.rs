@@ -55,6 +55,11 @@ enum Source {
         format: WeightFormat,
         bytes: Box<Source>,
     },
+    /// A GGUF matrix in one of ggml's K quantizations, dequantized to f32 as it is read.
+    KQuant {
+        kind: super::kquants::KQuant,
+        bytes: Box<Source>,
+    },
     /// A tensor stored in another layout than the official one (`hf.rs`, `gguf_rwkv.rs`),
     /// rearranged as it is read.
     Rearranged {
@@ -219,6 +224,14 @@ impl Checkpoint {
                     GgmlType::F32 => (Ok(SourceDType::F32), bytes),
                     GgmlType::F16 => (Ok(SourceDType::F16), bytes),
                     GgmlType::Bf16 => (Ok(SourceDType::BF16), bytes),
+                    GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+                        let kind = t.kind.k_quant().expect("a K type");
+                        let source = Source::KQuant {
+                            kind,
+                            bytes: Box::new(bytes),
+                        };
+                        (Err(t.kind.name().to_lowercase()), source)
+                    }
                     GgmlType::Q8_0 | GgmlType::Q4_0 => {
                         let format = if t.kind == GgmlType::Q8_0 {
                             WeightFormat::Q8
@@ -507,6 +520,19 @@ impl Checkpoint {
         self.entries.get(name).map(stored_as)
     }
 
+    /// Whether a tensor is stored in a type no format of ours holds (GGUF's K quantizations),
+    /// so that reading it dequantizes to f32.
+    pub fn dequantized_on_read(&self, name: &str) -> bool {
+        fn of(source: &Source) -> bool {
+            match source {
+                Source::KQuant { .. } => true,
+                Source::Rearranged { stored, .. } => of(&stored.source),
+                _ => false,
+            }
+        }
+        self.entries.get(name).is_some_and(|e| of(&e.source))
+    }
+
     /// The block format a tensor is stored in (files `rwkv quantize` wrote), if any.
     pub fn block_format(&self, name: &str) -> Option<WeightFormat> {
         fn of(source: &Source) -> Option<WeightFormat> {
@@ -569,6 +595,9 @@ impl Checkpoint {
             Source::Rearranged { stored, op } => {
                 let data = self.data(name, stored)?;
                 return Ok(rearrange(data, &stored.shape, *op));
+            }
+            Source::KQuant { kind, bytes } => {
+                return Ok(StoredData::F32(kind.dequantize(mapped(bytes))));
             }
             Source::Mapped { .. } => Cow::Borrowed(mapped(&entry.source)),
             Source::Pth(tensor) => Cow::Owned(tensor.read().map_err(|e| match e.kind() {
@@ -711,7 +740,7 @@ fn release(source: &Source) {
             release(levels);
             release(scales);
         }
-        Source::Interleaved { bytes, .. } => release(bytes),
+        Source::Interleaved { bytes, .. } | Source::KQuant { bytes, .. } => release(bytes),
         Source::Rearranged { stored, .. } => release(&stored.source),
         _ => {}
     }
@@ -726,6 +755,9 @@ fn stored_as(entry: &Entry) -> (String, Option<u64>) {
             (format.to_string(), Some(mapped(bytes).len() as u64))
         }
         (Source::Rearranged { stored, .. }, _) => stored_as(stored),
+        (Source::KQuant { bytes, .. }, Err(name)) => {
+            (name.clone(), Some(mapped(bytes).len() as u64))
+        }
         (Source::Blocks { format, .. }, _) => {
             let cols = entry.shape.last().copied().unwrap_or(0);
             let rows = elements.checked_div(cols).unwrap_or(0);

@@ -91,6 +91,12 @@ pub enum GgmlType {
     Q8_0,
     /// Blocks of 32: f16 scale, 16 bytes of nibbles (18 bytes).
     Q4_0,
+    /// Super-blocks of 256, 4.5 bits a value (see `kquants.rs`).
+    Q4K,
+    /// Super-blocks of 256, 5.5 bits a value.
+    Q5K,
+    /// Super-blocks of 256, 6.5625 bits a value.
+    Q6K,
 }
 
 impl GgmlType {
@@ -102,6 +108,9 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             8 => Self::Q8_0,
+            12 => Self::Q4K,
+            13 => Self::Q5K,
+            14 => Self::Q6K,
             30 => Self::Bf16,
             _ => {
                 let name = match id {
@@ -111,9 +120,6 @@ impl GgmlType {
                     9 => "Q8_1",
                     10 => "Q2_K",
                     11 => "Q3_K",
-                    12 => "Q4_K",
-                    13 => "Q5_K",
-                    14 => "Q6_K",
                     15 => "Q8_K",
                     16 => "IQ2_XXS",
                     17 => "IQ2_XS",
@@ -146,6 +152,9 @@ impl GgmlType {
             Self::F16 => 1,
             Self::Q4_0 => 2,
             Self::Q8_0 => 8,
+            Self::Q4K => 12,
+            Self::Q5K => 13,
+            Self::Q6K => 14,
             Self::Bf16 => 30,
         }
     }
@@ -158,6 +167,20 @@ impl GgmlType {
             Self::Bf16 => "BF16",
             Self::Q8_0 => "Q8_0",
             Self::Q4_0 => "Q4_0",
+            Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
+            Self::Q6K => "Q6_K",
+        }
+    }
+
+    /// The K quantization it is, for the types dequantized at load.
+    pub fn k_quant(self) -> Option<super::kquants::KQuant> {
+        use super::kquants::KQuant;
+        match self {
+            Self::Q4K => Some(KQuant::Q4K),
+            Self::Q5K => Some(KQuant::Q5K),
+            Self::Q6K => Some(KQuant::Q6K),
+            _ => None,
         }
     }
 
@@ -168,6 +191,10 @@ impl GgmlType {
             Self::F16 | Self::Bf16 => (1, 2),
             Self::Q8_0 => (32, 34),
             Self::Q4_0 => (32, 18),
+            Self::Q4K | Self::Q5K | Self::Q6K => {
+                let kind = self.k_quant().expect("a K type");
+                (super::kquants::QK_K as u64, kind.block_bytes() as u64)
+            }
         }
     }
 }
@@ -290,8 +317,8 @@ impl Gguf {
                     path: path.to_path_buf(),
                     name: name.clone(),
                     dtype: format!(
-                        "{type_name} (GGUF types read: F32, F16, BF16, Q8_0, Q4_0; \
-                         re-quantize with llama-quantize or convert from the original)"
+                        "{type_name} (GGUF types read: F32, F16, BF16, Q8_0, Q4_0, Q4_K, \
+                         Q5_K, Q6_K; re-quantize with llama-quantize or convert from the original)"
                     ),
                 },
                 None => bad(format!("unknown ggml type {kind}")),

@@ -494,12 +494,15 @@ fn bad_gguf_files_are_refused_with_the_file() {
         &truncated("unknown ggml type 99"),
     );
     let mut p = parts();
-    p.tensors[0].2 = 12;
+    p.tensors[0].2 = 10;
     check(
         p.bytes(),
-        "Q4_K",
-        &|e| matches!(e, LoadError::UnsupportedDType { dtype, .. } if dtype.starts_with("Q4_K")),
+        "Q2_K",
+        &|e| matches!(e, LoadError::UnsupportedDType { dtype, .. } if dtype.starts_with("Q2_K")),
     );
+    let mut p = parts();
+    p.tensors[0].2 = 12;
+    check(p.bytes(), "Q4_K rows", &truncated("not whole Q4_K blocks"));
     let mut p = parts();
     p.tensors[0].1 = vec![1 << 40, 1 << 40];
     check(p.bytes(), "dims", &truncated("hold more values"));
@@ -595,4 +598,224 @@ fn rwkv6_rescaled_gguf_files_load_the_original_weights() {
             original.block_format("blocks.1.att.output.weight")
         );
     }
+}
+
+/// A Python with llama.cpp's gguf-py (`scripts/setup-torch.sh` installs it into the tests'
+/// venv). Missing, the K-quant test says so and passes, except in CI (`CI` set), where
+/// setup installed it and its absence is a failure.
+fn python_with_gguf() -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = std::env::var_os("RWKV_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            std::env::var_os("HOME")
+                .map(|h| Path::new(&h).join(".cache/rwkv-burn/torch-venv/bin/python")),
+        )
+        .collect();
+    let found = candidates.iter().find(|python| {
+        std::process::Command::new(python)
+            .args(["-c", "import gguf"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no Python with gguf among {candidates:?}; run scripts/setup-torch.sh"
+        );
+        eprintln!("skipped: no Python with gguf among {candidates:?}");
+    }
+    found.cloned()
+}
+
+/// Q4_K, Q5_K and Q6_K matrices (random blocks, sane scales) read back bit-identical to
+/// gguf-py's dequantization, and the model built from them runs.
+#[test]
+fn k_quantized_gguf_tensors_match_ggml_dequantization() {
+    let Some(python) = python_with_gguf() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = rwkv_burn::random::SplitMix64::new(0x4b5);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ggml_dequantize.py");
+    let scale = |rng: &mut rwkv_burn::random::SplitMix64| {
+        let unit = (rng.next_u64() % 1000) as f32 / 1000.0;
+        half::f16::from_f32(1e-3 + 0.05 * unit).to_le_bytes()
+    };
+    for (kind, id, block_bytes) in [
+        ("Q4_K", 12u32, 144usize),
+        ("Q5_K", 13, 176),
+        ("Q6_K", 14, 210),
+    ] {
+        let mut parts = GgufParts::from_file(&fixtures().join("gguf_rwkv7/model-f32.gguf"));
+        let mut blocks = Vec::new();
+        for (name, ne, ty, data) in &mut parts.tensors {
+            if !name.ends_with("channel_mix_value.weight") {
+                continue;
+            }
+            // ne [F = 256, C = 64]: one super-block a row.
+            assert_eq!(ne[0], 256);
+            let rows = ne[1] as usize;
+            let mut bytes: Vec<u8> = (0..rows * block_bytes)
+                .map(|_| rng.next_u64() as u8)
+                .collect();
+            for block in bytes.chunks_exact_mut(block_bytes) {
+                if id == 14 {
+                    block[208..210].copy_from_slice(&scale(&mut rng));
+                } else {
+                    block[0..2].copy_from_slice(&scale(&mut rng));
+                    block[2..4].copy_from_slice(&scale(&mut rng));
+                }
+            }
+            *ty = id;
+            *data = bytes.clone();
+            blocks.push((name.clone(), rows, bytes));
+        }
+        let path = tmp.path().join(format!("{kind}.gguf"));
+        std::fs::write(&path, parts.bytes()).unwrap();
+        let checkpoint = Checkpoint::open(&path).unwrap();
+        for (name, rows, bytes) in blocks {
+            let (raw, out) = (tmp.path().join("raw.bin"), tmp.path().join("out.bin"));
+            std::fs::write(&raw, &bytes).unwrap();
+            let run = std::process::Command::new(&python)
+                .arg(&script)
+                .args([
+                    kind,
+                    raw.to_str().unwrap(),
+                    &rows.to_string(),
+                    out.to_str().unwrap(),
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                run.status.success(),
+                "{}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+            let want: Vec<u32> = std::fs::read(&out)
+                .unwrap()
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            let official = name
+                .replace("blk.", "blocks.")
+                .replace("channel_mix_value", "ffn.value");
+            let (got, shape) = checkpoint.read_f32(&official).unwrap();
+            assert_eq!(shape, [64, 256]);
+            let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            assert!(got == want, "{kind} {name}: differs from gguf-py");
+        }
+        let flex = rwkv_burn::DeviceSpec::Flex.device().unwrap();
+        let config = rwkv_burn::load::detect_config(&checkpoint).unwrap();
+        for format in [rwkv_burn::WeightFormat::F32, rwkv_burn::WeightFormat::Q8] {
+            let (model, _) =
+                rwkv_burn::model::build_with(&checkpoint, &config, &flex, format).unwrap();
+            let mut state = rwkv_burn::State::zeros(&config, 1, &flex);
+            let tokens = crate::common::token_tensor(&[1, 2, 3], 1, &flex);
+            let logits = model
+                .forward(tokens, &mut state)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            assert!(logits.iter().all(|v| v.is_finite()), "{kind} {format}");
+        }
+    }
+}
+
+/// Older fla checkpoints keep the six token-shift mixes fused in `attn.x_x` `[6, C]` (rows r,
+/// w, k, v, a, g; fla's `RWKV7Attention` splits them the same way): the fused form reads back
+/// the official tensors.
+#[test]
+fn fused_fla_mixes_split_into_the_official_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = copy_folder("hf_rwkv7_fla", tmp.path());
+    let weights = folder.join("model.safetensors");
+    let tensors = read(&weights).unwrap();
+    let mut fused: Vec<NamedTensor> = Vec::new();
+    for layer in 0..2 {
+        let mut values = Vec::new();
+        for x in ["x_r", "x_w", "x_k", "x_v", "x_a", "x_g"] {
+            let name = format!("model.layers.{layer}.attn.{x}");
+            let t = tensors.iter().find(|t| t.name == name).unwrap();
+            values.extend(t.data.clone().try_to_vec::<f32>().unwrap());
+        }
+        let c = values.len() / 6;
+        fused.push(NamedTensor::new(
+            format!("model.layers.{layer}.attn.x_x"),
+            burn::tensor::TensorData::new(values, [6, c]),
+        ));
+    }
+    let mut rest: Vec<NamedTensor> = tensors
+        .into_iter()
+        .filter(|t| !t.name.contains(".attn.x_") || t.name.ends_with("x_x"))
+        .collect();
+    rest.extend(fused);
+    write(&weights, &rest).unwrap();
+    let (ours, official) = (
+        Checkpoint::open(&folder).unwrap(),
+        Checkpoint::open(fixtures().join("hf_rwkv7_fla")).unwrap(),
+    );
+    assert_eq!(
+        ours.names().collect::<Vec<_>>(),
+        official.names().collect::<Vec<_>>()
+    );
+    for name in official.names() {
+        assert_eq!(
+            ours.read_f32(name).unwrap(),
+            official.read_f32(name).unwrap(),
+            "{name}"
+        );
+    }
+    // Both forms at once hold one tensor twice.
+    let mut both = read(&fixtures().join("hf_rwkv7_fla/model.safetensors")).unwrap();
+    both.push(rest.pop().unwrap());
+    write(&weights, &both).unwrap();
+    let err = load_err(&folder).to_string();
+    assert!(err.contains("both hold"), "{err}");
+}
+
+/// BF16 GGUF tensors are read as stored: the model runs in bf16 by default, on the bf16
+/// values of the F32 file.
+#[test]
+fn bf16_gguf_tensors_load_as_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = fixtures().join("gguf_rwkv7/model-f32.gguf");
+    let mut parts = GgufParts::from_file(&source);
+    for (_, ne, ty, data) in &mut parts.tensors {
+        if ne.len() == 2 && ne[0] % 32 == 0 && ne[1] > 1 {
+            *ty = 30;
+            *data = data
+                .chunks_exact(4)
+                .flat_map(|c| {
+                    let v = f32::from_le_bytes(c.try_into().unwrap());
+                    half::bf16::from_f32(v).to_le_bytes()
+                })
+                .collect();
+        }
+    }
+    let path = tmp.path().join("bf16.gguf");
+    std::fs::write(&path, parts.bytes()).unwrap();
+    let (bf16, f32) = (
+        Checkpoint::open(&path).unwrap(),
+        Checkpoint::open(&source).unwrap(),
+    );
+    assert_eq!(
+        rwkv_burn::load::stored_format(&bf16),
+        rwkv_burn::WeightFormat::Bf16
+    );
+    for name in ["blocks.0.att.key.weight", "head.weight", "blocks.1.att.w1"] {
+        let want: Vec<f32> = f32
+            .read_f32(name)
+            .unwrap()
+            .0
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        assert_eq!(bf16.read_f32(name).unwrap().0, want, "{name}");
+    }
+    let flex = rwkv_burn::DeviceSpec::Flex.device().unwrap();
+    let config = rwkv_burn::load::detect_config(&bf16).unwrap();
+    let (model, _) =
+        rwkv_burn::model::build_with(&bf16, &config, &flex, rwkv_burn::WeightFormat::Bf16).unwrap();
+    assert_eq!(model.head.format(), rwkv_burn::WeightFormat::Bf16);
 }
