@@ -153,7 +153,7 @@ pub fn forward_in(
     state: &mut State,
     compute_dtype: Option<FloatDType>,
 ) -> Tensor<3> {
-    let held = model.emb.weight.val().dtype();
+    let held = model.emb.dtype();
     match compute_dtype {
         // A half-held base computes in its type whatever is asked; the logits come back f32.
         None if held != burn::tensor::DType::F32 => {

@@ -107,7 +107,7 @@ pub fn format_tensors(model: &Rwkv, names: &ParamNames) -> Vec<NamedTensor> {
     // An embedding held in its stored half type (see `Weights`) is written in that type: its
     // values are that type's, so nothing is rounded, and a World model's table is half the
     // bytes.
-    let emb = model.emb.weight.val().dtype();
+    let emb = model.emb.dtype();
     if matches!(emb, burn::tensor::DType::BF16 | burn::tensor::DType::F16)
         && let Some(t) = tensors.iter_mut().find(|t| t.name == "emb.weight")
     {

@@ -5,6 +5,7 @@
 //! [`ChannelMix`].
 
 mod block;
+pub mod embedding;
 pub mod layers;
 pub mod lora;
 pub mod projection;
@@ -15,6 +16,7 @@ pub mod v6;
 pub mod v7;
 
 pub use block::{Block, ChannelMix, TimeMix};
+pub use embedding::TokenEmbedding;
 pub use layers::{layer_norm, linear, ln_x};
 pub use projection::Projection;
 
@@ -25,7 +27,7 @@ use crate::weights::{
     Weights,
 };
 use burn::module::Module;
-use burn::nn::{Embedding, LayerNorm};
+use burn::nn::LayerNorm;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use layers::load_layer_norm;
 
@@ -221,6 +223,21 @@ pub fn build_with(
     device: &Device,
     format: WeightFormat,
 ) -> Result<(Rwkv, ParamNames), LoadError> {
+    build_limited(source, config, device, format, None)
+}
+
+/// [`build_with`] for a device whose largest buffer holds at most `max_buffer` bytes (when
+/// given; the device's own limit applies too, [`crate::device::max_buffer_bytes`]): larger
+/// projections and embeddings are split into blocks of rows that fit, and any other tensor
+/// that does not fit is refused by name. For a browser, whose adapter states its
+/// `maxStorageBufferBindingSize` to the page rather than to the device.
+pub fn build_limited(
+    source: &dyn WeightSource,
+    config: &RwkvConfig,
+    device: &Device,
+    format: WeightFormat,
+    max_buffer: Option<u64>,
+) -> Result<(Rwkv, ParamNames), LoadError> {
     config
         .validate()
         .map_err(|detail| LoadError::BadDimensions {
@@ -228,10 +245,11 @@ pub fn build_with(
             detail,
         })?;
     let mut w = Weights::new(source, device).with_format(format);
+    if let Some(bytes) = max_buffer {
+        w = w.with_max_buffer(bytes);
+    }
     let (c, v) = (config.n_embd, config.vocab_size);
-    let emb = Embedding {
-        weight: w.tensor(Role::Embedding, "emb.weight", [v, c])?,
-    };
+    let emb = w.embedding("emb.weight", v, c)?;
     let ln0 = load_layer_norm(&mut w, "blocks.0.ln0", c)?;
     let blocks = (0..config.n_layer)
         .map(|i| Block::load(&mut w, config, i))
@@ -263,7 +281,7 @@ pub fn token_tensor(ids: &[u32], batch: usize, device: &Device) -> Tensor<2, Int
 #[derive(Module, Debug)]
 pub struct Rwkv {
     /// Token embedding `[V, C]`.
-    pub emb: Embedding,
+    pub emb: TokenEmbedding,
     /// LayerNorm applied to the embedding (the official `blocks.0.ln0`).
     pub ln0: LayerNorm,
     /// The residual blocks.
@@ -296,7 +314,7 @@ impl Rwkv {
 
     /// Assembles a model from its parts.
     pub fn new(
-        emb: Embedding,
+        emb: TokenEmbedding,
         ln0: LayerNorm,
         blocks: Vec<Block>,
         ln_out: LayerNorm,
@@ -402,7 +420,7 @@ impl Rwkv {
             .filter_map(|p| p.linear())
             .map(|l| l.weight.val().shape().num_elements())
             .sum();
-        let [vocab, channels] = self.emb.weight.dims();
+        let [vocab, channels] = self.emb.dims();
         let others = self.num_params() - dense - vocab * channels;
         projections + (others + channels) * size_of::<f32>()
     }
@@ -431,7 +449,7 @@ impl Rwkv {
 
     /// Vocabulary size (rows of the embedding).
     pub fn vocab_size(&self) -> usize {
-        self.emb.weight.dims()[0]
+        self.emb.dims()[0]
     }
 
     /// Checks token ids before they reach [`forward`](Self::forward), which would panic.
@@ -452,7 +470,7 @@ impl Rwkv {
 
     /// Dimensions of this model.
     pub fn config(&self) -> RwkvConfig {
-        let [vocab_size, n_embd] = self.emb.weight.dims();
+        let [vocab_size, n_embd] = self.emb.dims();
         let (dim_att, dim_ffn, head_size) = match self.blocks.first() {
             Some(block) => (
                 block.att.dim_att(),

@@ -20,6 +20,9 @@ pub struct Projection {
     dense: Option<Linear>,
     #[module(skip)]
     packed: Option<Arc<PackedMatrix>>,
+    /// Blocks of output columns, for a weight larger than the device's largest buffer
+    /// (`Weights::linear`); their products are concatenated.
+    split: Vec<Linear>,
     /// The LoRA adapter, if one is attached ([`crate::adapters`]).
     pub lora: Option<LoraPair>,
 }
@@ -62,6 +65,17 @@ impl Projection {
         Self {
             dense: Some(linear),
             packed: None,
+            split: Vec::new(),
+            lora: None,
+        }
+    }
+
+    /// A projection whose weight is held in blocks of output columns, `[in, out_b]` each.
+    pub fn split(blocks: Vec<Linear>) -> Self {
+        Self {
+            dense: None,
+            packed: None,
+            split: blocks,
             lora: None,
         }
     }
@@ -71,6 +85,7 @@ impl Projection {
         Self {
             dense: None,
             packed: Some(Arc::new(weight)),
+            split: Vec::new(),
             lora: None,
         }
     }
@@ -86,6 +101,7 @@ impl Projection {
         Ok(match w.linear(role, leaf, out, input)? {
             LoadedMatrix::Dense(linear) => Self::dense(linear),
             LoadedMatrix::Packed(packed) => Self::packed(packed),
+            LoadedMatrix::Split(blocks) => Self::split(blocks),
         })
     }
 
@@ -109,7 +125,7 @@ impl Projection {
         match (&self.dense, &self.packed) {
             (Some(linear), _) => linear.weight.dims()[0],
             (None, Some(packed)) => packed.dims()[1],
-            (None, None) => unreachable!("a projection has a weight"),
+            (None, None) => self.split.first().map_or(0, |b| b.weight.dims()[0]),
         }
     }
 
@@ -118,32 +134,34 @@ impl Projection {
         match (&self.dense, &self.packed) {
             (Some(linear), _) => linear.weight.dims()[1],
             (None, Some(packed)) => packed.dims()[0],
-            (None, None) => unreachable!("a projection has a weight"),
+            (None, None) => self.split.iter().map(|b| b.weight.dims()[1]).sum(),
         }
     }
 
     /// The format the weight is held in.
     pub fn format(&self) -> WeightFormat {
+        let of = |linear: &Linear| match linear.weight.val().dtype() {
+            DType::BF16 => WeightFormat::Bf16,
+            DType::F16 => WeightFormat::F16,
+            _ => WeightFormat::F32,
+        };
         match (&self.dense, &self.packed) {
             (_, Some(packed)) => packed.format(),
-            (Some(linear), None) => match linear.weight.val().dtype() {
-                DType::BF16 => WeightFormat::Bf16,
-                DType::F16 => WeightFormat::F16,
-                _ => WeightFormat::F32,
-            },
-            (None, None) => unreachable!("a projection has a weight"),
+            (Some(linear), None) => of(linear),
+            (None, None) => self.split.first().map_or(WeightFormat::F32, of),
         }
     }
 
     /// Bytes one product reads from the weight (values and scales).
     pub fn weight_bytes(&self) -> usize {
+        let bytes = |linear: &Linear| {
+            let weight = linear.weight.val();
+            weight.shape().num_elements() * weight.dtype().size()
+        };
         match (&self.dense, &self.packed) {
-            (Some(linear), _) => {
-                let weight = linear.weight.val();
-                weight.shape().num_elements() * weight.dtype().size()
-            }
+            (Some(linear), _) => bytes(linear),
             (None, Some(packed)) => packed.bytes(),
-            (None, None) => 0,
+            (None, None) => self.split.iter().map(bytes).sum(),
         }
     }
 
@@ -172,7 +190,15 @@ impl Projection {
                 }
             }
             (None, Some(packed)) => crate::cpu::project_packed(packed, x),
-            (None, None) => unreachable!("a projection has a weight"),
+            (None, None) => {
+                let dtype = x.dtype();
+                let parts = self
+                    .split
+                    .iter()
+                    .map(|block| x.clone().matmul(block.weight.val().cast(dtype).unsqueeze()))
+                    .collect();
+                Tensor::cat(parts, D - 1)
+            }
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct Weights<'a> {
 pub enum LoadedMatrix {
     /// A Burn layer with an f32 weight `[in, out]`.
     Dense(Linear),
+    /// Burn layers over consecutive blocks of output columns (`[in, out_b]` each), for a
+    /// matrix larger than the device's largest buffer; not a trainable parameter.
+    Split(Vec<Linear>),
     /// The checkpoint's `[out, in]` rows in a compressed format, for the CPU kernels.
     Packed(crate::cpu::PackedMatrix),
 }
@@ -74,6 +77,13 @@ impl<'a> Weights<'a> {
     /// format's values, so that every device computes the same model.
     pub fn with_format(mut self, format: WeightFormat) -> Self {
         self.format = format;
+        self
+    }
+
+    /// Sizes blocks for a device whose largest buffer holds at most `bytes` (the lower of
+    /// this and what the device states).
+    pub(crate) fn with_max_buffer(mut self, bytes: u64) -> Self {
+        self.max_buffer = Some(self.max_buffer.map_or(bytes, |b| b.min(bytes)));
         self
     }
 
@@ -239,6 +249,46 @@ impl<'a> Weights<'a> {
         shape: [usize; D],
     ) -> Result<Param<Tensor<D>>, LoadError> {
         self.param(role, leaf, shape, &shape)
+    }
+
+    /// The token embedding `[rows, cols]`: one parameter, or row blocks where the table is
+    /// larger than the device's largest buffer (see [`crate::model::TokenEmbedding`]).
+    pub fn embedding(
+        &mut self,
+        leaf: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<crate::model::TokenEmbedding, LoadError> {
+        let block_rows = match self.max_buffer {
+            Some(limit) if (rows as u64).saturating_mul(cols as u64 * 4) > limit => {
+                (limit / (cols as u64 * 4).max(1)) as usize
+            }
+            _ => {
+                let weight = self.tensor(Role::Embedding, leaf, [rows, cols])?;
+                return Ok(crate::model::TokenEmbedding::whole(weight));
+            }
+        };
+        let name = self.name(leaf);
+        let shape = [rows, cols];
+        let (tensor, _) = self.read(&name, &shape, &shape, Role::Embedding)?;
+        if block_rows == 0 {
+            return Err(LoadError::TooLargeForDevice {
+                path: self.path().to_path_buf(),
+                name,
+                bytes: cols as u64 * 4,
+                limit: self.max_buffer.unwrap_or(0),
+            });
+        }
+        let values = self.checked_f32(&name, tensor)?;
+        self.source.release(&name);
+        let blocks = values
+            .chunks(block_rows * cols)
+            .map(|chunk| {
+                let data = TensorData::new(chunk.to_vec(), [chunk.len() / cols, cols]);
+                Param::from_tensor(Tensor::from_data(data, self.device))
+            })
+            .collect();
+        Ok(crate::model::TokenEmbedding { blocks })
     }
 
     /// A parameter whose official stored shape is `official`.
@@ -422,7 +472,6 @@ impl<'a> Weights<'a> {
             };
         }
         if format != WeightFormat::F32 {
-            self.check_buffer(&name, &tensor)?;
             let values = self.checked_f32(&name, tensor)?;
             self.source.release(&name);
             if let Some(packed) =
@@ -432,21 +481,62 @@ impl<'a> Weights<'a> {
             }
             let rounded = format.round_trip(&values, input);
             drop(values);
-            let mut linear = self.dense_linear(name, rounded, stored, out, input);
-            if holds_as_tensor(self.device, format)
-                && let Some(dtype) = format.tensor_dtype()
-            {
-                // Exact: the values are the format's own. Products cast the weight back to
-                // f32 (`Projection::forward`), so the arithmetic stays f32.
+            // Exact: the values are the format's own. Products cast the weight back to f32
+            // (`Projection::forward`), so the arithmetic stays f32.
+            let dtype = format
+                .tensor_dtype()
+                .filter(|_| holds_as_tensor(self.device, format));
+            return self.placed_linear(name, rounded, stored, [out, input], dtype);
+        }
+        let values = self.checked_f32(&name, tensor)?;
+        self.source.release(&name);
+        self.placed_linear(name, values, stored, [out, input], None)
+    }
+
+    /// `values` (`[out, in]`) as one Burn layer, in `dtype` where given, or as blocks of
+    /// output rows where the matrix is larger than the device's largest buffer.
+    fn placed_linear(
+        &mut self,
+        name: String,
+        values: Vec<f32>,
+        stored: Vec<usize>,
+        [out, input]: [usize; 2],
+        dtype: Option<burn::tensor::DType>,
+    ) -> Result<LoadedMatrix, LoadError> {
+        let size = dtype.map_or(4, |d| d.size()) as u64;
+        let row_bytes = input as u64 * size;
+        let cast = |mut linear: Linear| {
+            if let Some(dtype) = dtype {
                 linear.weight = linear.weight.map(|w| w.cast(dtype));
             }
-            return Ok(LoadedMatrix::Dense(linear));
+            linear
+        };
+        match self.max_buffer {
+            Some(limit) if row_bytes > limit => Err(LoadError::TooLargeForDevice {
+                path: self.path().to_path_buf(),
+                name,
+                bytes: row_bytes,
+                limit,
+            }),
+            Some(limit) if (out as u64).saturating_mul(row_bytes) > limit => {
+                let rows = (limit / row_bytes.max(1)) as usize;
+                let blocks = values
+                    .chunks(rows * input)
+                    .map(|chunk| {
+                        let rows = chunk.len() / input;
+                        let weight = transposed(chunk, rows, input, self.device);
+                        cast(Linear {
+                            weight: Param::from_tensor(weight),
+                            bias: None,
+                        })
+                    })
+                    .collect();
+                Ok(LoadedMatrix::Split(blocks))
+            }
+            _ => Ok(LoadedMatrix::Dense(cast(
+                self.dense_linear(name, values, stored, out, input),
+            ))),
         }
-        let values = self.values(&name, tensor)?;
-        self.source.release(&name);
-        Ok(LoadedMatrix::Dense(
-            self.dense_linear(name, values, stored, out, input),
-        ))
     }
 
     /// An f32 bias-free [`Linear`] of `values` (`[out, in]`), recorded under `name`.
@@ -460,15 +550,7 @@ impl<'a> Weights<'a> {
     ) -> Linear {
         let weight = match crate::cpu::decode_weight(&values, out, input, self.device) {
             Some(weight) => weight,
-            None => {
-                let mut transposed = vec![0f32; values.len()];
-                for (o, row) in values.chunks_exact(input).enumerate() {
-                    for (i, v) in row.iter().enumerate() {
-                        transposed[i * out + o] = *v;
-                    }
-                }
-                Tensor::from_data(TensorData::new(transposed, [input, out]), self.device)
-            }
+            None => transposed(&values, out, input, self.device),
         };
         let mut layer = Linear {
             weight: Param::from_tensor(weight),
@@ -477,6 +559,18 @@ impl<'a> Weights<'a> {
         self.record(name, &mut layer.weight.id, stored, 2, Layout::Transposed);
         layer
     }
+}
+
+/// `values` (`[out, in]`, row-major) as a Burn `[in, out]` tensor, transposed on the host
+/// (backends may copy strided operands on every product).
+fn transposed(values: &[f32], out: usize, input: usize, device: &Device) -> Tensor<2> {
+    let mut t = vec![0f32; values.len()];
+    for (o, row) in values.chunks_exact(input).enumerate() {
+        for (i, v) in row.iter().enumerate() {
+            t[i * out + o] = *v;
+        }
+    }
+    Tensor::from_data(TensorData::new(t, [input, out]), device)
 }
 
 /// Whether `device`, which has no packed kernels, holds a projection in `format` as a Burn
@@ -562,32 +656,48 @@ mod tests {
     }
 
     /// A tensor larger than the device's largest buffer is refused by name before upload,
-    /// whichever way it is laid out; smaller ones still load.
+    /// unless it is a projection or the embedding, which are split into blocks of rows that
+    /// fit (and refused only when one row does not); smaller ones load whole.
     #[test]
-    fn tensors_above_the_device_buffer_limit_are_refused_by_name() {
+    fn tensors_above_the_device_buffer_limit_are_split_or_refused_by_name() {
         let device = Device::default();
         let source = Fake {
-            shapes: vec![("small", vec![4]), ("big", vec![4, 8]), ("lin", vec![8, 4])],
+            shapes: vec![
+                ("small", vec![4]),
+                ("big", vec![4, 8]),
+                ("lin", vec![8, 4]),
+                ("wide", vec![2, 32]),
+                ("emb", vec![10, 4]),
+            ],
             stores_shapes: true,
         };
         let mut w = Weights::new(&source, &device);
         // 16 f32 fit, 32 do not.
         w.max_buffer = Some(64);
         w.vector(Role::NormScale, "small", 4).unwrap();
-        for result in [
-            w.matrix(Role::Matrix, "big", 4, 8).map(|_| ()),
-            w.linear(Role::Matrix, "lin", 8, 4).map(|_| ()),
-        ] {
-            match result {
-                Err(LoadError::TooLargeForDevice {
-                    name, bytes, limit, ..
-                }) => {
-                    assert!(name == "big" || name == "lin", "{name}");
-                    assert_eq!((bytes, limit), (128, 64));
-                }
-                other => panic!("expected TooLargeForDevice, got {other:?}"),
-            }
+        match w.matrix(Role::Matrix, "big", 4, 8) {
+            Err(LoadError::TooLargeForDevice {
+                name, bytes, limit, ..
+            }) => assert_eq!((name.as_str(), bytes, limit), ("big", 128, 64)),
+            other => panic!("expected TooLargeForDevice, got {other:?}"),
         }
+        match w.linear(Role::Matrix, "lin", 8, 4).unwrap() {
+            LoadedMatrix::Split(blocks) => {
+                let dims: Vec<_> = blocks.iter().map(|b| b.weight.dims()).collect();
+                assert_eq!(dims, [[4, 4], [4, 4]]);
+            }
+            other => panic!("expected a split matrix, got {other:?}"),
+        }
+        match w.linear(Role::Matrix, "wide", 2, 32) {
+            Err(LoadError::TooLargeForDevice { name, bytes, .. }) => {
+                assert_eq!((name.as_str(), bytes), ("wide", 128))
+            }
+            other => panic!("expected TooLargeForDevice, got {other:?}"),
+        }
+        let emb = w.embedding("emb", 10, 4).unwrap();
+        let rows: Vec<_> = emb.blocks.iter().map(|b| b.dims()).collect();
+        assert_eq!(rows, [[4, 4], [4, 4], [2, 4]]);
+        assert_eq!(emb.dims(), [10, 4]);
     }
 
     /// Sources that invent values get the shapes official checkpoints store.

@@ -400,7 +400,7 @@ fn an_official_bf16_checkpoint_runs_in_bf16_as_stored() {
     let format = rwkv_burn::load::stored_format(&file);
     assert_eq!(format, WeightFormat::Bf16);
     let (model, _) = build_with(&file, &config, &device, format).unwrap();
-    assert_eq!(model.emb.weight.val().dtype(), burn::tensor::DType::BF16);
+    assert_eq!(model.emb.dtype(), burn::tensor::DType::BF16);
     assert_eq!(model.head.format(), WeightFormat::Bf16);
     let (reference, _) = build_with(&file, &config, &device, WeightFormat::F32).unwrap();
     let tokens: Vec<i64> = (0..30).map(|i| (i * 41 + 5) % 256).collect();
