@@ -43,7 +43,8 @@ pub enum LoadedMatrix {
     /// A Burn layer with an f32 weight `[in, out]`.
     Dense(Linear),
     /// Burn layers over consecutive blocks of output columns (`[in, out_b]` each), for a
-    /// matrix larger than the device's largest buffer; not a trainable parameter.
+    /// matrix larger than the device's largest buffer (inference devices only: training
+    /// devices refuse it).
     Split(Vec<Linear>),
     /// The checkpoint's `[out, in]` rows in a compressed format, for the CPU kernels.
     Packed(crate::cpu::PackedMatrix),
@@ -259,8 +260,13 @@ impl<'a> Weights<'a> {
         rows: usize,
         cols: usize,
     ) -> Result<crate::model::TokenEmbedding, LoadError> {
+        // Training devices keep one parameter (its gradient and export need it); the loader
+        // refuses the table there, as any tensor too large for one buffer.
         let block_rows = match self.max_buffer {
-            Some(limit) if (rows as u64).saturating_mul(cols as u64 * 4) > limit => {
+            Some(limit)
+                if (rows as u64).saturating_mul(cols as u64 * 4) > limit
+                    && !self.device.is_autodiff() =>
+            {
                 (limit / (cols as u64 * 4).max(1)) as usize
             }
             _ => {
@@ -512,12 +518,22 @@ impl<'a> Weights<'a> {
             linear
         };
         match self.max_buffer {
-            Some(limit) if row_bytes > limit => Err(LoadError::TooLargeForDevice {
-                path: self.path().to_path_buf(),
-                name,
-                bytes: row_bytes,
-                limit,
-            }),
+            Some(limit)
+                if row_bytes > limit
+                    || (self.device.is_autodiff()
+                        && (out as u64).saturating_mul(row_bytes) > limit) =>
+            {
+                Err(LoadError::TooLargeForDevice {
+                    path: self.path().to_path_buf(),
+                    name,
+                    bytes: if row_bytes > limit {
+                        row_bytes
+                    } else {
+                        (out as u64).saturating_mul(row_bytes)
+                    },
+                    limit,
+                })
+            }
             Some(limit) if (out as u64).saturating_mul(row_bytes) > limit => {
                 let rows = (limit / row_bytes.max(1)) as usize;
                 let blocks = values
@@ -698,6 +714,29 @@ mod tests {
         let rows: Vec<_> = emb.blocks.iter().map(|b| b.dims()).collect();
         assert_eq!(rows, [[4, 4], [4, 4], [2, 4]]);
         assert_eq!(emb.dims(), [10, 4]);
+    }
+
+    /// Training devices hold every weight as one parameter: what would be split elsewhere is
+    /// refused there.
+    #[cfg(feature = "autodiff")]
+    #[test]
+    fn training_devices_refuse_rather_than_split() {
+        let device = Device::default().autodiff();
+        let source = Fake {
+            shapes: vec![("lin", vec![8, 4]), ("emb", vec![10, 4])],
+            stores_shapes: true,
+        };
+        let mut w = Weights::new(&source, &device);
+        w.max_buffer = Some(64);
+        for result in [
+            w.linear(Role::Matrix, "lin", 8, 4).map(|_| ()),
+            w.embedding("emb", 10, 4).map(|_| ()),
+        ] {
+            match result {
+                Err(LoadError::TooLargeForDevice { bytes, .. }) => assert!(bytes > 64),
+                other => panic!("expected TooLargeForDevice, got {other:?}"),
+            }
+        }
     }
 
     /// Sources that invent values get the shapes official checkpoints store.
