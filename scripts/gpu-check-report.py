@@ -150,10 +150,10 @@ def check(path):
         r = json.load(f)
     problems = []
     names = [x["name"] for x in r["steps"]]
-    for want in ["parity", "grads", "backward", "wkv"]:
+    for want in ["grads", "backward", "wkv"]:
         if want not in names:
             problems.append("no step " + want)
-    for prefix in ["bench ", "train ", "cpu "]:
+    for prefix in ["parity ", "bench ", "train ", "cpu "]:
         if not any(n.startswith(prefix) for n in names):
             problems.append("no " + prefix.strip() + " step")
     problems += [x["name"] + ": " + x["status"] for x in r["steps"] if x["status"] != "ok"]

@@ -18,16 +18,16 @@
 #   run(command="bash scripts/gpu-check.sh run", carry=[".gpu"], timeout_s=540)
 #
 # What `run` does, each step under its own time limit and all of them under one deadline
-# (GPU_CHECK_DEADLINE seconds, 400 by default; a step that would start later is recorded as
+# (GPU_CHECK_DEADLINE seconds, 470 by default; a step that would start later is recorded as
 # skipped, a step is cut at it), so that the JSON is written even when a step hangs. In this
 # order, correctness first:
 #   parity     every fixture version in full/step/chunked mode (the rwkv-burn suite's fixture
-#              and modes tests) on the GPU devices, the worst error of each check logged
+#              and modes tests), one step per GPU device, the worst error of each check logged
 #   grads      the gradient and loss fixtures (RWKV-4 through transformers, RWKV-7) on the GPU
 #              devices
 #   backward   the WKV kernels' backward against autodiff of the reference body
-#   bench      `rwkv bench` prefill 2048, decode 256, batch 4 of the 7-1.5b and 7-2.9b presets
-#              on libtorch-cuda and vulkan
+#   bench      `rwkv bench` prefill 512, decode 64, batch 4 of the 7-1.5b preset on
+#              libtorch-cuda and vulkan (with GPU dispatches per decode step on vulkan)
 #   train      training tokens/s of the 7-0.1b preset at ctx 512 and 4096 on libtorch-cuda
 #   wkv        WKV kernels against the reference body on the same device (criterion), T = 512, 4096
 #   cpu        decode on flex at 1, 2, 4, 8 and 16 threads
@@ -41,8 +41,10 @@ gpu_torch=2.11.0
 gpu_features=rwkv-burn/ndarray,rwkv-burn/tch,rwkv-burn/vulkan
 # The fixtures the steps read (not the tokenizer or GGUF ones: 64 MiB is tight).
 fixture_dirs="rwkv4 rwkv5 rwkv6 rwkv7 hf_rwkv4 rwkv7_train"
-# Debian packages of the Vulkan loader (NVIDIA's driver brings the ICD, not the loader).
-vulkan_debs="libvulkan1"
+# Debian packages of the Vulkan loader and glvnd (NVIDIA's driver brings the ICD, not the
+# loader; its ICD, libGLX_nvidia, needs glvnd's libGLdispatch). Measured on the H200 on
+# 2026-12-04: with libvulkan1 alone every Vulkan and wgpu device found "no adapter".
+vulkan_debs="libvulkan1 libglvnd0 libglx0 libegl1 libgl1 libopengl0 libgles2"
 limit_bytes=$((64 << 20))
 
 usage() {
@@ -141,8 +143,10 @@ run_steps() {
   local parity_devices=${GPU_CHECK_DEVICES:-libtorch-cuda,vulkan,wgpu}
   local kernel_devices=${GPU_CHECK_KERNEL_DEVICES:-libtorch-cuda,vulkan}
   local bench_devices=${GPU_CHECK_BENCH_DEVICES:-libtorch-cuda vulkan}
-  local presets=${GPU_CHECK_PRESETS:-7-1.5b 7-2.9b}
-  local prefill=${GPU_CHECK_PREFILL:-2048} decode=${GPU_CHECK_DECODE:-256}
+  # Sizes that fit the loan (2026-12-04 on the H200: 7-1.5b prefill 2048 / decode 256 / batch
+  # 4 took 36 s on libtorch-cuda, 7-2.9b ran past 60 s, and the first Vulkan steps compile).
+  local presets=${GPU_CHECK_PRESETS:-7-1.5b}
+  local prefill=${GPU_CHECK_PREFILL:-512} decode=${GPU_CHECK_DECODE:-64}
   local wkv_lengths=${GPU_CHECK_WKV_LENGTHS:-512,4096}
   local train_device=${GPU_CHECK_TRAIN_DEVICE:-libtorch-cuda}
   local train_ctx=${GPU_CHECK_TRAIN_CTX:-512 4096} train_steps=${GPU_CHECK_TRAIN_STEPS:-6}
@@ -156,7 +160,7 @@ run_steps() {
   local parity_filter=${GPU_CHECK_PARITY_FILTER:-matches_the hugging_face_folder modes_agree half_precision_compute}
   local grads_filter=${GPU_CHECK_GRADS_FILTER:-grad_fixture:: loss_fixture::}
   local backward_filter=${GPU_CHECK_BACKWARD_FILTER:-backward_matches_autodiff}
-  local deadline=$(($(date +%s) + ${GPU_CHECK_DEADLINE:-400}))
+  local deadline=$(($(date +%s) + ${GPU_CHECK_DEADLINE:-470}))
   local work=${TMPDIR:-/tmp}/gpu-check.$$
   local log="$out/gpu-check.log" steps="$out/steps.tsv"
   mkdir -p "$out" "$work"
@@ -196,7 +200,12 @@ run_steps() {
   } >"$out/machine.txt"
 
   # shellcheck disable=SC2086 # the filters are word lists
-  step parity 120 env RWKV_DEVICES="$parity_devices" "$bin/suite" --test-threads 4 $parity_filter
+  # One step per device: on the H200 a kernel the NVIDIA driver failed to compile ("NVVM
+  # compilation failed") poisoned the device, and every test sharing the process failed.
+  local pd
+  for pd in ${parity_devices//,/ }; do
+    step "parity $pd" 50 env RWKV_DEVICES="$pd" "$bin/suite" --test-threads 4 $parity_filter
+  done
   # shellcheck disable=SC2086
   step grads 45 env RWKV_DEVICES="$parity_devices" "$bin/train-suite" $grads_filter
   # shellcheck disable=SC2086
@@ -251,7 +260,7 @@ run() {
   fi
   # The Vulkan loader, unpacked into / as the device tool's notes say (other packages can
   # break /); NVIDIA's ICD file where the driver's read-only mount keeps it.
-  if ! ldconfig -p | grep -q 'libvulkan.so.1 '; then
+  if ! ldconfig -p | grep -q 'libvulkan.so.1 ' || ! ldconfig -p | grep -q 'libGLdispatch.so.0 '; then
     for f in "$pack"/debs/*.deb; do dpkg -x "$f" /; done
     ldconfig
   fi

@@ -4,7 +4,12 @@ needed): opens a page, awaits a JavaScript expression, prints its JSON result, a
 saves a screenshot. Exit status 0 only when the expression resolved to an object whose `ok`
 is true.
 
-usage: drive.py URL EXPRESSION [--screenshot PNG] [--timeout SECONDS] [--chromium-arg ARG]...
+usage: drive.py URL EXPRESSION [--then-reload EXPRESSION] [--screenshot PNG]
+                [--timeout SECONDS] [--chromium-arg ARG]...
+
+With --then-reload, the page is reloaded (same browser profile, so its storage stays) after the
+first expression, the second one is awaited, and the result is {ok, first, second}: ok when
+both were.
 """
 import argparse
 import base64
@@ -129,10 +134,30 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
+def ok(value):
+    return isinstance(value, dict) and value.get("ok") is True
+
+
+def evaluate(browser, session, expression, timeout):
+    """Awaits `expression` in the page: its JSON value, or {ok: false, error} if it threw."""
+    result = browser.send(
+        "Runtime.evaluate",
+        {"expression": expression, "awaitPromise": True, "returnByValue": True},
+        session=session,
+        timeout=timeout,
+    )
+    if "exceptionDetails" in result:
+        details = result["exceptionDetails"]
+        desc = details.get("exception", {}).get("description") or details.get("text")
+        return {"ok": False, "error": desc}
+    return result["result"].get("value")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("url")
     p.add_argument("expression")
+    p.add_argument("--then-reload", help="expression to await after reloading the page")
     p.add_argument("--screenshot")
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--chromium-arg", action="append", default=[])
@@ -153,24 +178,19 @@ def main():
             )
         browser.send("Page.navigate", {"url": a.url}, session=session)
         browser.wait_event("Page.loadEventFired", timeout=60)
-        result = browser.send(
-            "Runtime.evaluate",
-            {"expression": a.expression, "awaitPromise": True, "returnByValue": True},
-            session=session,
-            timeout=a.timeout,
-        )
-        if "exceptionDetails" in result:
-            details = result["exceptionDetails"]
-            desc = details.get("exception", {}).get("description") or details.get("text")
-            print(json.dumps({"ok": False, "error": desc}))
-            return 1
-        value = result["result"].get("value")
+        value = evaluate(browser, session, a.expression, a.timeout)
+        if a.then_reload and ok(value):
+            browser.events.clear()
+            browser.send("Page.reload", session=session)
+            browser.wait_event("Page.loadEventFired", timeout=60)
+            second = evaluate(browser, session, a.then_reload, a.timeout)
+            value = {"ok": ok(second), "first": value, "second": second}
         if a.screenshot:
             shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=session)
             with open(a.screenshot, "wb") as f:
                 f.write(base64.b64decode(shot["data"]))
         print(json.dumps(value))
-        return 0 if isinstance(value, dict) and value.get("ok") is True else 1
+        return 0 if ok(value) else 1
     finally:
         browser.close()
 

@@ -25,6 +25,10 @@ pub struct BenchResult {
     pub decode_batch_tokens_per_s: f64,
     /// Peak resident memory of the process so far, in bytes (0 where unknown).
     pub peak_rss_bytes: u64,
+    /// GPU kernel launches of one batch-1 decode step (its logits read back once), by kernel,
+    /// on CubeCL devices (wgpu, Vulkan, WebGPU); `None` elsewhere. Counted in a step of its
+    /// own after the timed ones, so the count costs the timing nothing.
+    pub decode_step_dispatches: Option<rwkv_burn::dispatches::Dispatches>,
 }
 
 /// The largest prefill and decode lengths [`run`] takes.
@@ -85,17 +89,21 @@ pub fn run(
     read(model.forward_last(input(tokens(prefill, 3), 1), &mut state))?;
     let prefill_s = start.elapsed().as_secs_f64();
 
-    let decode_rate = |b: usize| -> Result<f64, BenchError> {
+    let decode_rate = |b: usize| -> Result<(f64, State), BenchError> {
         let mut state = State::zeros(&config, b, device);
         read(model.forward_last(input(tokens(b, 5), b), &mut state))?;
         let start = Instant::now();
         for step in 0..decode {
             read(model.forward_last(input(tokens(b, 11 + step as u64), b), &mut state))?;
         }
-        Ok((decode * b) as f64 / start.elapsed().as_secs_f64())
+        Ok(((decode * b) as f64 / start.elapsed().as_secs_f64(), state))
     };
-    let decode_tokens_per_s = decode_rate(1)?;
-    let decode_batch_tokens_per_s = decode_rate(batch)?;
+    let (decode_tokens_per_s, mut state) = decode_rate(1)?;
+    let (step, decode_step_dispatches) = rwkv_burn::dispatches::count(device, || {
+        read(model.forward_last(input(tokens(1, 13), 1), &mut state))
+    });
+    step?;
+    let (decode_batch_tokens_per_s, _) = decode_rate(batch)?;
     Ok(BenchResult {
         prefill_tokens: prefill,
         prefill_tokens_per_s: prefill as f64 / prefill_s,
@@ -104,6 +112,7 @@ pub fn run(
         batch,
         decode_batch_tokens_per_s,
         peak_rss_bytes: peak_rss(),
+        decode_step_dispatches,
     })
 }
 

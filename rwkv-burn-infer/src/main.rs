@@ -962,6 +962,13 @@ fn bench_cmd(args: BenchArgs) -> Result<()> {
             result.decode_batch_tokens_per_s,
             result.peak_rss_bytes as f64 / (1 << 20) as f64
         )?;
+        if let Some(d) = &result.decode_step_dispatches {
+            outln!(
+                "GPU dispatches a decode step: {:>6} ({} kernels)",
+                d.total,
+                d.by_kernel.len()
+            )?;
+        }
     }
     Ok(())
 }

@@ -243,6 +243,20 @@ fn stated_buffer_bytes(device: &Device) -> Option<u64> {
     None
 }
 
+/// Whether `device` runs CubeCL kernels (wgpu, Vulkan, WebGPU), autodiff wrappers included.
+pub fn is_cubecl(device: &Device) -> bool {
+    #[cfg(feature = "wgpu")]
+    {
+        let plain = device.clone().inner();
+        matches!(plain.as_dispatch(), burn_dispatch::DispatchDevice::Cube(_))
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// Why a device name could not be turned into a device.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DeviceError {

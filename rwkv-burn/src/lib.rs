@@ -25,6 +25,7 @@ pub mod adapters;
 pub mod config;
 mod cpu;
 pub mod device;
+pub mod dispatches;
 pub mod dtype;
 pub mod export;
 pub mod files;

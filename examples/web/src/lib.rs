@@ -63,34 +63,170 @@ async fn open_device(backend: &str) -> Result<(Device, &'static str), JsError> {
     }
 }
 
-/// Loads a model on `backend`: the bytes of a safetensors file, or the embedded default
-/// model when `model` is `undefined`. `name` labels the file in error messages.
+/// The most bytes a model file may have in the page: a wasm32 page addresses 4 GiB, and the
+/// file is held there once while it loads, beside the runtime and the largest tensor's f32
+/// copy (a World model's 65536-row head: 512 MiB at 2048 channels). What fits: see
+/// [`too_large`].
+const MAX_MODEL_BYTES: u64 = (4 << 30) - (640 << 20);
+
+/// A model file arriving in pieces (a download, a cached file, a picked file), gathered in
+/// the page's wasm memory as it comes: JavaScript hands each chunk over and keeps none, so
+/// the file is never held whole twice (once in JavaScript, once here).
+#[wasm_bindgen]
+pub struct ModelBytes {
+    name: String,
+    bytes: Vec<u8>,
+    /// The length announced (a download's `Content-Length`, a file's size), if any.
+    expected: Option<u64>,
+}
+
+/// Why a file of `bytes` cannot be loaded in this page, and what would fit.
+fn too_large(name: &str, bytes: u64) -> JsError {
+    const GIB: f64 = (1u64 << 30) as f64;
+    // Parameters per byte of file: f16 2 bytes, Q8_0 (8.5 bits) 1.0625 bytes.
+    let fit = MAX_MODEL_BYTES as f64;
+    JsError::new(&format!(
+        "{name} is {:.2} GiB, more than a page can load: WebAssembly gives a page at most \
+         4 GiB of memory and the file must fit in it while it loads ({:.2} GiB at most). \
+         What fits: about {:.1} billion parameters in 8-bit (`rwkv quantize --to q8`) \
+         or {:.1} billion in f16 on WebGPU, half that on the CPU fallback, which also keeps \
+         the weights in that memory",
+        bytes as f64 / GIB,
+        fit / GIB,
+        fit / 1.0625 / 1e9,
+        fit / 2.0 / 1e9,
+    ))
+}
+
+#[wasm_bindgen]
+impl ModelBytes {
+    /// An empty file named `name`; `expected` is its announced length, if known.
+    #[wasm_bindgen(constructor)]
+    pub fn new(name: String, expected: Option<f64>) -> Result<ModelBytes, JsError> {
+        let expected = match expected {
+            None => None,
+            Some(n) if n.is_finite() && n >= 0.0 && n.fract() == 0.0 => Some(n as u64),
+            Some(n) => return Err(JsError::new(&format!("{name}: invalid length {n}"))),
+        };
+        let mut bytes = Vec::new();
+        if let Some(n) = expected {
+            if n > MAX_MODEL_BYTES {
+                return Err(too_large(&name, n));
+            }
+            bytes
+                .try_reserve_exact(n as usize)
+                .map_err(|_| too_large(&name, n))?;
+        }
+        Ok(ModelBytes {
+            name,
+            bytes,
+            expected,
+        })
+    }
+
+    /// Appends the next piece of the file.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsError> {
+        let len = self.bytes.len() as u64 + chunk.len() as u64;
+        if let Some(expected) = self.expected
+            && len > expected
+        {
+            return Err(JsError::new(&format!(
+                "{}: more bytes arrived than the {expected} announced",
+                self.name
+            )));
+        }
+        if len > MAX_MODEL_BYTES || self.bytes.try_reserve(chunk.len()).is_err() {
+            return Err(too_large(&self.name, len));
+        }
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// Bytes received so far.
+    #[wasm_bindgen(getter)]
+    pub fn length(&self) -> f64 {
+        self.bytes.len() as f64
+    }
+}
+
+/// The checkpoint in `file`, refusing what the page cannot read with a message that says
+/// what to do instead.
+fn open_checkpoint(file: ModelBytes) -> Result<Checkpoint, JsError> {
+    let ModelBytes {
+        name,
+        bytes,
+        expected,
+    } = file;
+    if let Some(expected) = expected
+        && bytes.len() as u64 != expected
+    {
+        return Err(JsError::new(&format!(
+            "{name}: the file ended after {} of its {expected} bytes (a download that broke \
+             off?); load it again",
+            bytes.len()
+        )));
+    }
+    let len = Some(bytes.len() as u64);
+    let other = match rwkv_burn::load::sniff(&bytes, len) {
+        Some(rwkv_burn::load::Format::Pth) => Some("a PyTorch .pth file"),
+        Some(rwkv_burn::load::Format::Gguf) => Some("a GGUF file"),
+        Some(_) => None,
+        None => {
+            return Err(JsError::new(&format!(
+                "{name} is not a model file: it is neither safetensors nor a PyTorch or GGUF \
+                 checkpoint (its first bytes: {:?})",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(16)])
+            )));
+        }
+    };
+    if let Some(what) = other {
+        return Err(JsError::new(&format!(
+            "{name} is {what}; in the browser only safetensors can be read: convert it \
+             with `rwkv convert --model {name} --out model.safetensors` (or `rwkv quantize` \
+             for 8-bit) first"
+        )));
+    }
+    Checkpoint::from_safetensors_bytes(bytes, &name).map_err(|e| JsError::new(&e.to_string()))
+}
+
+/// Loads a model on `backend`: a safetensors file ([`ModelBytes`]), or the embedded default
+/// model when `model` is `undefined`.
+///
 /// `max_buffer_bytes` is the WebGPU adapter's `maxStorageBufferBindingSize`: the embedding and
 /// projections larger than that are held in blocks of rows that fit (a World model's
 /// 65536-row embedding and head exceed WebGPU's default 128 MiB); any other tensor that does
 /// not fit is refused with a message instead of failing inside the GPU.
+///
+/// `weights` is the precision of the projections (`f32`, `f16`, `bf16`, `q8`, `q4`); by
+/// default the file's own. On WebGPU f16 is held as f16 where the adapter has `shader-f16`
+/// (each product widens it to f32); bf16 and the 8-bit and 4-bit blocks, which WGSL has no
+/// type for, are dequantized at load into f32 tensors of the format's exact values (the same
+/// model as the desktop's, at f32's memory; GPU-side block kernels are not written yet). On
+/// the CPU they stay packed.
 #[wasm_bindgen(js_name = createSession)]
 pub async fn create_session(
     backend: String,
-    model: Option<Vec<u8>>,
-    name: Option<String>,
+    model: Option<ModelBytes>,
     max_buffer_bytes: Option<f64>,
+    weights: Option<String>,
 ) -> Result<Session, JsError> {
-    let label = name.unwrap_or_else(|| "<embedded default model>".into());
-    let checkpoint = match model {
-        None => rwkv_burn_infer::embedded::default_checkpoint(),
-        Some(bytes) => {
-            let len = Some(bytes.len() as u64);
-            if rwkv_burn::load::sniff(&bytes, len) == Some(rwkv_burn::load::Format::Pth) {
-                return Err(JsError::new(&format!(
-                    "{label} is a PyTorch .pth file; in the browser only safetensors can be \
-                     read: save the weights as safetensors first"
-                )));
-            }
-            Checkpoint::from_safetensors_bytes(bytes, &label)
+    let (checkpoint, label) = match model {
+        None => (
+            rwkv_burn_infer::embedded::default_checkpoint()
+                .map_err(|e| JsError::new(&e.to_string()))?,
+            "<embedded default model>".to_string(),
+        ),
+        Some(file) => {
+            let name = file.name.clone();
+            (open_checkpoint(file)?, name)
         }
-    }
-    .map_err(|e| JsError::new(&e.to_string()))?;
+    };
+    let format = match weights.as_deref() {
+        None | Some("") | Some("stored") => rwkv_burn::load::stored_format(&checkpoint),
+        Some(name) => name
+            .parse::<rwkv_burn::WeightFormat>()
+            .map_err(|e| JsError::new(&e.to_string()))?,
+    };
     let (device, backend) = open_device(&backend).await?;
     let limit = max_buffer_bytes
         .filter(|_| backend == "webgpu")
@@ -98,18 +234,18 @@ pub async fn create_session(
         .map(|l| l as u64);
     let config =
         rwkv_burn::load::detect_config(&checkpoint).map_err(|e| JsError::new(&e.to_string()))?;
-    let (model, _) = rwkv_burn::model::build_limited(
-        &checkpoint,
-        &config,
-        &device,
-        rwkv_burn::WeightFormat::F32,
-        limit,
-    )
-    .map_err(|e| JsError::new(&e.to_string()))?;
+    let (model, _) = rwkv_burn::model::build_limited(&checkpoint, &config, &device, format, limit)
+        .map_err(|e| JsError::new(&e.to_string()))?;
+    drop(checkpoint);
     let tokenizer = rwkv_burn::tokenizer::choose(None, model.vocab_size())
         .map_err(|e| JsError::new(&e.to_string()))?;
+    let held = if rwkv_burn::load::holds_format(&device, format) {
+        format.name().to_string()
+    } else {
+        format!("{format} values in f32")
+    };
     let about = format!(
-        "{label}: {}, {} layers, {} channels, vocabulary {}, on {backend}",
+        "{label}: {}, {} layers, {} channels, vocabulary {}, {held} weights, on {backend}",
         config.version,
         config.n_layer,
         config.n_embd,
@@ -165,6 +301,42 @@ impl Session {
         self.inner.about.clone()
     }
 
+    /// The GPU dispatches of one decode step (a token fed to a state that has seen one, its
+    /// logits read back): `{ total, by_kernel: { name: count } }`, or `null` on the CPU.
+    #[wasm_bindgen(js_name = decodeDispatches)]
+    pub fn decode_dispatches(&self) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let device = &inner.device;
+            let mut state = State::zeros(&inner.model.config(), 1, device);
+            let mut step = async |id: u32| {
+                let ids = rwkv_burn::model::token_tensor(&[id], 1, device);
+                inner
+                    .model
+                    .forward_last(ids, &mut state)
+                    .into_data_async()
+                    .await
+                    .map(drop)
+                    .map_err(|e| JsError::new(&format!("{e:?}")))
+            };
+            step(0).await?;
+            let counting = rwkv_burn::dispatches::Counting::start(device);
+            step(1).await?;
+            let Some(counting) = counting else {
+                return Ok(JsValue::NULL);
+            };
+            let dispatches = counting.finish();
+            let by_kernel = js_sys::Object::new();
+            for (name, n) in &dispatches.by_kernel {
+                js_sys::Reflect::set(&by_kernel, &name.into(), &(*n as f64).into())?;
+            }
+            let out = js_sys::Object::new();
+            js_sys::Reflect::set(&out, &"total".into(), &(dispatches.total as f64).into())?;
+            js_sys::Reflect::set(&out, &"by_kernel".into(), &by_kernel)?;
+            Ok(out.into())
+        })
+    }
+
     /// The token ids of `text`.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, JsError> {
         self.inner
@@ -193,9 +365,44 @@ impl Session {
         })
     }
 
+    /// Whether the model is a World model (its vocabulary is the World tokenizer's): the
+    /// page then offers a chat in the World models' format ([`Session::chat_prompt`]).
+    #[wasm_bindgen(getter)]
+    pub fn chat(&self) -> bool {
+        self.inner.model.vocab_size() == rwkv_burn::tokenizer::WORLD_MODEL_VOCAB
+    }
+
+    /// The prompt of a conversation in the World chat format (`User: ...`, blank line,
+    /// `Assistant:`), from parallel lists of roles (`system`, `user`, `assistant`) and texts;
+    /// generate with `"\n\n"` as a stop string to end at the turn's end.
+    #[wasm_bindgen(js_name = chatPrompt)]
+    pub fn chat_prompt(roles: Vec<String>, texts: Vec<String>) -> Result<String, JsError> {
+        use rwkv_burn_infer::chat_template::{Message, Role, Think, render};
+        if roles.len() != texts.len() {
+            return Err(JsError::new(
+                "chatPrompt: as many roles as texts are needed",
+            ));
+        }
+        let messages = roles
+            .iter()
+            .zip(texts)
+            .map(|(role, content)| {
+                let role = Role::parse(role).ok_or_else(|| {
+                    JsError::new(&format!(
+                        "chatPrompt: unknown role '{role}' (known: system, user, assistant)"
+                    ))
+                })?;
+                Ok(Message { role, content })
+            })
+            .collect::<Result<Vec<_>, JsError>>()?;
+        render(&messages, Think::Off).map_err(|e| JsError::new(&e.to_string()))
+    }
+
     /// Generates up to `max_tokens` after `prompt`, calling `on_token(text)` once per
-    /// generated token with the text that became final (often empty mid-character). Resolves to
-    /// `{ text, tokens, stop }`.
+    /// generated token with the text that became final (often empty mid-character); returning
+    /// `false` from it stops. Generation also stops before any of `stop` (strings). Resolves
+    /// to `{ text, tokens, stop }`.
+    #[allow(clippy::too_many_arguments)]
     pub fn generate(
         &self,
         prompt: String,
@@ -204,6 +411,7 @@ impl Session {
         top_p: f32,
         seed: u32,
         on_token: js_sys::Function,
+        stop: Option<Vec<String>>,
     ) -> js_sys::Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
@@ -221,6 +429,7 @@ impl Session {
                     seed: u64::from(seed),
                     ..SamplerConfig::default()
                 },
+                stop_strings: stop.unwrap_or_default(),
                 ..GenerateOptions::default()
             };
             let mut state = State::zeros(&inner.model.config(), 1, &inner.device);

@@ -509,8 +509,11 @@ impl<'a> Weights<'a> {
         [out, input]: [usize; 2],
         dtype: Option<burn::tensor::DType>,
     ) -> Result<LoadedMatrix, LoadError> {
-        let size = dtype.map_or(4, |d| d.size()) as u64;
-        let row_bytes = input as u64 * size;
+        // Sized by f32 whatever `dtype` holds: a bf16/f16 weight is widened to f32 for each
+        // product (`Projection::forward`), and that copy is what the product binds: sized by
+        // its own 2 bytes, a 65536 x 768 f16 head (96 MiB) stayed whole under WebGPU's
+        // 128 MiB binding limit and its 192 MiB f32 copy did not fit.
+        let row_bytes = input as u64 * 4;
         let cast = |mut linear: Linear| {
             if let Some(dtype) = dtype {
                 linear.weight = linear.weight.map(|w| w.cast(dtype));
@@ -714,6 +717,40 @@ mod tests {
         let rows: Vec<_> = emb.blocks.iter().map(|b| b.dims()).collect();
         assert_eq!(rows, [[4, 4], [4, 4], [2, 4]]);
         assert_eq!(emb.dims(), [10, 4]);
+    }
+
+    /// Half-precision weights held as tensors are split by the size of the f32 copy each
+    /// product makes of them, which is what the product binds.
+    #[test]
+    fn half_precision_blocks_are_sized_by_their_f32_copy() {
+        for device in crate::test_util::test_devices() {
+            if crate::cpu::holds_packed(&device) || device.is_autodiff() {
+                continue;
+            }
+            let source = Fake {
+                shapes: vec![("lin", vec![8, 4])],
+                stores_shapes: true,
+            };
+            let mut w = Weights::new(&source, &device).with_format(WeightFormat::F16);
+            // 8 x 4 in f16 is 64 bytes: whole by its own size, two blocks of 4 rows by f32's.
+            w.max_buffer = Some(64);
+            match w.linear(Role::Matrix, "lin", 8, 4).unwrap() {
+                LoadedMatrix::Split(blocks) => {
+                    let dims: Vec<_> = blocks.iter().map(|b| b.weight.dims()).collect();
+                    assert_eq!(dims, [[4, 4], [4, 4]], "{device:?}");
+                    let want = if holds_as_tensor(&device, WeightFormat::F16) {
+                        burn::tensor::DType::F16
+                    } else {
+                        burn::tensor::DType::F32
+                    };
+                    assert!(
+                        blocks.iter().all(|b| b.weight.val().dtype() == want),
+                        "{device:?}"
+                    );
+                }
+                other => panic!("{device:?}: expected a split matrix, got {other:?}"),
+            }
+        }
     }
 
     /// Training devices hold every weight as one parameter: what would be split elsewhere is
