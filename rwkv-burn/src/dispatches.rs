@@ -120,7 +120,7 @@ mod tests {
                 (a.clone() * a.clone())
                     .add_scalar(1.0)
                     .into_data()
-                    .to_vec::<f32>()
+                    .try_to_vec::<f32>()
                     .unwrap()
             });
             assert_eq!(sum, [2.0, 5.0, 10.0]);
