@@ -19,5 +19,5 @@ mkdir -p "$out/pkg"
 names=--remove-name-section
 if [ "${WEB_KEEP_NAMES:-0}" = 1 ]; then names=; fi
 wasm-bindgen --target web --no-typescript $names --out-dir "$out/pkg" "$wasm"
-cp "$here/index.html" "$here/main.js" "$out/"
+cp "$here/index.html" "$here/main.js" "$here/worker.js" "$out/"
 echo "built $out ($(du -h "$out/pkg/rwkv_burn_web_bg.wasm" | cut -f1) of wasm)" >&2

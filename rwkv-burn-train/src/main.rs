@@ -579,6 +579,25 @@ fn train(args: TrainArgs) -> Result<()> {
         _ => None,
     };
     let mut device = args.device.device()?.autodiff();
+    // Burn computes in a type only where the device has its arithmetic: NVIDIA's Vulkan driver
+    // stores bf16 but its shaders cannot add or multiply it (SPV_KHR_bfloat16), and CubeCL's
+    // SPIR-V kernels in bf16 failed to compile there ("NVVM compilation failed", H200,
+    // 2026-12-04), poisoning the device.
+    if let Some(dtype) = args.precision.compute_dtype()
+        && !device.supports_dtype(dtype)
+    {
+        bail!(
+            "--precision {}: {} cannot compute in {dtype:?} (no arithmetic in that type on \
+             this device); use --precision f32{}",
+            format!("{:?}", args.precision).to_lowercase(),
+            args.device,
+            if device.supports_dtype(burn::tensor::FloatDType::F16) {
+                " or f16"
+            } else {
+                ""
+            }
+        );
+    }
     if args.grad_cp {
         device = device.gradient_checkpointing();
     }

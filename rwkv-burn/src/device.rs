@@ -80,18 +80,10 @@ impl DeviceSpec {
     }
 
     /// Whether the device can run on this machine now: compiled in and, for a GPU device, a
-    /// GPU present (`libtorch-cuda`: libtorch sees a CUDA device).
+    /// GPU present (`libtorch-cuda`: libtorch sees a CUDA device; `wgpu`/`vulkan`: wgpu finds
+    /// an adapter, which lavapipe is on a machine without a GPU).
     pub fn is_present(self) -> bool {
-        if !self.is_available() {
-            return false;
-        }
-        match self {
-            #[cfg(feature = "tch")]
-            DeviceSpec::LibTorchCuda(ordinal) => {
-                tch::Cuda::is_available() && ordinal < tch::Cuda::device_count() as usize
-            }
-            other => !other.needs_gpu(),
-        }
+        self.is_available() && self.require_present().is_ok()
     }
 
     /// The devices compiled into this build that work on this machine: every CPU device and
@@ -115,8 +107,13 @@ impl DeviceSpec {
     /// Builds the Burn device.
     ///
     /// # Errors
-    /// [`DeviceError::NotCompiled`] when the backend's cargo feature is off in this build.
+    /// [`DeviceError::NotCompiled`] when the backend's cargo feature is off in this build;
+    /// [`DeviceError::Absent`] when it is compiled in but this machine has nothing to run it
+    /// on (no CUDA device for `libtorch-cuda`, no adapter for `wgpu`/`vulkan`). Without this
+    /// check the first tensor op panicked inside CubeCL ("AdapterUnavailable", seen on an
+    /// H200 whose Vulkan loader lacked glvnd, 2026-12-04).
     pub fn device(self) -> Result<Device, DeviceError> {
+        self.require_present()?;
         match self {
             #[cfg(feature = "flex")]
             DeviceSpec::Flex => Ok(Device::flex()),
@@ -141,6 +138,93 @@ impl DeviceSpec {
                 feature: other.feature(),
             }),
         }
+    }
+}
+
+impl DeviceSpec {
+    /// [`DeviceError::Absent`] unless the machine has what this compiled-in device runs on.
+    fn require_present(self) -> Result<(), DeviceError> {
+        #[allow(unused_variables)] // in builds with neither libtorch nor wgpu
+        let absent = |why: String| -> Result<(), DeviceError> {
+            Err(DeviceError::Absent {
+                name: self.to_string(),
+                why,
+            })
+        };
+        match self {
+            #[cfg(feature = "tch")]
+            DeviceSpec::LibTorchCuda(ordinal)
+                if !tch::Cuda::is_available() || ordinal >= tch::Cuda::device_count() as usize =>
+            {
+                absent(format!(
+                    "libtorch sees {} CUDA device(s); wanted ordinal {ordinal}",
+                    tch::Cuda::device_count()
+                ))
+            }
+            #[cfg(all(feature = "wgpu", not(target_family = "wasm")))]
+            DeviceSpec::Wgpu if graphics_adapters().any == 0 => absent(
+                "wgpu finds no adapter on any graphics API (no GPU driver, and no software \
+                 Vulkan such as Mesa's lavapipe)"
+                    .into(),
+            ),
+            #[cfg(all(feature = "vulkan", not(target_family = "wasm")))]
+            DeviceSpec::Vulkan if graphics_adapters().vulkan == 0 => absent(
+                "the Vulkan loader finds no adapter (is libvulkan1 installed, with the \
+                 driver's ICD and, for NVIDIA, glvnd's libGLdispatch?)"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How many adapters wgpu finds: on any graphics API, and on Vulkan.
+#[cfg(all(feature = "wgpu", not(target_family = "wasm")))]
+#[derive(Clone, Copy)]
+struct GraphicsAdapters {
+    any: usize,
+    #[cfg_attr(not(feature = "vulkan"), allow(dead_code))] // asked for `vulkan` only
+    vulkan: usize,
+}
+
+/// Asked once per process, before any wgpu device of ours exists: CubeCL keeps its instances
+/// alive and serialises their creation because the Vulkan loader crashes when instances come
+/// and go on several threads at once, and this probe's instance is created and dropped here,
+/// under the `OnceLock`, at the first `wgpu`/`vulkan` device a process builds.
+#[cfg(all(feature = "wgpu", not(target_family = "wasm")))]
+fn graphics_adapters() -> GraphicsAdapters {
+    use cubecl::wgpu::wgpu;
+    static FOUND: std::sync::OnceLock<GraphicsAdapters> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        let count = |backends: wgpu::Backends| {
+            let backends = backends & wgpu::Instance::enabled_backend_features();
+            if backends.is_empty() {
+                return 0;
+            }
+            let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+                backends,
+                ..wgpu::InstanceDescriptor::new_without_display_handle()
+            });
+            ready(instance.enumerate_adapters(backends)).len()
+        };
+        GraphicsAdapters {
+            any: count(wgpu::Backends::all()),
+            vulkan: count(wgpu::Backends::VULKAN),
+        }
+    })
+}
+
+/// The value of a future that native wgpu completes at once (adapter enumeration asks the
+/// driver synchronously), polled to its end with a waker that does nothing.
+#[cfg(all(feature = "wgpu", not(target_family = "wasm")))]
+fn ready<T>(future: impl std::future::Future<Output = T>) -> T {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+            return value;
+        }
+        std::thread::yield_now();
     }
 }
 
@@ -275,11 +359,39 @@ pub enum DeviceError {
         /// The feature that would enable it.
         feature: &'static str,
     },
+    /// A device compiled into this build that this machine cannot run.
+    #[error("device '{name}' cannot run on this machine: {why}")]
+    Absent {
+        /// The device as the user named it.
+        name: String,
+        /// What is missing.
+        why: String,
+    },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_this_machine_lacks_are_refused_by_name() {
+        // No machine we test on has an eighth CUDA GPU.
+        match DeviceSpec::LibTorchCuda(7).device() {
+            Err(DeviceError::Absent { name, why }) => {
+                assert_eq!(name, "libtorch-cuda:7");
+                assert!(why.contains("CUDA device(s)"), "{why}");
+            }
+            Err(e @ DeviceError::NotCompiled { .. }) if cfg!(feature = "tch") => {
+                panic!("libtorch is compiled in, yet: {e}")
+            }
+            Err(DeviceError::NotCompiled { .. }) => {}
+            other => panic!("libtorch-cuda:7 gave {:?}", other.map(|_| ())),
+        }
+        // Every device `available` lists builds (wgpu here on lavapipe: adapters are found).
+        for spec in DeviceSpec::available() {
+            assert!(spec.device().is_ok(), "{spec}");
+        }
+    }
 
     #[test]
     fn parses_names_case_insensitively() {
@@ -343,7 +455,14 @@ mod tests {
     #[test]
     fn availability_matches_features() {
         for spec in DeviceSpec::ALL {
-            assert_eq!(spec.device().is_ok(), spec.is_available(), "{spec}");
+            match spec.device() {
+                Ok(_) => assert!(spec.is_present(), "{spec}"),
+                Err(DeviceError::NotCompiled { .. }) => assert!(!spec.is_available(), "{spec}"),
+                Err(DeviceError::Absent { .. }) => {
+                    assert!(spec.is_available() && !spec.is_present(), "{spec}")
+                }
+                Err(e) => panic!("{spec}: {e}"),
+            }
         }
     }
 }

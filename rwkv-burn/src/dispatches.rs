@@ -8,6 +8,11 @@ use burn::tensor::Device;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// Set (to anything) to print every counted launch to stderr, in order (`launch NAME`): the
+/// order shows which model code a run of unfused kernels comes from, e.g.
+/// `RWKV_TRACE_LAUNCHES=1 rwkv bench --device wgpu --decode 2 ...`.
+pub const TRACE_ENV: &str = "RWKV_TRACE_LAUNCHES";
+
 /// Kernel launches, in all and by kernel (CubeCL's short kernel names).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Dispatches {
@@ -44,7 +49,10 @@ impl Counting {
     pub fn start(device: &Device) -> Option<Counting> {
         #[cfg(feature = "wgpu")]
         if crate::device::is_cubecl(device) {
-            let counter = std::sync::Arc::new(cube::Counter::default());
+            let counter = std::sync::Arc::new(cube::Counter {
+                trace: std::env::var_os(TRACE_ENV).is_some(),
+                ..cube::Counter::default()
+            });
             let watching = cubecl::logging::LaunchObservation::new(counter.clone());
             return Some(Counting {
                 counter,
@@ -64,7 +72,7 @@ impl Counting {
                 _watching: watching,
             } = self;
             drop(watching);
-            let counts = counter.0.lock().map(|c| c.clone()).unwrap_or_default();
+            let counts = counter.counts.lock().map(|c| c.clone()).unwrap_or_default();
             let mut dispatches = Dispatches::default();
             for (kernel, n) in counts {
                 let name = cubecl::config::type_name_format(
@@ -90,13 +98,23 @@ mod cube {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
-    /// Launches by CubeCL's full kernel name.
+    /// Launches by CubeCL's full kernel name; `trace`: print each as it comes.
     #[derive(Default)]
-    pub(super) struct Counter(pub(super) Mutex<BTreeMap<&'static str, usize>>);
+    pub(super) struct Counter {
+        pub(super) counts: Mutex<BTreeMap<&'static str, usize>>,
+        pub(super) trace: bool,
+    }
 
     impl LaunchObserver for Counter {
         fn launched(&self, kernel: &'static str) {
-            if let Ok(mut counts) = self.0.lock() {
+            if self.trace {
+                let name = cubecl::config::type_name_format(
+                    kernel,
+                    cubecl::config::TypeNameFormatLevel::Short,
+                );
+                eprintln!("launch {name}");
+            }
+            if let Ok(mut counts) = self.counts.lock() {
                 *counts.entry(kernel).or_default() += 1;
             }
         }

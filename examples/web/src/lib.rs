@@ -168,8 +168,13 @@ fn open_checkpoint(file: ModelBytes) -> Result<Checkpoint, JsError> {
     }
     let len = Some(bytes.len() as u64);
     let other = match rwkv_burn::load::sniff(&bytes, len) {
+        // pytorch-reader (0.22.1) reads a checkpoint's tensor data from a file only, and a
+        // page has no files.
         Some(rwkv_burn::load::Format::Pth) => Some("a PyTorch .pth file"),
-        Some(rwkv_burn::load::Format::Gguf) => Some("a GGUF file"),
+        Some(rwkv_burn::load::Format::Gguf) => {
+            return Checkpoint::from_gguf_bytes(bytes, &name)
+                .map_err(|e| JsError::new(&e.to_string()));
+        }
         Some(_) => None,
         None => {
             return Err(JsError::new(&format!(
@@ -181,8 +186,8 @@ fn open_checkpoint(file: ModelBytes) -> Result<Checkpoint, JsError> {
     };
     if let Some(what) = other {
         return Err(JsError::new(&format!(
-            "{name} is {what}; in the browser only safetensors can be read: convert it \
-             with `rwkv convert --model {name} --out model.safetensors` (or `rwkv quantize` \
+            "{name} is {what}; in the browser only safetensors and GGUF can be read: convert \
+             it with `rwkv convert --model {name} --out model.safetensors` (or `rwkv quantize` \
              for 8-bit) first"
         )));
     }
@@ -262,7 +267,8 @@ pub async fn create_session(
     })
 }
 
-/// How long generation may hold the page's main thread between two yields.
+/// How long generation may hold its thread (the page's worker) between two returns to the
+/// event loop, where a Stop message from the page is read.
 const FRAME_MS: f64 = 30.0;
 
 /// Resolves in the event loop's next task (after the page has had a chance to paint) when
@@ -442,8 +448,8 @@ impl Session {
                 }
             };
             let mut last_yield = js_sys::Date::now();
-            // Let the page paint about every frame: on the CPU nothing else returns to the
-            // event loop while tokens are generated.
+            // Return to the event loop about every frame: on the CPU nothing else does while
+            // tokens are generated, and a Stop from the page arrives there.
             let pause = || {
                 let due = js_sys::Date::now() - last_yield > FRAME_MS;
                 if due {

@@ -193,6 +193,18 @@ fn bad_requests_fail_with_a_message() {
         assert!(stderr.contains(message), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+    // A device this machine cannot run (no eighth CUDA GPU anywhere we test) is refused when
+    // the flags are read, by name; a build without libtorch says the feature is missing.
+    let args = ["logits", "--model", model, "--out", out, "--tokens", "1"];
+    let output = rwkv(&[&args[..], &["--device", "libtorch-cuda:7"]].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("device 'libtorch-cuda:7' cannot run on this machine: libtorch sees")
+            || stderr.contains("not compiled into this build"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
     let output = rwkv(&[
         "logits",
         "--model",

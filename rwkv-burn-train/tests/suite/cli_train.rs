@@ -396,3 +396,46 @@ fn gradient_checkpointing_changes_no_loss() {
     let checkpointed = run(&["--grad-cp"], &dir.path().join("cp"));
     assert_eq!(plain, checkpointed);
 }
+
+/// A half type the device cannot compute in is refused before anything is written: Burn's
+/// ndarray backend stores no bf16 at all (as NVIDIA's Vulkan driver has no bf16 arithmetic,
+/// where kernels computing in it failed to compile and poisoned the device).
+#[test]
+fn a_precision_the_device_cannot_compute_in_is_refused() {
+    if !rwkv_burn::DeviceSpec::NdArray.is_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("text.txt");
+    std::fs::write(
+        &data,
+        "In the beginning God created the heaven and the earth.\n".repeat(50),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let output = Command::new(env!("CARGO_BIN_EXE_rwkv-train"))
+        .args(["train", "--data", data.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .args([
+            "--version",
+            "7",
+            "--layers",
+            "1",
+            "--embd",
+            "64",
+            "--ctx",
+            "16",
+        ])
+        .args(["--batch", "2", "--steps", "2", "--device", "ndarray"])
+        .args(["--precision", "bf16"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--precision bf16: ndarray cannot compute in BF16"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.join("metrics.csv").exists());
+}

@@ -208,8 +208,20 @@ impl Checkpoint {
             path: path.to_path_buf(),
             source,
         })?;
-        let gguf = Gguf::parse(&map, path)?;
-        let buffer: Buffer = Arc::new(map);
+        Self::from_gguf_buffer(Arc::new(map), path, true)
+    }
+
+    /// A GGUF file already in memory (a browser upload), with the names it stores; `label`
+    /// names it in errors.
+    pub(super) fn read_gguf_bytes(
+        bytes: impl AsRef<[u8]> + Send + Sync + 'static,
+        label: &Path,
+    ) -> Result<Self, LoadError> {
+        Self::from_gguf_buffer(Arc::new(bytes), label, false)
+    }
+
+    fn from_gguf_buffer(buffer: Buffer, path: &Path, file: bool) -> Result<Self, LoadError> {
+        let gguf = Gguf::parse((*buffer).as_ref(), path)?;
         let entries = gguf
             .tensors
             .iter()
@@ -218,7 +230,7 @@ impl Checkpoint {
                     map: buffer.clone(),
                     start: t.start,
                     end: t.end,
-                    file: true,
+                    file,
                 };
                 let (dtype, source) = match t.kind {
                     GgmlType::F32 => (Ok(SourceDType::F32), bytes),

@@ -77,6 +77,15 @@ impl Checkpoint {
             .map(|t| Some(Box::new(t) as Box<dyn crate::tokenizer::Tokenizer>))
     }
 
+    /// A GGUF file already in memory (a browser upload), in the official naming, as
+    /// [`Checkpoint::open`] reads one from disk; `label` names it in errors.
+    pub fn from_gguf_bytes(
+        bytes: impl AsRef<[u8]> + Send + Sync + 'static,
+        label: impl AsRef<Path>,
+    ) -> Result<Self, LoadError> {
+        gguf_rwkv::official(Self::read_gguf_bytes(bytes, label.as_ref())?)
+    }
+
     /// A safetensors checkpoint already in memory (an embedded model, a browser upload), in
     /// the official naming; `label` names it in errors.
     pub fn from_safetensors_bytes(

@@ -74,8 +74,39 @@ pub fn load_ln_x(
 /// Applies `ln_x` to `[B, T, A]`, token by token.
 pub fn apply_ln_x(norm: &GroupNorm, x: Tensor<3>) -> Tensor<3> {
     let [batch, len, channels] = x.dims();
-    norm.forward(x.reshape([batch * len, channels]))
+    let groups = norm.num_groups;
+    group_norm_rows(norm, x.reshape([batch * len, groups, channels / groups]))
         .reshape([batch, len, channels])
+}
+
+/// `ln_x` on rows already split into its groups, `[R, G, N]` (`G` = `norm.num_groups`),
+/// computed as Burn's `GroupNorm` computes it, but with every reshape done before the
+/// element-wise steps: in Burn's `GroupNorm` the affine parameters are reshaped between them,
+/// which ends a fusion block there, so on CubeCL devices each step was a kernel launch of
+/// its own (5 per layer of a decode step; `RWKV_TRACE_LAUNCHES=1 rwkv bench --device wgpu`).
+/// Callers that stay in `[R, G, N]` (RWKV-7's bonus and gate) extend the same block.
+pub fn group_norm_rows(norm: &GroupNorm, x: Tensor<3>) -> Tensor<3> {
+    let [_, groups, n] = x.dims();
+    let affine = |p: &Option<Param<Tensor<1>>>| p.as_ref().map(|p| p.val().reshape([1, groups, n]));
+    let (gamma, beta) = (affine(&norm.gamma), affine(&norm.beta));
+    // As Burn's GroupNorm: the statistics of f16 input in f32 (a sum of squares overflows f16).
+    let original = x.dtype();
+    let x = match original {
+        burn::tensor::DType::F16 => x.cast(burn::tensor::FloatDType::F32),
+        _ => x,
+    };
+    let mean = x.clone().mean_dim(2);
+    let x = x - mean;
+    let var = x.clone().square().mean_dim(2);
+    let y = x / var.add_scalar(norm.epsilon).sqrt();
+    let y = match original {
+        burn::tensor::DType::F16 => y.cast(burn::tensor::FloatDType::F16),
+        _ => y,
+    };
+    match (gamma, beta) {
+        (Some(gamma), Some(beta)) => y * gamma + beta,
+        _ => y,
+    }
 }
 
 /// `[B, T, H*N]` -> `[B, T, H, N]`.

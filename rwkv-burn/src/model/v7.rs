@@ -7,7 +7,7 @@
 //! unused `v0/v1/v2`), `blocks.i.ffn.{x_k [1,1,C], key.weight [F,C], value.weight [C,F]}`.
 
 use super::block::{ChannelMix, TimeMix};
-use super::layers::{apply_ln_x, load_ln_x, merge_heads, split_heads};
+use super::layers::{group_norm_rows, load_ln_x, merge_heads, split_heads};
 use super::lora::Lora;
 use super::projection::Projection;
 use super::token_shift::token_shift;
@@ -208,11 +208,17 @@ impl TimeMix7 {
         );
         *kv = state;
 
-        let y = apply_ln_x(&self.ln_x, merge_heads(y));
-        // Bonus: per head, (r . (k * r_k)) * v.
-        let rk = (split(r) * split(k) * self.r_k.val().unsqueeze::<4>()).sum_dim(3);
-        let bonus = merge_heads(rk * split(v));
-        self.output.forward((y + bonus) * g)
+        // ln_x, the bonus (per head, (r . (k * r_k)) * v) and the gate, all on rows of heads
+        // `[B*T, H, N]`, reshaped first: one reshape between the element-wise steps ends Burn's
+        // fusion block, and each step was then a kernel launch of its own on CubeCL devices.
+        let [batch, len, channels] = g.dims();
+        let rows = |t: Tensor<3>| t.reshape([batch * len, heads, channels / heads]);
+        let (r, k, v, g) = (rows(r), rows(k), rows(v), rows(g));
+        let r_k = self.r_k.val().unsqueeze::<3>();
+        let y = y.reshape([batch * len, heads, channels / heads]);
+        let rk = (r * k * r_k).sum_dim(2);
+        let y = (group_norm_rows(&self.ln_x, y) + rk * v) * g;
+        self.output.forward(y.reshape([batch, len, channels]))
     }
     /// Its projections, for summaries of the weights.
     pub fn projections(&self) -> Vec<&Projection> {

@@ -31,6 +31,40 @@ fn check_gguf(arch: &str) {
     }
 }
 
+/// A GGUF file read from memory (the browser page's way) holds the same tensors under the
+/// same official names as the file opened from disk.
+#[test]
+fn gguf_bytes_read_as_the_file_does() {
+    for arch in ["gguf_rwkv7", "gguf_rwkv6"] {
+        for kind in GGUF_TYPES {
+            let path = fixtures().join(arch).join(format!("model-{kind}.gguf"));
+            let from_disk = Checkpoint::open(&path).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            let from_bytes = Checkpoint::from_gguf_bytes(bytes, "upload.gguf").unwrap();
+            let names: Vec<&str> = from_disk.names().collect();
+            assert_eq!(
+                names,
+                from_bytes.names().collect::<Vec<_>>(),
+                "{arch} {kind}"
+            );
+            assert!(names.contains(&"emb.weight"), "{names:?}");
+            for name in names {
+                assert_eq!(
+                    from_disk.read_f32(name).unwrap(),
+                    from_bytes.read_f32(name).unwrap(),
+                    "{arch} {kind} {name}"
+                );
+            }
+        }
+    }
+    // Cut short in memory: refused with the label, not a panic.
+    let path = fixtures().join("gguf_rwkv7/model-q8_0.gguf");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    let err = Checkpoint::from_gguf_bytes(bytes, "half.gguf").unwrap_err();
+    assert!(err.to_string().contains("half.gguf"), "{err}");
+}
+
 #[test]
 fn gguf_rwkv7_files_match_the_package_on_their_dequantized_weights() {
     check_gguf("gguf_rwkv7");
