@@ -201,6 +201,25 @@ async function generate() {
 
 // --- fixture checks (used by test.sh) --------------------------------------------------------
 
+// The Stop button: a long generation, stopped as a reader would once its first text shows,
+// ends early ("Cancelled") and the page generates again after it.
+async function stopCheck(maxTokens = 4000) {
+  $("max").value = maxTokens;
+  const running = generate();
+  const started = performance.now();
+  // The generated text is the output's second node (the first is the prompt).
+  const shown = () => ($("output").childNodes[1]?.length ?? 0) > 0;
+  while (!shown() && performance.now() - started < 600_000) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  $("stop").click();
+  const stopped = await running;
+  $("max").value = 2;
+  const after = await generate();
+  const ok = stopped.stop === "Cancelled" && stopped.tokens < maxTokens && after.tokens === 2;
+  return { ok, stop: stopped.stop, tokens: stopped.tokens, after: after.tokens };
+}
+
 window.rwkvTest = {
   // Every fixture version in the worker, then a generation with the embedded model in the page.
   async run(versions = ["rwkv4", "rwkv5", "rwkv6", "rwkv7"], maxTokens = 64,
@@ -235,10 +254,12 @@ window.rwkvTest = {
     }
     // GPU dispatches of one decode step of the embedded model (null on the CPU).
     const dispatches = await call("decodeDispatches");
+    const stopped = await stopCheck();
+    console.log(JSON.stringify(stopped));
     const refused = backend !== "webgpu" || /big\.safetensors: tensor 'emb\.weight' needs a buffer of 256 bytes, more than the device allows in one \(128 bytes\)/.test(oversized);
     const ok = fixtures.every((f) => f.ok) && split.ok && generation.text.length > 0 &&
-      warm.text === generation.text && refused;
-    return { ok, backend, start, fixtures, split, generation, warm, oversized, dispatches };
+      warm.text === generation.text && refused && stopped.ok;
+    return { ok, backend, start, fixtures, split, generation, warm, oversized, dispatches, stopped };
   },
 
   // A model by URL (through the cache) in the precision `weights` against native logits;

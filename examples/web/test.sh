@@ -4,7 +4,8 @@
 #  1. WebGPU (SwiftShader here): every fixture model's logits (full, step, chunked) against the
 #     official package's within 1e-4 + 1e-4·|expected| (and two llama.cpp GGUF files against
 #     the package on their dequantized weights), then a generation with the embedded model
-#     that must produce text. Fails if the page is not on WebGPU.
+#     that must produce text, and a long one the Stop button must end early. Fails if the
+#     page is not on WebGPU.
 #  2. WebGPU with the binding limit forced to WebGPU's default 128 MiB: what the page says for
 #     a URL that fails, a download cut short and a file that is not a model, and that a model
 #     still loads and generates after them; a model given as `?model=URL` is downloaded on the
