@@ -601,7 +601,7 @@ fn warn_unpacked(device: &burn::tensor::Device, format: WeightFormat) {
         note!(
             "note: this device computes {format} weights from f32 copies of their values \
              (the same results, without the memory saving; flex packs every format, libtorch \
-             holds bf16/f16, wgpu f16 where the adapter has it)"
+             holds bf16/f16, wgpu q8/q4 as 8-bit blocks and f16 where the adapter has it)"
         );
     }
 }

@@ -8,11 +8,11 @@
 //! `lora_targets`), so an adapter says how to apply itself.
 
 use crate::model::Rwkv;
-use crate::model::projection::{LoraPair, Projection};
+use crate::model::projection::LoraPair;
 use crate::safetensors_io::{self, IoError, NamedTensor};
 use crate::weights::stable_id;
 use burn::module::Param;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use std::path::{Path, PathBuf};
 
 /// The largest adapter file read: a rank-64 adapter of every projection of a 13B model is
@@ -169,7 +169,7 @@ pub fn attach_fresh(model: &mut Rwkv, spec: &LoraSpec, seed: u64) -> Result<usiz
             continue;
         }
         let (input, out) = (projection.in_features(), projection.out_features());
-        let device = device_of(projection);
+        let device = projection.device();
         let bound = 1.0 / (input as f32).sqrt();
         let a = uniform(input * spec.rank, bound, seed ^ ((index as u64 + 1) << 20));
         let a = Tensor::from_data(TensorData::new(a, [input, spec.rank]), &device);
@@ -181,13 +181,6 @@ pub fn attach_fresh(model: &mut Rwkv, spec: &LoraSpec, seed: u64) -> Result<usiz
         return Err(AdapterError::NoTarget(spec.targets.to_list()));
     }
     Ok(count)
-}
-
-fn device_of(projection: &Projection) -> Device {
-    match projection.linear() {
-        Some(linear) => linear.weight.val().device(),
-        None => Device::flex(),
-    }
 }
 
 /// The attached adapters in RWKV-PEFT's names and layout, f32.
@@ -279,7 +272,7 @@ pub fn load(model: &mut Rwkv, path: &Path) -> Result<LoraSpec, AdapterError> {
         };
         let a = values(a, &a_name, [rank, input])?;
         let b = values(b, &b_name, [out, rank])?;
-        let device = device_of(projection);
+        let device = projection.device();
         // Stored transposed (torch Linear weights); ours are [in, r] and [r, out].
         let a = Tensor::<2>::from_data(TensorData::new(a, [rank, input]), &device).transpose();
         let b = Tensor::<2>::from_data(TensorData::new(b, [out, rank]), &device).transpose();

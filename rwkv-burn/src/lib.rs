@@ -29,6 +29,7 @@ pub mod dispatches;
 pub mod dtype;
 pub mod export;
 pub mod files;
+mod gpu;
 pub mod init;
 pub mod load;
 pub mod model;

@@ -4,7 +4,7 @@
 //! streams these bytes through `packed_dots.rs`; prefill, whose products have many rows,
 //! expands a matrix to f32 for the gemm (see [`super::project_packed`]).
 
-use crate::weights::{BLOCK, WeightFormat};
+use crate::weights::{BLOCK, WeightFormat, checked_block_scales};
 use half::{bf16, f16};
 use std::fmt;
 use std::ops::Range;
@@ -121,33 +121,7 @@ impl PackedMatrix {
         out: usize,
         input: usize,
     ) -> Result<Self, String> {
-        if !format.is_block() || input == 0 || !input.is_multiple_of(BLOCK) {
-            return Err(format!(
-                "{format} blocks cannot hold rows of {input} values"
-            ));
-        }
-        let n = out
-            .checked_mul(input)
-            .ok_or_else(|| format!("[{out}, {input}] is too large"))?;
-        if levels.len() != format.level_bytes(n) || scales.len() != n / BLOCK * 2 {
-            return Err(format!(
-                "{format} [{out}, {input}] needs {} bytes of levels and {} of scales, the file has {} and {}",
-                format.level_bytes(n),
-                n / BLOCK * 2,
-                levels.len(),
-                scales.len()
-            ));
-        }
-        let scales: Vec<f32> = scales
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect();
-        if let Some(i) = scales.iter().position(|d| !d.is_finite()) {
-            return Err(format!("block {i} has the scale {}", scales[i]));
-        }
-        if format == WeightFormat::Q8 && levels.contains(&0x80) {
-            return Err("a q8 level is -128 (levels are -127 to 127)".into());
-        }
+        let scales = checked_block_scales(format, levels, scales, [out, input])?;
         let (mut buffer, offset) = aligned_buffer(levels.len());
         buffer.extend_from_slice(levels);
         Ok(Self {

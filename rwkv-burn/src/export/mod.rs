@@ -114,13 +114,23 @@ pub fn format_tensors(model: &Rwkv, names: &ParamNames) -> Vec<NamedTensor> {
         t.data = t.data.clone().convert_dtype(emb);
     }
     for projection in model.projections() {
-        let Some(packed) = projection.packed_matrix() else {
-            continue;
-        };
-        let [out, input] = packed.dims();
-        let (levels, scales) = packed.stored_bytes();
-        let name = packed.name().to_string();
-        match packed.format() {
+        // Packed on the CPU, or 8-bit blocks on a GPU (read back).
+        let (name, [out, input], format, (levels, scales)) =
+            match (projection.packed_matrix(), projection.block_matrix()) {
+                (Some(p), _) => {
+                    let (levels, scales) = p.stored_bytes();
+                    let levels = std::borrow::Cow::Borrowed(levels);
+                    (p.name(), p.dims(), p.format(), (levels, scales))
+                }
+                (None, Some(b)) => {
+                    let (levels, scales) = b.stored_bytes();
+                    let levels = std::borrow::Cow::Owned(levels);
+                    (b.name(), b.dims(), b.format(), (levels, scales))
+                }
+                (None, None) => continue,
+            };
+        let name = name.to_string();
+        match format {
             WeightFormat::Bf16 => {
                 let values: Vec<bf16> = levels
                     .chunks_exact(2)

@@ -160,12 +160,13 @@ pub fn stored_format(checkpoint: &Checkpoint) -> WeightFormat {
     }
 }
 
-/// Whether `device` holds projections in `format` itself (packed for the CPU kernels, or
-/// bf16/f16 tensors where the device has that element type) rather than computing with f32
-/// copies of the format's values.
+/// Whether `device` holds projections in `format` itself (packed for the CPU kernels, 8-bit
+/// blocks for the GPU kernels, or bf16/f16 tensors where the device has that element type)
+/// rather than computing with f32 copies of the format's values.
 pub fn holds_format(device: &Device, format: WeightFormat) -> bool {
     format == WeightFormat::F32
         || crate::cpu::holds_packed(device)
+        || (format.is_block() && crate::gpu::runs_kernels(device))
         || crate::weights::holds_as_tensor(device, format)
 }
 

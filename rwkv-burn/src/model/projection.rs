@@ -2,6 +2,7 @@
 //! precision the model was loaded with ([`WeightFormat`]).
 
 use crate::cpu::PackedMatrix;
+use crate::gpu::BlockMatrix;
 use crate::weights::{LoadError, LoadedMatrix, Role, WeightFormat, Weights};
 use burn::module::{Module, Param};
 use burn::nn::Linear;
@@ -23,6 +24,9 @@ pub struct Projection {
     /// Blocks of output columns, for a weight larger than the device's largest buffer
     /// (`Weights::linear`); their products are concatenated.
     split: Vec<Linear>,
+    /// 8-bit blocks on a CubeCL device (q8 and q4 files there).
+    #[module(skip)]
+    blocks: Option<Arc<BlockMatrix>>,
     /// The LoRA adapter, if one is attached ([`crate::adapters`]).
     pub lora: Option<LoraPair>,
 }
@@ -66,6 +70,7 @@ impl Projection {
             dense: Some(linear),
             packed: None,
             split: Vec::new(),
+            blocks: None,
             lora: None,
         }
     }
@@ -76,6 +81,7 @@ impl Projection {
             dense: None,
             packed: None,
             split: blocks,
+            blocks: None,
             lora: None,
         }
     }
@@ -86,6 +92,18 @@ impl Projection {
             dense: None,
             packed: Some(Arc::new(weight)),
             split: Vec::new(),
+            blocks: None,
+            lora: None,
+        }
+    }
+
+    /// A projection held in 8-bit blocks on a CubeCL device.
+    pub fn blocks(weight: BlockMatrix) -> Self {
+        Self {
+            dense: None,
+            packed: None,
+            split: Vec::new(),
+            blocks: Some(Arc::new(weight)),
             lora: None,
         }
     }
@@ -102,12 +120,29 @@ impl Projection {
             LoadedMatrix::Dense(linear) => Self::dense(linear),
             LoadedMatrix::Packed(packed) => Self::packed(packed),
             LoadedMatrix::Split(blocks) => Self::split(blocks),
+            LoadedMatrix::Blocks(blocks) => Self::blocks(blocks),
         })
     }
 
     /// The packed matrix, when the weight is held in a compressed format.
     pub fn packed_matrix(&self) -> Option<&PackedMatrix> {
         self.packed.as_deref()
+    }
+
+    /// The block matrix, when the weight is held in 8-bit blocks on a GPU.
+    pub fn block_matrix(&self) -> Option<&BlockMatrix> {
+        self.blocks.as_deref()
+    }
+
+    /// The device the weight lives on (packed weights: the CPU's flex).
+    pub fn device(&self) -> burn::tensor::Device {
+        if let Some(blocks) = &self.blocks {
+            return blocks.device();
+        }
+        match (&self.dense, self.split.first()) {
+            (Some(linear), _) | (None, Some(linear)) => linear.weight.val().device(),
+            (None, None) => burn::tensor::Device::flex(),
+        }
     }
 
     /// The Burn layer, when the weight is a parameter.
@@ -122,6 +157,9 @@ impl Projection {
 
     /// Input width.
     pub fn in_features(&self) -> usize {
+        if let Some(blocks) = &self.blocks {
+            return blocks.dims()[1];
+        }
         match (&self.dense, &self.packed) {
             (Some(linear), _) => linear.weight.dims()[0],
             (None, Some(packed)) => packed.dims()[1],
@@ -131,6 +169,9 @@ impl Projection {
 
     /// Output width.
     pub fn out_features(&self) -> usize {
+        if let Some(blocks) = &self.blocks {
+            return blocks.dims()[0];
+        }
         match (&self.dense, &self.packed) {
             (Some(linear), _) => linear.weight.dims()[1],
             (None, Some(packed)) => packed.dims()[0],
@@ -145,6 +186,9 @@ impl Projection {
             DType::F16 => WeightFormat::F16,
             _ => WeightFormat::F32,
         };
+        if let Some(blocks) = &self.blocks {
+            return blocks.format();
+        }
         match (&self.dense, &self.packed) {
             (_, Some(packed)) => packed.format(),
             (Some(linear), None) => of(linear),
@@ -158,6 +202,9 @@ impl Projection {
             let weight = linear.weight.val();
             weight.shape().num_elements() * weight.dtype().size()
         };
+        if let Some(blocks) = &self.blocks {
+            return blocks.bytes();
+        }
         match (&self.dense, &self.packed) {
             (Some(linear), _) => bytes(linear),
             (None, Some(packed)) => packed.bytes(),
@@ -176,10 +223,15 @@ impl Projection {
 
     /// `x @ W`.
     fn base<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if let Some(blocks) = &self.blocks {
+            return blocks.forward(x);
+        }
         match (&self.dense, &self.packed) {
             (Some(linear), _) => {
                 let weight = linear.weight.val();
-                if weight.dtype() == x.dtype() {
+                if let Some(y) = crate::gpu::few_rows(&x, &weight) {
+                    y
+                } else if weight.dtype() == x.dtype() {
                     crate::cpu::project(linear, x)
                 } else {
                     // A bf16/f16 weight on a device without packed kernels: widened to the
@@ -195,7 +247,11 @@ impl Projection {
                 let parts = self
                     .split
                     .iter()
-                    .map(|block| x.clone().matmul(block.weight.val().cast(dtype).unsqueeze()))
+                    .map(|block| {
+                        let weight = block.weight.val();
+                        crate::gpu::few_rows(&x, &weight)
+                            .unwrap_or_else(|| x.clone().matmul(weight.cast(dtype).unsqueeze()))
+                    })
                     .collect();
                 Tensor::cat(parts, D - 1)
             }

@@ -189,6 +189,77 @@ impl WeightFormat {
     }
 }
 
+/// A block format's file bytes checked against a `[out, input]` matrix: `levels`
+/// ([`WeightFormat::level_bytes`] of the values) and `scales` (little-endian f16, one per
+/// block). Returns the scales as f32.
+///
+/// # Errors
+/// A description of what does not fit (lengths, a width that is not whole blocks, a scale
+/// that is not finite, a q8 level of -128), for the loader to report with the file's name.
+pub(crate) fn checked_block_scales(
+    format: WeightFormat,
+    levels: &[u8],
+    scales: &[u8],
+    [out, input]: [usize; 2],
+) -> Result<Vec<f32>, String> {
+    if !format.is_block() || input == 0 || !input.is_multiple_of(BLOCK) {
+        return Err(format!(
+            "{format} blocks cannot hold rows of {input} values"
+        ));
+    }
+    let n = out
+        .checked_mul(input)
+        .ok_or_else(|| format!("[{out}, {input}] is too large"))?;
+    if levels.len() != format.level_bytes(n) || scales.len() != n / BLOCK * 2 {
+        return Err(format!(
+            "{format} [{out}, {input}] needs {} bytes of levels and {} of scales, the file has {} and {}",
+            format.level_bytes(n),
+            n / BLOCK * 2,
+            levels.len(),
+            scales.len()
+        ));
+    }
+    let scales: Vec<f32> = scales
+        .chunks_exact(2)
+        .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect();
+    if let Some(i) = scales.iter().position(|d| !d.is_finite()) {
+        return Err(format!("block {i} has the scale {}", scales[i]));
+    }
+    if format == WeightFormat::Q8 && levels.contains(&0x80) {
+        return Err("a q8 level is -128 (levels are -127 to 127)".into());
+    }
+    Ok(scales)
+}
+
+impl WeightFormat {
+    /// The multiples of the scale that one block's stored bytes stand for, in value order:
+    /// q8's bytes are signed levels; q4's low nibbles are the block's first 16 values and its
+    /// high nibbles the last 16 (ggml's Q4_0), each less 8.
+    ///
+    /// # Panics
+    /// If `bytes` is not one block's [`level_bytes`](Self::level_bytes) of a block format.
+    pub fn block_multiples(self, bytes: &[u8]) -> [i8; BLOCK] {
+        assert_eq!(bytes.len(), self.level_bytes(BLOCK));
+        let mut out = [0i8; BLOCK];
+        match self {
+            Self::Q8 => {
+                for (o, b) in out.iter_mut().zip(bytes) {
+                    *o = *b as i8;
+                }
+            }
+            Self::Q4 => {
+                for (j, b) in bytes.iter().enumerate() {
+                    out[j] = (b & 15) as i8 - 8;
+                    out[j + BLOCK / 2] = (b >> 4) as i8 - 8;
+                }
+            }
+            _ => panic!("{self} is not a block format"),
+        }
+        out
+    }
+}
+
 impl fmt::Display for WeightFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

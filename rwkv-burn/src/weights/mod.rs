@@ -10,6 +10,7 @@ mod names;
 mod source;
 
 pub use error::LoadError;
+pub(crate) use format::checked_block_scales;
 pub use format::{BLOCK, UnknownFormat, WeightFormat};
 pub use names::{Layout, NamedParam, ParamNames, stable_id};
 pub use source::{InitParam, Role, Shapes, StoredData, StoredTensor, TensorIndex, WeightSource};
@@ -48,6 +49,8 @@ pub enum LoadedMatrix {
     Split(Vec<Linear>),
     /// The checkpoint's `[out, in]` rows in a compressed format, for the CPU kernels.
     Packed(crate::cpu::PackedMatrix),
+    /// 8-bit blocks on a CubeCL device, for its block kernel (q8 and q4).
+    Blocks(crate::gpu::BlockMatrix),
 }
 
 /// How official checkpoints store a vector of model shape `[len]`.
@@ -451,6 +454,21 @@ impl<'a> Weights<'a> {
         let shape = [out, input];
         let (tensor, stored) = self.read(&name, &shape, &shape, role)?;
         let format = self.format.for_tensor(role, input);
+        // A file's blocks are checked whatever becomes of them (packed, GPU blocks, or f32
+        // values on devices that hold neither), so that a damaged file fails on every device.
+        if let StoredData::Blocks {
+            format: stored,
+            levels,
+            scales,
+        } = &tensor.data
+            && let Err(detail) = checked_block_scales(*stored, levels, scales, shape)
+        {
+            return Err(LoadError::BadBlocks {
+                path: self.path().to_path_buf(),
+                name,
+                detail,
+            });
+        }
         // A file already in this block format is taken as it is: nothing re-quantized.
         if let StoredData::Blocks {
             format: stored,
@@ -476,6 +494,52 @@ impl<'a> Weights<'a> {
                     detail,
                 }),
             };
+        }
+        if format.is_block() && crate::gpu::runs_kernels(self.device) {
+            // A part of the levels holds whole panels: `PANEL * input` bytes each.
+            let panel = (crate::gpu::PANEL * input) as u64;
+            if let Some(limit) = self.max_buffer
+                && panel > limit
+            {
+                return Err(LoadError::TooLargeForDevice {
+                    path: self.path().to_path_buf(),
+                    name,
+                    bytes: panel,
+                    limit,
+                });
+            }
+            let blocks = match &tensor.data {
+                StoredData::Blocks {
+                    format: stored,
+                    levels,
+                    scales,
+                } if *stored == format => crate::gpu::BlockMatrix::from_stored(
+                    &name,
+                    format,
+                    [levels, scales],
+                    [out, input],
+                    self.device,
+                    self.max_buffer,
+                )
+                .map_err(|detail| LoadError::BadBlocks {
+                    path: self.path().to_path_buf(),
+                    name: name.clone(),
+                    detail,
+                })?,
+                _ => {
+                    let values = self.checked_f32(&name, tensor)?;
+                    crate::gpu::BlockMatrix::quantize(
+                        &name,
+                        format,
+                        &values,
+                        [out, input],
+                        self.device,
+                        self.max_buffer,
+                    )
+                }
+            };
+            self.source.release(&name);
+            return Ok(LoadedMatrix::Blocks(blocks));
         }
         if format != WeightFormat::F32 {
             let values = self.checked_f32(&name, tensor)?;

@@ -106,23 +106,11 @@ impl StoredTensor<'_> {
                 scales,
             } => {
                 let mut values = Vec::with_capacity(scales.len() / 2 * BLOCK);
-                for (b, d) in scales.chunks_exact(2).enumerate() {
+                let block_bytes = format.level_bytes(BLOCK);
+                for (d, bytes) in scales.chunks_exact(2).zip(levels.chunks_exact(block_bytes)) {
                     let d = half::f16::from_le_bytes([d[0], d[1]]).to_f32();
-                    match format {
-                        WeightFormat::Q4 => {
-                            let bytes = &levels[b * BLOCK / 2..(b + 1) * BLOCK / 2];
-                            let nibbles = bytes
-                                .iter()
-                                .map(|q| q & 15)
-                                .chain(bytes.iter().map(|q| q >> 4));
-                            values.extend(nibbles.map(|q| (f32::from(q) - 8.0) * d));
-                        }
-                        _ => values.extend(
-                            levels[b * BLOCK..(b + 1) * BLOCK]
-                                .iter()
-                                .map(|&q| f32::from(q as i8) * d),
-                        ),
-                    }
+                    let multiples = format.block_multiples(bytes);
+                    values.extend(multiples.map(|q| f32::from(q) * d));
                 }
                 values
             }

@@ -136,7 +136,22 @@ fn check_on(
             };
             let (want_model, _) =
                 build_with(&reference, &config, &device, WeightFormat::F32).unwrap();
-            let (model, _) = build_with(&checkpoint, &config, &device, format).unwrap();
+            let (model, names) = build_with(&checkpoint, &config, &device, format).unwrap();
+            // 8-bit blocks on a GPU write the same file as the CPU's packed matrices.
+            if model.head.block_matrix().is_some() {
+                let (cpu, cpu_names) =
+                    build_with(&checkpoint, &config, &Device::flex(), format).unwrap();
+                let tensors = |model: &Rwkv, names| -> Vec<(String, Vec<u8>)> {
+                    rwkv_burn::export::format_tensors(model, names)
+                        .into_iter()
+                        .map(|t| (t.name, t.data.as_bytes().to_vec()))
+                        .collect()
+                };
+                assert!(
+                    tensors(&model, &names) == tensors(&cpu, &cpu_names),
+                    "{version_dir} {format} on {spec}: exported blocks differ from flex's"
+                );
+            }
             // Packed on flex; bf16/f16 tensors where the device has the type (libtorch, wgpu
             // with shader-f16); elsewhere f32 copies of the format's values.
             let holds = rwkv_burn::load::holds_format(&device, format);
@@ -177,10 +192,11 @@ fn check_on(
 }
 
 /// The GPU devices of this build (wgpu: lavapipe in CI) hold bf16/f16 weights as tensors of
-/// that type where the adapter has it (f16 with `shader-f16`; wgpu has no bf16) and compute
-/// in f32 on their values: RWKV-7, every mode.
+/// that type where the adapter has it (f16 with `shader-f16`; wgpu has no bf16), q8/q4 as
+/// 8-bit blocks for their block kernel, and compute in f32 on the format's values: RWKV-7,
+/// every mode (the 17-token chunk runs the block kernel in two passes).
 #[test]
-fn half_weights_on_gpu_devices_equal_f32_on_the_formats_values() {
+fn every_format_on_gpu_devices_equals_f32_on_the_formats_values() {
     let gpus: Vec<_> = devices()
         .into_iter()
         .filter(|(spec, _)| {
@@ -198,7 +214,7 @@ fn half_weights_on_gpu_devices_equal_f32_on_the_formats_values() {
         "rwkv7",
         "weights.safetensors",
         gpus,
-        &[WeightFormat::F16, WeightFormat::Bf16],
+        &WeightFormat::ALL[1..],
     );
 }
 
@@ -368,16 +384,20 @@ fn damaged_block_files_are_refused_by_name() {
         edit(&mut damaged);
         let path = dir.path().join("damaged.safetensors");
         write(&path, &damaged).unwrap();
-        let err = Checkpoint::open(&path)
-            .and_then(|file| {
-                let config = rwkv_burn::load::detect_config(&file)?;
-                build_with(&file, &config, &device, WeightFormat::Q8).map(drop)
-            })
-            .expect_err(what);
-        assert!(
-            matches!(&err, LoadError::BadBlocks { name, .. } if name.starts_with(key)),
-            "{what}: {err}"
-        );
+        // Every device, whatever it makes of the blocks (flex packs them, wgpu lays them out
+        // for its block kernel, ndarray and libtorch compute on their f32 values).
+        for (spec, device) in devices() {
+            let err = Checkpoint::open(&path)
+                .and_then(|file| {
+                    let config = rwkv_burn::load::detect_config(&file)?;
+                    build_with(&file, &config, &device, WeightFormat::Q8).map(drop)
+                })
+                .expect_err(what);
+            assert!(
+                matches!(&err, LoadError::BadBlocks { name, .. } if name.starts_with(key)),
+                "{what} on {spec}: {err}"
+            );
+        }
     }
 }
 
