@@ -482,8 +482,8 @@ mod tests {
     }
 }
 
-/// Times of the products on a World head's shape, for tuning the kernels by hand
-/// (`cargo test --release --features wgpu -- --ignored gpu::timing --nocapture`).
+/// Times of the products on half a World head, for tuning the kernels by hand
+/// (`cargo test --release -p rwkv-burn --features wgpu --lib -- --ignored gpu::timing --nocapture`).
 #[cfg(all(test, feature = "wgpu"))]
 mod timing {
     use super::*;
