@@ -167,15 +167,10 @@ fn open_checkpoint(file: ModelBytes) -> Result<Checkpoint, JsError> {
         )));
     }
     let len = Some(bytes.len() as u64);
-    let other = match rwkv_burn::load::sniff(&bytes, len) {
-        // pytorch-reader (0.22.1) reads a checkpoint's tensor data from a file only, and a
-        // page has no files.
-        Some(rwkv_burn::load::Format::Pth) => Some("a PyTorch .pth file"),
-        Some(rwkv_burn::load::Format::Gguf) => {
-            return Checkpoint::from_gguf_bytes(bytes, &name)
-                .map_err(|e| JsError::new(&e.to_string()));
-        }
-        Some(_) => None,
+    let checkpoint = match rwkv_burn::load::sniff(&bytes, len) {
+        Some(rwkv_burn::load::Format::Pth) => Checkpoint::from_pth_bytes(bytes, &name),
+        Some(rwkv_burn::load::Format::Gguf) => Checkpoint::from_gguf_bytes(bytes, &name),
+        Some(_) => Checkpoint::from_safetensors_bytes(bytes, &name),
         None => {
             return Err(JsError::new(&format!(
                 "{name} is not a model file: it is neither safetensors nor a PyTorch or GGUF \
@@ -184,14 +179,7 @@ fn open_checkpoint(file: ModelBytes) -> Result<Checkpoint, JsError> {
             )));
         }
     };
-    if let Some(what) = other {
-        return Err(JsError::new(&format!(
-            "{name} is {what}; in the browser only safetensors and GGUF can be read: convert \
-             it with `rwkv convert --model {name} --out model.safetensors` (or `rwkv quantize` \
-             for 8-bit) first"
-        )));
-    }
-    Checkpoint::from_safetensors_bytes(bytes, &name).map_err(|e| JsError::new(&e.to_string()))
+    checkpoint.map_err(|e| JsError::new(&e.to_string()))
 }
 
 /// Loads a model on `backend`: a safetensors file ([`ModelBytes`]), or the embedded default
@@ -204,10 +192,9 @@ fn open_checkpoint(file: ModelBytes) -> Result<Checkpoint, JsError> {
 ///
 /// `weights` is the precision of the projections (`f32`, `f16`, `bf16`, `q8`, `q4`); by
 /// default the file's own. On WebGPU f16 is held as f16 where the adapter has `shader-f16`
-/// (each product widens it to f32); bf16 and the 8-bit and 4-bit blocks, which WGSL has no
-/// type for, are dequantized at load into f32 tensors of the format's exact values (the same
-/// model as the desktop's, at f32's memory; GPU-side block kernels are not written yet). On
-/// the CPU they stay packed.
+/// (each product widens it to f32); q8 and q4 as 8-bit blocks that the product kernel
+/// dequantizes (`rwkv_burn::gpu`, 1.125 bytes a weight); bf16, which WGSL has no type for,
+/// as f32 tensors of its exact values. On the CPU every format stays packed.
 #[wasm_bindgen(js_name = createSession)]
 pub async fn create_session(
     backend: String,

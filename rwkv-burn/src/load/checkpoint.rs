@@ -170,6 +170,20 @@ const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 const PICKLE_PROTO: u8 = 0x80;
 
 impl Checkpoint {
+    /// A checkpoint of `entries`, checked as building does by default (finite values, no
+    /// unused tensors).
+    fn from_entries(path: &Path, format: Format, entries: BTreeMap<String, Entry>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            format,
+            entries,
+            check_finite: true,
+            check_unused: true,
+            gguf: None,
+            vocab_file: None,
+        }
+    }
+
     /// Opens one weights file, safetensors or `.pth` (recognised by content, not by name), with
     /// the names it stores.
     pub fn open_file(path: &Path) -> Result<Self, LoadError> {
@@ -266,13 +280,8 @@ impl Checkpoint {
             })
             .collect();
         Ok(Self {
-            path: path.to_path_buf(),
-            format: Format::Gguf,
-            entries,
-            check_finite: true,
-            check_unused: true,
             gguf: Some(Box::new(gguf)),
-            vocab_file: None,
+            ..Self::from_entries(path, Format::Gguf, entries)
         })
     }
 
@@ -384,15 +393,7 @@ impl Checkpoint {
                 detail,
             }
         })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            format: Format::Safetensors,
-            entries,
-            check_finite: true,
-            check_unused: true,
-            gguf: None,
-            vocab_file: None,
-        })
+        Ok(Self::from_entries(path, Format::Safetensors, entries))
     }
 
     fn open_pth(path: &Path) -> Result<Self, LoadError> {
@@ -414,15 +415,68 @@ impl Checkpoint {
                 (name, entry)
             })
             .collect();
-        Ok(Self {
-            path: path.to_path_buf(),
-            format: Format::Pth,
-            entries: strip_wrapper_prefix(entries),
-            check_finite: true,
-            check_unused: true,
-            gguf: None,
-            vocab_file: None,
-        })
+        Ok(Self::from_entries(
+            path,
+            Format::Pth,
+            strip_wrapper_prefix(entries),
+        ))
+    }
+
+    /// A `.pth` file already in memory (a browser upload), with the names it stores;
+    /// `label` names it in errors. Only the zip archive `torch.save` has written since
+    /// PyTorch 1.6 is read from memory (`torch_zip.rs`); the legacy pickle stream needs the
+    /// desktop reader.
+    pub(super) fn read_pth_bytes(
+        bytes: impl AsRef<[u8]> + Send + Sync + 'static,
+        label: &Path,
+    ) -> Result<Self, LoadError> {
+        let buffer: Buffer = Arc::new(bytes);
+        let data: &[u8] = (*buffer).as_ref();
+        if !data.starts_with(ZIP_MAGIC) {
+            return Err(LoadError::NotACheckpoint {
+                path: label.to_path_buf(),
+                reason: "a PyTorch file in the legacy format (before PyTorch 1.6), which is \
+                         read from files only: convert it with `rwkv convert` first"
+                    .into(),
+            });
+        }
+        let tensors = super::torch_zip::read(data).map_err(|detail| LoadError::Truncated {
+            path: label.to_path_buf(),
+            detail,
+        })?;
+        let entries = tensors
+            .into_iter()
+            .map(|t| {
+                let source = match t.bytes {
+                    super::torch_zip::TensorBytes::InArchive(range) => Source::Mapped {
+                        map: buffer.clone(),
+                        start: range.start,
+                        end: range.end,
+                        file: false,
+                    },
+                    super::torch_zip::TensorBytes::Gathered(bytes) => {
+                        let end = bytes.len();
+                        Source::Mapped {
+                            map: Arc::new(bytes),
+                            start: 0,
+                            end,
+                            file: false,
+                        }
+                    }
+                };
+                let entry = Entry {
+                    shape: t.shape,
+                    dtype: t.dtype,
+                    source,
+                };
+                (t.name, entry)
+            })
+            .collect();
+        Ok(Self::from_entries(
+            label,
+            Format::Pth,
+            strip_wrapper_prefix(entries),
+        ))
     }
 
     pub(super) fn with_format(mut self, format: Format, path: &Path) -> Self {

@@ -13,6 +13,8 @@ pub mod gguf_rwkv;
 pub mod hf;
 pub mod kquants;
 mod layout;
+mod pickle;
+mod torch_zip;
 
 pub use crate::model::{detect_config, detect_version, read_config};
 pub use crate::weights::LoadError;
@@ -84,6 +86,19 @@ impl Checkpoint {
         label: impl AsRef<Path>,
     ) -> Result<Self, LoadError> {
         gguf_rwkv::official(Self::read_gguf_bytes(bytes, label.as_ref())?)
+    }
+
+    /// A `.pth` checkpoint (`torch.save`'s zip archive) already in memory (a browser
+    /// upload), in the official naming, as [`Checkpoint::open`] reads one from disk; `label`
+    /// names it in errors. Contiguous tensors are read in place, not copied.
+    pub fn from_pth_bytes(
+        bytes: impl AsRef<[u8]> + Send + Sync + 'static,
+        label: impl AsRef<Path>,
+    ) -> Result<Self, LoadError> {
+        Ok(hf::official_names(Self::read_pth_bytes(
+            bytes,
+            label.as_ref(),
+        )?))
     }
 
     /// A safetensors checkpoint already in memory (an embedded model, a browser upload), in

@@ -65,6 +65,95 @@ fn gguf_bytes_read_as_the_file_does() {
     assert!(err.to_string().contains("half.gguf"), "{err}");
 }
 
+/// A `.pth` read from memory (the browser page's way: `torch_zip.rs` and `pickle.rs`) holds
+/// what pytorch-reader reads from the file: the same names, shapes, element types and values
+/// (and the same refusal of a type we have not got). For the fixtures, and for two files
+/// PyTorch 2.9 wrote (`tests/data/make_views_pth.py`): tensors saved as views (a transpose,
+/// an offset into a shared storage), a parameter, f16/bf16/f64, an int64, an empty and a 0-d
+/// tensor, nested under `state_dict` beside other values at pickle protocol 2, flat at 4.
+#[test]
+fn pth_bytes_read_as_the_file_does() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let mut paths: Vec<PathBuf> = ["rwkv4", "rwkv5", "rwkv6", "rwkv7"]
+        .iter()
+        .map(|v| fixtures().join(v).join("weights.pth"))
+        .collect();
+    paths.extend([data.join("views.pth"), data.join("views-p4.pth")]);
+    for path in &paths {
+        let from_disk = Checkpoint::open(path).unwrap();
+        let from_bytes =
+            Checkpoint::from_pth_bytes(std::fs::read(path).unwrap(), "up.pth").unwrap();
+        let names: Vec<&str> = from_disk.names().collect();
+        assert_eq!(names, from_bytes.names().collect::<Vec<_>>(), "{path:?}");
+        assert!(names.len() >= 8, "{path:?}: {names:?}");
+        for name in names {
+            match (from_disk.read_f32(name), from_bytes.read_f32(name)) {
+                (Ok(disk), Ok(bytes)) => assert_eq!(disk, bytes, "{path:?} {name}"),
+                (Err(LoadError::UnsupportedDType { dtype: a, .. }), Err(e)) => assert!(
+                    matches!(&e, LoadError::UnsupportedDType { dtype, .. } if *dtype == a),
+                    "{path:?} {name}: {a} vs {e}"
+                ),
+                (disk, bytes) => panic!("{path:?} {name}: {:?} vs {:?}", disk.err(), bytes.err()),
+            }
+        }
+    }
+    // Against the values PyTorch printed (the script's output), not only the other reader.
+    for file in ["views.pth", "views-p4.pth"] {
+        let bytes = std::fs::read(data.join(file)).unwrap();
+        let c = Checkpoint::from_pth_bytes(bytes, file).unwrap();
+        // PyTorch printed the f32 values in f64 (exact), hence the widening.
+        let first = |name: &str| {
+            let (values, shape) = c.read_f32(name).unwrap();
+            let values: Vec<f64> = values.iter().take(4).map(|&v| v.into()).collect();
+            (values, shape)
+        };
+        let key = [
+            -1.1258398294448853,
+            -0.31601276993751526,
+            0.16645534336566925,
+            2.0049805641174316,
+        ];
+        let value = [
+            -0.31601276993751526,
+            -2.1152193546295166,
+            0.46809640526771545,
+            -0.1577124446630478,
+        ];
+        assert_eq!(first("blocks.0.att.key.weight"), (key.to_vec(), vec![6, 4]));
+        assert_eq!(
+            first("blocks.0.att.value.weight"),
+            (value.to_vec(), vec![2, 6])
+        );
+        let ln = [0.37109375, 1.453125, 0.94140625, 0.7734375];
+        assert_eq!(first("blocks.0.ln1.weight"), (ln.to_vec(), vec![5]));
+        let head = [1.263671875, -1.2900390625, -0.791015625, -0.0208740234375];
+        assert_eq!(first("head.weight"), (head.to_vec(), vec![3, 2]));
+        assert_eq!(first("empty"), (vec![], vec![0, 3]));
+        assert_eq!(first("scalar"), (vec![1.5], vec![]));
+    }
+    // Refusals name the upload: cut short, the legacy stream, a zip that is not PyTorch's.
+    let mut bytes = std::fs::read(fixtures().join("rwkv7/weights.pth")).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    let err = Checkpoint::from_pth_bytes(bytes, "half.pth").unwrap_err();
+    assert!(matches!(&err, LoadError::Truncated { .. }), "{err}");
+    assert!(err.to_string().contains("half.pth"), "{err}");
+    let err = Checkpoint::from_pth_bytes(b"\x80\x02}q\x00.".to_vec(), "old.pth").unwrap_err();
+    assert!(err.to_string().contains("rwkv convert"), "{err}");
+    let mut zip = std::io::Cursor::new(Vec::new());
+    {
+        let mut w = zip::ZipWriter::new(&mut zip);
+        w.start_file(
+            "archive/notes.txt",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut w, b"hello").unwrap();
+        w.finish().unwrap();
+    }
+    let err = Checkpoint::from_pth_bytes(zip.into_inner(), "notes.pth").unwrap_err();
+    assert!(err.to_string().contains("data.pkl"), "{err}");
+}
+
 #[test]
 fn gguf_rwkv7_files_match_the_package_on_their_dequantized_weights() {
     check_gguf("gguf_rwkv7");

@@ -88,13 +88,17 @@ fn survive(original: &Path, path: &Path, cases: usize, seed: u64, check: &dyn Fn
 
 /// Loading (and, where it succeeds, one forward step) must not panic.
 fn load_and_step(path: &Path) {
+    if let Ok(checkpoint) = rwkv_burn::load::Checkpoint::open(path) {
+        build_and_step(&checkpoint);
+    }
+}
+
+/// Building an opened checkpoint (and, where it succeeds, one forward step) must not panic.
+fn build_and_step(checkpoint: &rwkv_burn::load::Checkpoint) {
     let (_, device) = devices().remove(0);
-    let Ok(checkpoint) = rwkv_burn::load::Checkpoint::open(path) else {
-        return;
-    };
-    let _ = rwkv_burn::load::detect_config(&checkpoint);
+    let _ = rwkv_burn::load::detect_config(checkpoint);
     let _ = checkpoint.check_finite(&mut |_| {});
-    if let Ok((config, model)) = rwkv_burn::load::load_checkpoint(&checkpoint, &device) {
+    if let Ok((config, model)) = rwkv_burn::load::load_checkpoint(checkpoint, &device) {
         let mut state = rwkv_burn::State::zeros(&config, 1, &device);
         let tokens = burn::tensor::Tensor::<2, burn::tensor::Int>::from_data([[0]], &device);
         let _ = model.forward(tokens, &mut state).into_data();
@@ -119,6 +123,58 @@ fn damaged_checkpoints_never_panic() {
             200,
             0x5eed + i as u64,
             &load_and_step,
+        );
+    }
+}
+
+/// The in-memory `.pth` reader (the browser page's) on damaged files: a typed error or a
+/// model, never a panic; and where pytorch-reader reads the same damaged file too, both
+/// give the same tensors.
+#[test]
+fn damaged_pth_bytes_never_panic() {
+    use rwkv_burn::load::Checkpoint;
+    let dir = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    for (i, source) in [
+        fixtures().join("rwkv7/weights.pth"),
+        fixtures().join("rwkv4/weights.pth"),
+        data.join("views.pth"),
+        data.join("views-p4.pth"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        survive(
+            source,
+            &dir.path().join("m.pth"),
+            200,
+            0xb17e5 + i as u64,
+            &|path| {
+                let bytes = std::fs::read(path).unwrap();
+                let Ok(from_bytes) = Checkpoint::from_pth_bytes(bytes, "up.pth") else {
+                    return;
+                };
+                build_and_step(&from_bytes);
+                let Ok(from_disk) = Checkpoint::open(path) else {
+                    return;
+                };
+                if from_disk.names().eq(from_bytes.names()) {
+                    for name in from_disk.names() {
+                        if let (Ok(a), Ok(b)) =
+                            (from_disk.read_f32(name), from_bytes.read_f32(name))
+                        {
+                            assert!(
+                                a.1 == b.1
+                                    && a.0
+                                        .iter()
+                                        .map(|v| v.to_bits())
+                                        .eq(b.0.iter().map(|v| v.to_bits())),
+                                "{name} differs between the readers"
+                            );
+                        }
+                    }
+                }
+            },
         );
     }
 }
