@@ -223,19 +223,22 @@ async function stopCheck(maxTokens = 4000) {
 window.rwkvTest = {
   // Every fixture version in the worker, then a generation with the embedded model in the page.
   async run(versions = ["rwkv4", "rwkv5", "rwkv6", "rwkv7"], maxTokens = 64,
-    ggufChecks = [["gguf_rwkv7", "q8_0"], ["gguf_rwkv6", "q4_0"]], pthChecks = ["rwkv7"]) {
+    ggufChecks = [["gguf_rwkv7", "q8_0"], ["gguf_rwkv6", "q4_0"]], pthChecks = ["rwkv7"],
+    hfChecks = ["hf_rwkv7_fla"]) {
     // How the page started: the embedded model's load time (`load_s`), the backend.
     const start = await ready;
     const fixtures = [];
     console.log(`backend: ${backend}`);
     // llama.cpp's GGUF files too, read from memory and dequantized to f32, against the
     // package on the file's dequantized weights (the fixtures README's GGUF section).
-    // And the official `.pth` (the file the package itself loaded), read from memory.
+    // And the official `.pth` (the file the package itself loaded), read from memory, and a
+    // Hugging Face RWKV-7 folder's `model.safetensors` on its own.
     const checks = [...versions.map((version) => ({ version })),
       ...ggufChecks.map(([version, kind]) => ({
         version, file: `model-${kind}.gguf`, expected: `expected-${kind}.safetensors`, weights: "f32",
       })),
-      ...pthChecks.map((version) => ({ version, file: "weights.pth" }))];
+      ...pthChecks.map((version) => ({ version, file: "weights.pth" })),
+      ...hfChecks.map((version) => ({ version, file: "model.safetensors" }))];
     for (const check of checks) {
       fixtures.push(await call("checkFixture", check));
       console.log(JSON.stringify(fixtures[fixtures.length - 1]));

@@ -344,46 +344,32 @@ impl Checkpoint {
                 reason: "too short for safetensors".into(),
             });
         }
-        let truncated = |detail: String| LoadError::Truncated {
-            path: path.to_path_buf(),
-            detail,
-        };
-        let header_len = u64::from_le_bytes(map[..8].try_into().expect("8 bytes")) as usize;
-        if header_len.saturating_add(8) > map.len() {
-            return Err(truncated(format!(
-                "the header declares {header_len} bytes, the file has {}",
-                map.len()
-            )));
-        }
-        let (n, metadata) = match safetensors::SafeTensors::read_metadata(map) {
-            Ok(ok) => ok,
-            Err(safetensors::SafeTensorError::MetadataIncompleteBuffer) => {
-                return Err(truncated("tensor data ends before the header says".into()));
-            }
-            Err(e) => {
-                return Err(LoadError::NotACheckpoint {
-                    path: path.to_path_buf(),
-                    reason: format!("invalid safetensors header: {e}"),
-                });
-            }
-        };
-        let base = 8 + n;
-        let entries = metadata
-            .tensors()
+        use super::safetensors_header::{HeaderError, read};
+        let tensors = read(map).map_err(|e| match e {
+            HeaderError::Truncated(detail) => LoadError::Truncated {
+                path: path.to_path_buf(),
+                detail,
+            },
+            HeaderError::Invalid(e) => LoadError::NotACheckpoint {
+                path: path.to_path_buf(),
+                reason: format!("invalid safetensors header: {e}"),
+            },
+        })?;
+        let entries = tensors
             .into_iter()
-            .map(|(name, info)| {
+            .map(|t| {
                 let entry = Entry {
-                    shape: info.shape.clone(),
-                    dtype: SourceDType::from_safetensors(info.dtype)
-                        .ok_or_else(|| format!("{:?}", info.dtype)),
+                    shape: t.shape,
+                    dtype: SourceDType::from_safetensors(t.dtype)
+                        .ok_or_else(|| format!("{:?}", t.dtype)),
                     source: Source::Mapped {
                         map: buffer.clone(),
-                        start: base + info.data_offsets.0,
-                        end: base + info.data_offsets.1,
+                        start: t.range.start,
+                        end: t.range.end,
                         file,
                     },
                 };
-                (name, entry)
+                (t.name, entry)
             })
             .collect();
         let entries = fold_blocks(strip_wrapper_prefix(entries)).map_err(|(name, detail)| {

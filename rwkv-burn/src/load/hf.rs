@@ -150,12 +150,23 @@ pub fn official_name(key: &str) -> String {
         .join(".")
 }
 
-/// A weights file in the official naming: transformers' keys renamed when it uses them.
-pub(super) fn official_names(checkpoint: Checkpoint) -> Checkpoint {
-    if checkpoint.names().any(is_hf_name) {
-        checkpoint.renamed(official_name)
+/// A weights file in the official naming: an RWKV-7 folder's layout (fla, rwkv7-hf) mapped
+/// onto it, or transformers' RWKV-4 keys renamed, when it uses them. So a folder's
+/// `model.safetensors` also loads on its own (a browser page is given one file, not a
+/// folder), with the vocabulary chosen by size and nothing checked against a config.
+pub(super) fn official_names(mut checkpoint: Checkpoint) -> Result<Checkpoint, LoadError> {
+    if checkpoint
+        .names()
+        .any(|n| n.starts_with("model.") || n == "lm_head.weight")
+    {
+        let path = checkpoint.path().to_path_buf();
+        let entries = apply(checkpoint.take_entries(), rwkv7_rule, &path)?;
+        checkpoint.set_entries(entries);
+        Ok(checkpoint)
+    } else if checkpoint.names().any(is_hf_name) {
+        Ok(checkpoint.renamed(official_name))
     } else {
-        checkpoint
+        Ok(checkpoint)
     }
 }
 
@@ -185,16 +196,7 @@ pub(super) fn open_folder(dir: &Path) -> Result<Checkpoint, LoadError> {
             })?;
         Checkpoint::open_file(&weights)?.with_format(Format::HuggingFace, &weights)
     };
-    if checkpoint
-        .names()
-        .any(|n| n.starts_with("model.") || n == "lm_head.weight")
-    {
-        let path = checkpoint.path().to_path_buf();
-        let entries = apply(checkpoint.take_entries(), rwkv7_rule, &path)?;
-        checkpoint.set_entries(entries);
-    } else {
-        checkpoint = checkpoint.renamed(official_name);
-    }
+    checkpoint = official_names(checkpoint)?;
     if checkpoint.shape("head.weight").is_none() && config.tie_word_embeddings {
         checkpoint.alias("emb.weight", "head.weight");
     }

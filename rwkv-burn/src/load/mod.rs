@@ -14,6 +14,7 @@ pub mod hf;
 pub mod kquants;
 mod layout;
 mod pickle;
+mod safetensors_header;
 mod torch_zip;
 
 pub use crate::model::{detect_config, detect_version, read_config};
@@ -54,7 +55,7 @@ impl Checkpoint {
         let checkpoint = Self::open_file(path)?;
         match checkpoint.format() {
             Format::Gguf => gguf_rwkv::official(checkpoint),
-            _ => Ok(hf::official_names(checkpoint)),
+            _ => hf::official_names(checkpoint),
         }
     }
 
@@ -95,10 +96,7 @@ impl Checkpoint {
         bytes: impl AsRef<[u8]> + Send + Sync + 'static,
         label: impl AsRef<Path>,
     ) -> Result<Self, LoadError> {
-        Ok(hf::official_names(Self::read_pth_bytes(
-            bytes,
-            label.as_ref(),
-        )?))
+        hf::official_names(Self::read_pth_bytes(bytes, label.as_ref())?)
     }
 
     /// A safetensors checkpoint already in memory (an embedded model, a browser upload), in
@@ -107,9 +105,7 @@ impl Checkpoint {
         bytes: impl AsRef<[u8]> + Send + Sync + 'static,
         label: impl AsRef<Path>,
     ) -> Result<Self, LoadError> {
-        Ok(hf::official_names(Self::read_safetensors_bytes(
-            bytes, label,
-        )?))
+        hf::official_names(Self::read_safetensors_bytes(bytes, label)?)
     }
 }
 

@@ -21,6 +21,30 @@ fn hugging_face_rwkv7_folders_match_the_package() {
     }
 }
 
+/// A folder's `model.safetensors` on its own (what a browser page is given: one file, no
+/// config) maps its layout the same way and matches the package, read from disk and from
+/// memory alike.
+#[test]
+fn lone_hugging_face_rwkv7_files_match_the_package() {
+    for folder in ["hf_rwkv7_fla", "hf_rwkv7_hf"] {
+        let dir = fixtures().join(folder);
+        let file = dir.join("model.safetensors");
+        check_model(&dir, &file, "expected.safetensors", &devices(), false);
+        let from_folder = Checkpoint::open(&dir).unwrap();
+        let from_bytes =
+            Checkpoint::from_safetensors_bytes(std::fs::read(&file).unwrap(), "up").unwrap();
+        let names: Vec<&str> = from_folder.names().collect();
+        assert_eq!(names, from_bytes.names().collect::<Vec<_>>(), "{folder}");
+        for name in names {
+            assert_eq!(
+                from_folder.read_f32(name).unwrap(),
+                from_bytes.read_f32(name).unwrap(),
+                "{folder} {name}"
+            );
+        }
+    }
+}
+
 /// Every GGUF file of `arch` against the package on that file's dequantized weights.
 fn check_gguf(arch: &str) {
     let dir = fixtures().join(arch);
