@@ -63,11 +63,26 @@ async fn open_device(backend: &str) -> Result<(Device, &'static str), JsError> {
     }
 }
 
-/// The most bytes a model file may have in the page. The file is held in one buffer in the
-/// page's wasm memory while it loads (the readers take tensors in place from it), and a Rust
-/// allocation is at most `isize::MAX` bytes: 2 GiB - 1 on wasm32. (Measured 2026-12-04: the
-/// RWKV-7 1.5B shape in q8, 2.02 GiB, could not be reserved; in q4, 1.46 GiB, it loads.)
-const MAX_MODEL_BYTES: u64 = (1 << 31) - 1;
+/// The most bytes one piece of a file may have: a Rust allocation is at most `isize::MAX`
+/// bytes, 2 GiB - 1 on wasm32. (Measured 2026-12-04: the RWKV-7 1.5B shape in q8, 2.02 GiB,
+/// could not be reserved in one piece.)
+const MAX_PIECE_BYTES: u64 = (1 << 31) - 1;
+
+/// The most bytes a model file may have in the page: its 4 GiB of wasm memory holds the file
+/// while it loads, beside the runtime and the largest tensor's f32 copy (a World model's
+/// 65536-row head: 512 MiB at 2048 channels). Only a safetensors file of known length can be
+/// over [`MAX_PIECE_BYTES`]: it is held in parts cut at tensor boundaries ([`PART_BYTES`]).
+const MAX_MODEL_BYTES: u64 = (4 << 30) - (640 << 20);
+
+/// The most bytes a model file may have on the CPU fallback, where the weights are packed
+/// into the same 4 GiB beside the file (about as many bytes again) while it builds. Measured
+/// 2026-12-04: the RWKV-7 1.5B shape in 4-bit (1.46 GiB) builds and runs; in 8-bit (2.02 GiB)
+/// the wasm instance ran out of memory while building.
+const MAX_CPU_MODEL_BYTES: u64 = 7 << 28;
+
+/// A safetensors file is held in parts of about this many bytes, cut between tensors (a
+/// tensor larger than this is a part of its own).
+const PART_BYTES: u64 = 256 << 20;
 
 /// A model file arriving in pieces (a download, a cached file, a picked file), gathered in
 /// the page's wasm memory as it comes: JavaScript hands each chunk over and keeps none, so
@@ -75,7 +90,15 @@ const MAX_MODEL_BYTES: u64 = (1 << 31) - 1;
 #[wasm_bindgen]
 pub struct ModelBytes {
     name: String,
-    bytes: Vec<u8>,
+    /// The file so far, in consecutive parts: one, until the header of a safetensors file of
+    /// known length has arrived; then the rest goes into parts that end where `ends` says.
+    parts: Vec<Vec<u8>>,
+    /// Where each planned part ends in the file; empty while the file is one piece.
+    ends: Vec<u64>,
+    /// Whether the file's first bytes have been looked at to choose one piece or parts.
+    settled: bool,
+    /// Bytes received.
+    received: u64,
     /// The length announced (a download's `Content-Length`, a file's size), if any.
     expected: Option<u64>,
 }
@@ -84,11 +107,14 @@ pub struct ModelBytes {
 fn too_large(name: &str, bytes: u64) -> JsError {
     const GIB: f64 = (1u64 << 30) as f64;
     JsError::new(&format!(
-        "{name} is {:.2} GiB, more than a page can load: the file is held in WebAssembly \
-         memory while it loads, in one buffer of at most 2 GiB. What fits: a World model of \
-         1.5 billion parameters in 4-bit (`rwkv quantize --to q4`: 1.46 GiB), not in 8-bit \
-         (2.02 GiB) or f16; one of 2.9 billion in no format",
+        "{name} is {:.2} GiB, more than a page can load: WebAssembly gives a page 4 GiB of \
+         memory, and the file is held there while it loads ({:.2} GiB at most for a \
+         safetensors file, 2 GiB for other formats). What fits: on WebGPU, a World model of \
+         1.5 billion parameters in 8-bit (`rwkv quantize --to q8`: 2.02 GiB), about 2.9 \
+         billion in 4-bit (`--to q4`: about 2.7 GB). The CPU fallback also keeps the weights \
+         in those 4 GiB: 1.5 billion in 4-bit (1.46 GiB)",
         bytes as f64 / GIB,
+        MAX_MODEL_BYTES as f64 / GIB,
     ))
 }
 
@@ -111,25 +137,24 @@ impl ModelBytes {
             Some(n) if n.is_finite() && n >= 0.0 && n.fract() == 0.0 => Some(n as u64),
             Some(n) => return Err(JsError::new(&format!("{name}: invalid length {n}"))),
         };
-        let mut bytes = Vec::new();
-        if let Some(n) = expected {
-            if n > MAX_MODEL_BYTES {
-                return Err(too_large(&name, n));
-            }
-            bytes
-                .try_reserve_exact(n as usize)
-                .map_err(|_| no_memory(&name, n))?;
+        if let Some(n) = expected
+            && n > MAX_MODEL_BYTES
+        {
+            return Err(too_large(&name, n));
         }
         Ok(ModelBytes {
             name,
-            bytes,
+            parts: vec![Vec::new()],
+            ends: Vec::new(),
+            settled: expected.is_none(),
+            received: 0,
             expected,
         })
     }
 
     /// Appends the next piece of the file.
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsError> {
-        let len = self.bytes.len() as u64 + chunk.len() as u64;
+        let len = self.received + chunk.len() as u64;
         if let Some(expected) = self.expected
             && len > expected
         {
@@ -141,17 +166,96 @@ impl ModelBytes {
         if len > MAX_MODEL_BYTES {
             return Err(too_large(&self.name, len));
         }
-        if self.bytes.try_reserve(chunk.len()).is_err() {
-            return Err(no_memory(&self.name, len));
+        if self.ends.is_empty() {
+            if len > MAX_PIECE_BYTES {
+                return Err(too_large(&self.name, len));
+            }
+            let piece = &mut self.parts[0];
+            if piece.try_reserve(chunk.len()).is_err() {
+                return Err(no_memory(&self.name, len));
+            }
+            piece.extend_from_slice(chunk);
+            self.received = len;
+            if !self.settled {
+                self.settle()?;
+            }
+            return Ok(());
         }
-        self.bytes.extend_from_slice(chunk);
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let k = self.parts.len() - 1;
+            let room = self.ends[k] - self.received;
+            if room == 0 {
+                // `expected` bounds `len`, and the last part ends at `expected`.
+                let size = self.ends[k + 1] - self.ends[k];
+                let mut part = Vec::new();
+                part.try_reserve_exact(size as usize)
+                    .map_err(|_| no_memory(&self.name, size))?;
+                self.parts.push(part);
+                continue;
+            }
+            let take = room.min(rest.len() as u64) as usize;
+            self.parts[k].extend_from_slice(&rest[..take]);
+            self.received += take as u64;
+            rest = &rest[take..];
+        }
         Ok(())
     }
 
     /// Bytes received so far.
     #[wasm_bindgen(getter)]
     pub fn length(&self) -> f64 {
-        self.bytes.len() as f64
+        self.received as f64
+    }
+}
+
+impl ModelBytes {
+    /// Chooses, once the first bytes are in, how the file is held: a safetensors file of
+    /// known length (once its header is in) in parts cut between tensors, so no allocation
+    /// passes wasm32's 2 GiB; anything else in one piece, reserved whole.
+    fn settle(&mut self) -> Result<(), JsError> {
+        let Some(expected) = self.expected else {
+            self.settled = true;
+            return Ok(());
+        };
+        let head = &self.parts[0];
+        if head.len() < 9 && (head.len() as u64) < expected {
+            return Ok(());
+        }
+        if rwkv_burn::load::sniff(head, Some(expected))
+            == Some(rwkv_burn::load::Format::Safetensors)
+        {
+            let header_end = 8 + u64::from_le_bytes(head[..8].try_into().expect("9 bytes"));
+            // safetensors allows headers of up to 100 MB; a longer one fails when read.
+            if (head.len() as u64) < header_end && header_end <= expected.min(100_000_008) {
+                return Ok(()); // the rest of the header is on its way
+            }
+            if let Some(ends) = rwkv_burn::load::safetensors_part_ends(head, expected, PART_BYTES) {
+                let largest = ends
+                    .iter()
+                    .scan(0, |start, &end| Some(end - std::mem::replace(start, end)))
+                    .max()
+                    .unwrap_or(0);
+                if largest > MAX_PIECE_BYTES {
+                    return Err(too_large(&self.name, expected));
+                }
+                let first = (ends[0] - head.len() as u64) as usize;
+                self.parts[0]
+                    .try_reserve_exact(first)
+                    .map_err(|_| no_memory(&self.name, ends[0]))?;
+                self.ends = ends;
+                self.settled = true;
+                return Ok(());
+            }
+        }
+        self.settled = true;
+        if expected > MAX_PIECE_BYTES {
+            return Err(too_large(&self.name, expected));
+        }
+        let rest = (expected - self.received) as usize;
+        self.parts[0]
+            .try_reserve_exact(rest)
+            .map_err(|_| no_memory(&self.name, expected))
     }
 }
 
@@ -160,18 +264,24 @@ impl ModelBytes {
 fn open_checkpoint(file: ModelBytes) -> Result<Checkpoint, JsError> {
     let ModelBytes {
         name,
-        bytes,
+        mut parts,
+        received,
         expected,
+        ..
     } = file;
     if let Some(expected) = expected
-        && bytes.len() as u64 != expected
+        && received != expected
     {
         return Err(JsError::new(&format!(
-            "{name}: the file ended after {} of its {expected} bytes (a download that broke \
-             off?); load it again",
-            bytes.len()
+            "{name}: the file ended after {received} of its {expected} bytes (a download that \
+             broke off?); load it again"
         )));
     }
+    if parts.len() > 1 {
+        return Checkpoint::from_safetensors_parts(parts, &name)
+            .map_err(|e| JsError::new(&e.to_string()));
+    }
+    let bytes = parts.pop().unwrap_or_default();
     let len = Some(bytes.len() as u64);
     let checkpoint = match rwkv_burn::load::sniff(&bytes, len) {
         Some(rwkv_burn::load::Format::Pth) => Checkpoint::from_pth_bytes(bytes, &name),
@@ -208,6 +318,7 @@ pub async fn create_session(
     max_buffer_bytes: Option<f64>,
     weights: Option<String>,
 ) -> Result<Session, JsError> {
+    let file_bytes = model.as_ref().map_or(0, |m| m.received);
     let (checkpoint, label) = match model {
         None => (
             rwkv_burn_infer::embedded::default_checkpoint()
@@ -226,6 +337,16 @@ pub async fn create_session(
             .map_err(|e| JsError::new(&e.to_string()))?,
     };
     let (device, backend) = open_device(&backend).await?;
+    if backend == "cpu" && file_bytes > MAX_CPU_MODEL_BYTES {
+        return Err(JsError::new(&format!(
+            "{label} is {:.2} GiB: on the CPU (no WebGPU here) the page holds the file and the \
+             model's weights, about as much again, in WebAssembly's 4 GiB, so it takes files \
+             up to {:.2} GiB. Load a smaller format (`rwkv quantize --to q4`) or use a \
+             browser with WebGPU",
+            file_bytes as f64 / (1u64 << 30) as f64,
+            MAX_CPU_MODEL_BYTES as f64 / (1u64 << 30) as f64,
+        )));
+    }
     let limit = max_buffer_bytes
         .filter(|_| backend == "webgpu")
         .filter(|l| l.is_finite() && *l >= 1.0)

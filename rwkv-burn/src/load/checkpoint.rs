@@ -337,15 +337,38 @@ impl Checkpoint {
     }
 
     fn from_safetensors_buffer(buffer: Buffer, path: &Path, file: bool) -> Result<Self, LoadError> {
-        let map: &[u8] = (*buffer).as_ref();
-        if map.len() < 9 {
+        Self::from_safetensors_buffers(vec![buffer], path, file)
+    }
+
+    /// A safetensors file in memory in consecutive parts (a browser page's download, split at
+    /// tensor boundaries so that no allocation passes wasm32's 2 GiB), with the names it
+    /// stores; `label` names it in errors. The header must lie in the first part. A tensor
+    /// inside one part is read in place; one across parts (only if the split was not at
+    /// tensor boundaries) is copied out whole.
+    pub(super) fn read_safetensors_parts(
+        parts: Vec<Vec<u8>>,
+        label: &Path,
+    ) -> Result<Self, LoadError> {
+        let parts = parts.into_iter().map(|p| Arc::new(p) as Buffer).collect();
+        Self::from_safetensors_buffers(parts, label, false)
+    }
+
+    fn from_safetensors_buffers(
+        parts: Vec<Buffer>,
+        path: &Path,
+        file: bool,
+    ) -> Result<Self, LoadError> {
+        let bytes = |b: &Buffer| -> usize { (**b).as_ref().len() };
+        let total: u64 = parts.iter().map(|p| bytes(p) as u64).sum();
+        let head: &[u8] = parts.first().map_or(&[], |p| (**p).as_ref());
+        if total < 9 {
             return Err(LoadError::NotACheckpoint {
                 path: path.to_path_buf(),
                 reason: "too short for safetensors".into(),
             });
         }
         use super::safetensors_header::{HeaderError, read};
-        let tensors = read(map).map_err(|e| match e {
+        let tensors = read(head, total).map_err(|e| match e {
             HeaderError::Truncated(detail) => LoadError::Truncated {
                 path: path.to_path_buf(),
                 detail,
@@ -355,19 +378,50 @@ impl Checkpoint {
                 reason: format!("invalid safetensors header: {e}"),
             },
         })?;
+        // Where each part starts in the file.
+        let starts: Vec<usize> = parts
+            .iter()
+            .scan(0, |at, p| {
+                let start = *at;
+                *at += bytes(p);
+                Some(start)
+            })
+            .collect();
         let entries = tensors
             .into_iter()
             .map(|t| {
+                let (start, end) = (t.range.start, t.range.end);
+                let i = starts.partition_point(|&s| s <= start).saturating_sub(1);
+                let source = if end <= starts[i] + bytes(&parts[i]) {
+                    Source::Mapped {
+                        map: parts[i].clone(),
+                        start: start - starts[i],
+                        end: end - starts[i],
+                        file,
+                    }
+                } else {
+                    let mut copy = Vec::with_capacity(end - start);
+                    for (part, &at) in parts.iter().zip(&starts).skip(i) {
+                        if at >= end {
+                            break;
+                        }
+                        let part: &[u8] = (**part).as_ref();
+                        let from = start.max(at) - at;
+                        let to = end.min(at + part.len()) - at;
+                        copy.extend_from_slice(&part[from..to]);
+                    }
+                    Source::Mapped {
+                        map: Arc::new(copy),
+                        start: 0,
+                        end: end - start,
+                        file: false,
+                    }
+                };
                 let entry = Entry {
                     shape: t.shape,
                     dtype: SourceDType::from_safetensors(t.dtype)
                         .ok_or_else(|| format!("{:?}", t.dtype)),
-                    source: Source::Mapped {
-                        map: buffer.clone(),
-                        start: t.range.start,
-                        end: t.range.end,
-                        file,
-                    },
+                    source,
                 };
                 (t.name, entry)
             })

@@ -89,6 +89,17 @@ impl Checkpoint {
         gguf_rwkv::official(Self::read_gguf_bytes(bytes, label.as_ref())?)
     }
 
+    /// A safetensors checkpoint in memory in consecutive parts (a browser page holds a file
+    /// over 2 GiB so: one allocation on wasm32 is at most that), in the official naming, as
+    /// [`Checkpoint::from_safetensors_bytes`] reads it whole; `label` names it in errors.
+    /// Parts split at tensor boundaries are read in place.
+    pub fn from_safetensors_parts(
+        parts: Vec<Vec<u8>>,
+        label: impl AsRef<Path>,
+    ) -> Result<Self, LoadError> {
+        hf::official_names(Self::read_safetensors_parts(parts, label.as_ref())?)
+    }
+
     /// A `.pth` checkpoint (`torch.save`'s zip archive) already in memory (a browser
     /// upload), in the official naming, as [`Checkpoint::open`] reads one from disk; `label`
     /// names it in errors. Contiguous tensors are read in place, not copied.
@@ -107,6 +118,15 @@ impl Checkpoint {
     ) -> Result<Self, LoadError> {
         hf::official_names(Self::read_safetensors_bytes(bytes, label)?)
     }
+}
+
+/// Where to cut a safetensors file of `file_len` bytes into parts of about `part_bytes`
+/// without cutting a tensor, for [`Checkpoint::from_safetensors_parts`]: each part's end in
+/// the file, the last `file_len`. `head` is the file's start as far as it has arrived, and
+/// must hold the header; the first part ends past it. `None` when the header cannot be read
+/// (the file is then best read whole, where its error is reported).
+pub fn safetensors_part_ends(head: &[u8], file_len: u64, part_bytes: u64) -> Option<Vec<u64>> {
+    safetensors_header::part_ends(head, file_len, part_bytes)
 }
 
 /// Loads a model onto `device`, detecting format, version and dimensions.

@@ -32,8 +32,9 @@ pub(super) enum HeaderError {
     Invalid(String),
 }
 
-/// The tensors the header of `file` (a whole safetensors file) describes.
-pub(super) fn read(file: &[u8]) -> Result<Vec<HeaderTensor>, HeaderError> {
+/// The tensors the header of a safetensors file of `file_len` bytes describes; `file` is the
+/// file's start, which must hold the header.
+pub(super) fn read(file: &[u8], file_len: u64) -> Result<Vec<HeaderTensor>, HeaderError> {
     let invalid = |s: String| HeaderError::Invalid(s);
     let Some(len) = file.get(..8) else {
         return Err(HeaderError::Truncated("too short for safetensors".into()));
@@ -45,9 +46,14 @@ pub(super) fn read(file: &[u8]) -> Result<Vec<HeaderTensor>, HeaderError> {
         )));
     }
     let data_start = 8 + n as usize;
-    let Some(header) = file.get(8..data_start) else {
+    if data_start as u64 > file_len {
         return Err(HeaderError::Truncated(format!(
-            "the header declares {n} bytes, the file has {}",
+            "the header declares {n} bytes, the file has {file_len}"
+        )));
+    }
+    let Some(header) = file.get(8..data_start) else {
+        return Err(invalid(format!(
+            "its header ({n} bytes) is not within the file's first {} bytes",
             file.len()
         )));
     };
@@ -97,16 +103,16 @@ pub(super) fn read(file: &[u8]) -> Result<Vec<HeaderTensor>, HeaderError> {
         out.push((name, info, s, e));
     }
     let total = data_start as u64 + end;
-    if total > file.len() as u64 {
+    if total > file_len {
         return Err(HeaderError::Truncated(
             "tensor data ends before the header says".into(),
         ));
     }
-    if total < file.len() as u64 {
+    if total < file_len {
         // A corrupt file rather than a cut one, but reported as the crate's check was.
         return Err(HeaderError::Truncated(format!(
             "{} bytes after the last tensor",
-            file.len() as u64 - total
+            file_len - total
         )));
     }
     Ok(out
@@ -120,9 +126,38 @@ pub(super) fn read(file: &[u8]) -> Result<Vec<HeaderTensor>, HeaderError> {
         .collect())
 }
 
+/// Where to cut a safetensors file of `file_len` bytes into consecutive parts of about
+/// `part_bytes` (more where one tensor is larger) without cutting a tensor: each part's end
+/// in the file, the last `file_len`. `head` is the file's start, holding the header; the
+/// first part ends past it. `None` when the header cannot be read.
+pub(super) fn part_ends(head: &[u8], file_len: u64, part_bytes: u64) -> Option<Vec<u64>> {
+    let tensors = read(head, file_len).ok()?;
+    let mut boundaries: Vec<u64> = tensors.iter().map(|t| t.range.end as u64).collect();
+    boundaries.push(file_len);
+    let mut ends = Vec::new();
+    let (mut start, mut last) = (0u64, None::<u64>);
+    for b in boundaries {
+        if b - start > part_bytes
+            && let Some(l) = last.filter(|&l| l > start && l >= head.len() as u64)
+        {
+            ends.push(l);
+            start = l;
+        }
+        last = Some(b);
+    }
+    if ends.last() != Some(&file_len) {
+        ends.push(file_len);
+    }
+    Some(ends)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn whole(f: Vec<u8>) -> Result<Vec<HeaderTensor>, HeaderError> {
+        read(&f, f.len() as u64)
+    }
 
     fn file(header: &str, data: usize) -> Vec<u8> {
         let mut f = (header.len() as u64).to_le_bytes().to_vec();
@@ -131,18 +166,45 @@ mod tests {
         f
     }
 
+    #[test]
+    fn parts_end_at_tensor_boundaries() {
+        let h = r#"{"a":{"dtype":"U8","shape":[10],"data_offsets":[0,10]},"b":{"dtype":"U8","shape":[50],"data_offsets":[10,60]},"c":{"dtype":"U8","shape":[5],"data_offsets":[60,65]},"d":{"dtype":"U8","shape":[5],"data_offsets":[65,70]}}"#;
+        let f = file(h, 70);
+        let base = (8 + h.len()) as u64;
+        let total = f.len() as u64;
+        let head = &f[..8 + h.len()];
+        // Parts of about 20 bytes: the header and `a`; `b` alone (larger); `c` and `d`.
+        assert_eq!(
+            part_ends(head, total, 20),
+            Some(vec![base + 10, base + 60, total])
+        );
+        // Larger parts than the file: one.
+        assert_eq!(part_ends(head, total, 1 << 20), Some(vec![total]));
+        // More of the file already held than the first boundary: the first part covers it.
+        assert_eq!(
+            part_ends(&f[..8 + h.len() + 30], total, 20),
+            Some(vec![base + 60, total])
+        );
+        assert_eq!(part_ends(&f[..10], total, 20), None);
+    }
+
     /// A tensor of 2^32 bits (512 MiB of f32): what overflowed the crate's `usize` on wasm32.
     /// Only the header is given, so the data is missing: a truncation, not an overflow.
     #[test]
     fn sizes_are_computed_in_64_bits() {
         let h = r#"{"emb":{"dtype":"F32","shape":[65536,2048],"data_offsets":[0,536870912]}}"#;
-        assert!(matches!(read(&file(h, 0)), Err(HeaderError::Truncated(_))));
+        let f = file(h, 0);
+        assert!(matches!(
+            read(&f, f.len() as u64),
+            Err(HeaderError::Truncated(_))
+        ));
     }
 
     #[test]
     fn reads_ranges_and_refuses_what_the_crate_refuses() {
         let h = r#"{"__metadata__":{"a":"b"},"b":{"dtype":"F16","shape":[3],"data_offsets":[8,14]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
-        let t = read(&file(h, 14)).ok().unwrap();
+        let f = file(h, 14);
+        let t = read(&f, f.len() as u64).ok().unwrap();
         let start = 8 + h.len();
         assert_eq!(t.len(), 2);
         assert_eq!(
@@ -179,16 +241,22 @@ mod tests {
             ("[1,2]", 0),
         ] {
             assert!(
-                matches!(read(&file(header, data)), Err(HeaderError::Invalid(_))),
+                matches!(whole(file(header, data)), Err(HeaderError::Invalid(_))),
                 "{header}"
             );
         }
-        assert!(matches!(read(&file(h, 13)), Err(HeaderError::Truncated(_))));
-        assert!(matches!(read(&file(h, 15)), Err(HeaderError::Truncated(_))));
+        assert!(matches!(whole(file(h, 13)), Err(HeaderError::Truncated(_))));
+        assert!(matches!(whole(file(h, 15)), Err(HeaderError::Truncated(_))));
+        // A header that does not fit in the part given.
+        let f = file(h, 14);
+        assert!(matches!(
+            read(&f[..20], f.len() as u64),
+            Err(HeaderError::Invalid(_))
+        ));
         let mut long = file(h, 14);
         long[..8].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(read(&long), Err(HeaderError::Invalid(_))));
+        assert!(matches!(whole(long.clone()), Err(HeaderError::Invalid(_))));
         long[..8].copy_from_slice(&1000u64.to_le_bytes());
-        assert!(matches!(read(&long), Err(HeaderError::Truncated(_))));
+        assert!(matches!(whole(long), Err(HeaderError::Truncated(_))));
     }
 }

@@ -21,6 +21,52 @@ fn hugging_face_rwkv7_folders_match_the_package() {
     }
 }
 
+/// `a` and `b` hold the same tensors (an official model's, at least `emb.weight`) under the
+/// same names, with the same values.
+fn assert_same_tensors(a: &Checkpoint, b: &Checkpoint, what: &str) {
+    let names: Vec<&str> = a.names().collect();
+    assert_eq!(names, b.names().collect::<Vec<_>>(), "{what}");
+    assert!(names.contains(&"emb.weight"), "{what}: {names:?}");
+    for name in names {
+        assert_eq!(
+            a.read_f32(name).unwrap(),
+            b.read_f32(name).unwrap(),
+            "{what} {name}"
+        );
+    }
+}
+
+/// A safetensors file in parts (the browser page's way past wasm32's 2 GiB allocations)
+/// reads as the whole file does, wherever the parts are cut: at tensor boundaries, through
+/// tensors (copied out), into a part of one byte; a header that does not fit in the first
+/// part is refused naming the upload.
+#[test]
+fn safetensors_parts_read_as_the_file_does() {
+    let path = fixtures().join("rwkv7/weights.safetensors");
+    let whole = std::fs::read(&path).unwrap();
+    let from_disk = Checkpoint::open(&path).unwrap();
+    let header = 8 + u64::from_le_bytes(whole[..8].try_into().unwrap()) as usize;
+    let n = whole.len();
+    for cuts in [
+        vec![header],
+        vec![header + 1, n / 3, n / 3 + 1, 2 * n / 3],
+        vec![header + 4096, n - 1],
+        vec![n],
+    ] {
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for cut in cuts.iter().copied().chain([n]) {
+            parts.push(whole[at..cut].to_vec());
+            at = cut;
+        }
+        let from_parts = Checkpoint::from_safetensors_parts(parts, "up.safetensors").unwrap();
+        assert_same_tensors(&from_disk, &from_parts, &format!("{cuts:?}"));
+    }
+    let parts = vec![whole[..header - 1].to_vec(), whole[header - 1..].to_vec()];
+    let err = Checkpoint::from_safetensors_parts(parts, "split.safetensors").unwrap_err();
+    assert!(err.to_string().contains("split.safetensors"), "{err}");
+}
+
 /// A folder's `model.safetensors` on its own (what a browser page is given: one file, no
 /// config) maps its layout the same way and matches the package, read from disk and from
 /// memory alike.
@@ -33,15 +79,7 @@ fn lone_hugging_face_rwkv7_files_match_the_package() {
         let from_folder = Checkpoint::open(&dir).unwrap();
         let from_bytes =
             Checkpoint::from_safetensors_bytes(std::fs::read(&file).unwrap(), "up").unwrap();
-        let names: Vec<&str> = from_folder.names().collect();
-        assert_eq!(names, from_bytes.names().collect::<Vec<_>>(), "{folder}");
-        for name in names {
-            assert_eq!(
-                from_folder.read_f32(name).unwrap(),
-                from_bytes.read_f32(name).unwrap(),
-                "{folder} {name}"
-            );
-        }
+        assert_same_tensors(&from_folder, &from_bytes, folder);
     }
 }
 
@@ -65,20 +103,7 @@ fn gguf_bytes_read_as_the_file_does() {
             let from_disk = Checkpoint::open(&path).unwrap();
             let bytes = std::fs::read(&path).unwrap();
             let from_bytes = Checkpoint::from_gguf_bytes(bytes, "upload.gguf").unwrap();
-            let names: Vec<&str> = from_disk.names().collect();
-            assert_eq!(
-                names,
-                from_bytes.names().collect::<Vec<_>>(),
-                "{arch} {kind}"
-            );
-            assert!(names.contains(&"emb.weight"), "{names:?}");
-            for name in names {
-                assert_eq!(
-                    from_disk.read_f32(name).unwrap(),
-                    from_bytes.read_f32(name).unwrap(),
-                    "{arch} {kind} {name}"
-                );
-            }
+            assert_same_tensors(&from_disk, &from_bytes, &format!("{arch} {kind}"));
         }
     }
     // Cut short in memory: refused with the label, not a panic.
